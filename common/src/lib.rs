@@ -1,0 +1,110 @@
+//! The ABI between the eBPF program (`agent-ebpf`) and the agent: the one event
+//! type that crosses the ring buffer, and the names of the maps and read-only
+//! globals the agent fills in at load time. `no_std` so both sides share it.
+#![no_std]
+
+/// A socket entered the listening state and `listen()` returned success.
+pub const EVENT_LISTEN: u8 = 1;
+/// A listening socket stopped listening (closed, shut down, owner killed).
+pub const EVENT_UNLISTEN: u8 = 2;
+
+/// `AF_INET` as the kernel spells it.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6` as the kernel spells it.
+pub const AF_INET6: u16 = 10;
+
+/// Ring buffer carrying [`ListenEvent`]s to the agent.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// One-slot array counting events lost because the ring buffer was full.
+pub const MAP_DROPS: &str = "DROPS";
+/// Size of the ring buffer in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+
+/// Names of the eBPF programs, one per hook.
+pub mod prog {
+    /// `tp_btf/inet_sock_set_state`: the tracepoint path's state changes.
+    pub const STATE: &str = "listen_state";
+    /// `tracepoint/syscalls/sys_exit_listen`: confirms a pending listen.
+    pub const SYS_EXIT_LISTEN: &str = "listen_exit";
+    /// `fexit/inet_csk_listen_start`: the trampoline path's listen.
+    pub const LISTEN_START: &str = "listen_start";
+    /// `fentry/inet_csk_listen_stop`: the trampoline path's unlisten.
+    pub const LISTEN_STOP: &str = "listen_stop";
+}
+
+/// Names of the read-only globals (`.rodata`) the agent sets from the running
+/// kernel's BTF before loading, so no struct layout is compiled in.
+pub mod global {
+    /// Only report sockets of this network-namespace inode (0: all).
+    pub const NETNS_INUM: &str = "NETNS_INUM";
+    /// `struct sock_common.skc_family` (u16).
+    pub const OFF_FAMILY: &str = "OFF_FAMILY";
+    /// `struct sock_common.skc_num` (u16, host order).
+    pub const OFF_NUM: &str = "OFF_NUM";
+    /// `struct sock_common.skc_rcv_saddr` (u32, network order).
+    pub const OFF_RCV_SADDR: &str = "OFF_RCV_SADDR";
+    /// `struct sock_common.skc_v6_rcv_saddr` (16 bytes), or [`ABSENT`](super::ABSENT).
+    pub const OFF_V6_RCV_SADDR: &str = "OFF_V6_RCV_SADDR";
+    /// Byte holding the `skc_ipv6only` bit, or [`ABSENT`](super::ABSENT).
+    pub const OFF_IPV6ONLY_BYTE: &str = "OFF_IPV6ONLY_BYTE";
+    /// Bit of `skc_ipv6only` within that byte.
+    pub const IPV6ONLY_BIT: &str = "IPV6ONLY_BIT";
+    /// `struct sock_common.skc_net` (pointer to `struct net`).
+    pub const OFF_NET: &str = "OFF_NET";
+    /// `struct net.ns.inum` (u32).
+    pub const OFF_NET_INUM: &str = "OFF_NET_INUM";
+    /// `struct tcp_sock` -> `inet_sport` (u16, network order).
+    pub const OFF_INET_SPORT: &str = "OFF_INET_SPORT";
+}
+
+/// Offset value meaning "the running kernel has no such member".
+pub const ABSENT: u32 = u32::MAX;
+
+/// One listen or unlisten, as the eBPF program writes it into the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenEvent {
+    /// [`EVENT_LISTEN`] or [`EVENT_UNLISTEN`].
+    pub kind: u8,
+    /// 1 when an `AF_INET6` socket has `IPV6_V6ONLY` set.
+    pub ipv6only: u8,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// Local port in host byte order; 0 when the kernel had not chosen it yet
+    /// (the agent resolves it by `cookie`).
+    pub port: u16,
+    pub _pad: u16,
+    /// Inode of the socket's network namespace.
+    pub netns: u32,
+    /// Thread-group id of the task that made the change.
+    pub pid: u32,
+    pub _pad2: u32,
+    /// Bound address in network order: IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+    /// Command name of that task, NUL padded.
+    pub comm: [u8; 16],
+    /// The socket's cookie (as `sock_diag` reports it): identifies the socket.
+    pub cookie: u64,
+}
+
+impl ListenEvent {
+    pub const fn zeroed() -> Self {
+        ListenEvent {
+            kind: 0,
+            ipv6only: 0,
+            family: 0,
+            port: 0,
+            _pad: 0,
+            netns: 0,
+            pid: 0,
+            _pad2: 0,
+            addr: [0; 16],
+            comm: [0; 16],
+            cookie: 0,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), only integer fields, explicit padding: every bit pattern is valid.
+unsafe impl aya::Pod for ListenEvent {}
