@@ -1,0 +1,52 @@
+//! Host listeners: bind a forward's port on the host without sharing it with
+//! anyone (no SO_REUSEPORT; SO_REUSEADDR only so a port in TIME_WAIT can be
+//! re-mirrored, which Linux never lets override a live listener), and accept
+//! clients, each carried by its own task. Accept errors are logged and the
+//! loop goes on.
+
+use crate::data::carry;
+use crate::Config;
+use hoist_proto::Endpoint;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+/// Binds and listens on `addr`; IPv6 sockets are v6-only so they never take
+/// the IPv4 port as well.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts until the task is aborted (its forward's handle dropped).
+pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, config: Arc<Config>) {
+    loop {
+        match listener.accept().await {
+            Ok((client, peer)) => {
+                let config = config.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = carry(client, endpoint, &config.guest).await {
+                        warn!(event = "connection_error", port = endpoint.port, family = %endpoint.family, client = %peer, "{e:#}");
+                    } else {
+                        debug!(port = endpoint.port, client = %peer, "connection finished");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(event = "accept_error", port = endpoint.port, family = %endpoint.family, "accepting: {e}");
+                // Out of descriptors: pause instead of spinning on the error.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

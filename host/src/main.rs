@@ -1,0 +1,82 @@
+//! `hoist-host`: command line and signal handling.
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use hoist_host::{Config, Status};
+use hoist_proto::logging::{self, LogFormat};
+use hoist_proto::transport::Addr;
+use std::net::IpAddr;
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+/// Host relay of hoist: mirrors every TCP listener of the guest on this host's loopback.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// How to reach the agent: vsock:<cid>:<port>, vsock-mux:<path>:<port> (Firecracker,
+    /// Cloud Hypervisor, vhost-device-vsock), unix:<path> or tcp:<ip>:<port>.
+    #[arg(long)]
+    guest: Addr,
+    /// Host address for forwards instead of loopback: one IPv4 and/or one IPv6 address.
+    #[arg(long = "bind-address")]
+    bind_address: Vec<IpAddr>,
+    /// Log lines as text or as one JSON object per line; filter with RUST_LOG.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = logging::init(args.log_format) {
+        eprintln!("hoist-host: {e:#}");
+        std::process::exit(2);
+    }
+    if let Err(e) = real_main(args) {
+        error!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn config(args: &Args) -> Result<Config> {
+    let mut c = Config::new(args.guest.clone());
+    let (mut v4, mut v6) = (0, 0);
+    for a in &args.bind_address {
+        match a {
+            IpAddr::V4(a) => {
+                c.bind_v4 = *a;
+                v4 += 1;
+            }
+            IpAddr::V6(a) => {
+                c.bind_v6 = *a;
+                v6 += 1;
+            }
+        }
+    }
+    if v4 > 1 || v6 > 1 {
+        bail!("--bind-address takes at most one IPv4 and one IPv6 address");
+    }
+    Ok(c)
+}
+
+fn real_main(args: Args) -> Result<()> {
+    let config = config(&args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let (status, _) = tokio::sync::watch::channel(Status::default());
+        hoist_host::run(config, status, shutdown).await
+    })
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    shutdown.cancel();
+}

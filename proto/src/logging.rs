@@ -1,0 +1,27 @@
+//! Log set-up shared by both binaries: `RUST_LOG`-style filtering (default
+//! `info`), human-readable lines or one JSON object per line. Records from the
+//! `log` crate (aya-log's eBPF-side messages) are bridged in.
+
+use anyhow::{anyhow, Result};
+use tracing_subscriber::EnvFilter;
+
+/// How log lines are printed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, fields at the top level.
+    Json,
+}
+
+/// Installs the global subscriber; logs go to stderr.
+pub fn init(format: LogFormat) -> Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    }
+    .map_err(|e| anyhow!("installing the logger: {e}"))
+}
