@@ -1,0 +1,339 @@
+//! The listener table: every TCP listener of the guest's namespace, keyed by
+//! socket cookie, and what the host must expose for it. Pure: kernel events
+//! and `sock_diag` snapshots go in, the set of host endpoints comes out, and
+//! [`changes`] turns two such sets into the messages for the host. Keyed by
+//! cookie, two `SO_REUSEPORT` listeners on one port are two entries, and the
+//! port stays exposed until the last of them closes.
+
+use hoist_proto::{AgentMsg, Endpoint, Family, Forward};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// One listening socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// The kernel's socket cookie: stable for the socket's life.
+    pub cookie: u64,
+    pub addr: IpAddr,
+    /// 0 while an autobind listen waits for its port (resolved by snapshot).
+    pub port: u16,
+    pub ipv6only: bool,
+    /// Process that listened (0 when unknown).
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// A host endpoint and where in the guest its connections go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exposure {
+    pub forward: Forward,
+    /// The guest address the agent dials for this endpoint.
+    pub dial: SocketAddr,
+}
+
+/// Everything the host should serve, ordered for stable output.
+pub type Exposed = BTreeMap<Endpoint, Exposure>;
+
+/// What the table changed, for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Listen(Listener),
+    Unlisten(Listener),
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    listeners: HashMap<u64, Listener>,
+    /// Also expose listeners bound to non-loopback addresses.
+    forward_any_address: bool,
+}
+
+impl Table {
+    pub fn new(forward_any_address: bool) -> Table {
+        Table { listeners: HashMap::new(), forward_any_address }
+    }
+
+    pub fn len(&self) -> usize {
+        self.listeners.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
+    }
+
+    pub fn get(&self, cookie: u64) -> Option<&Listener> {
+        self.listeners.get(&cookie)
+    }
+
+    /// A socket started listening. A cookie already present is updated (a
+    /// snapshot may have seen the socket before its event arrived).
+    pub fn listen(&mut self, l: Listener) -> Option<Change> {
+        match self.listeners.get_mut(&l.cookie) {
+            Some(old) if *old == l => None,
+            Some(old) => {
+                *old = l.clone();
+                Some(Change::Listen(l))
+            }
+            None => {
+                self.listeners.insert(l.cookie, l.clone());
+                Some(Change::Listen(l))
+            }
+        }
+    }
+
+    /// A socket stopped listening. Unknown cookies change nothing.
+    pub fn unlisten(&mut self, cookie: u64) -> Option<Change> {
+        self.listeners.remove(&cookie).map(Change::Unlisten)
+    }
+
+    /// Makes the table equal to `snapshot`, the truth. Entries keep the pid and
+    /// command they learned from events when the snapshot does not know them.
+    pub fn reconcile(&mut self, snapshot: Vec<Listener>) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let fresh: HashMap<u64, Listener> = snapshot.into_iter().map(|l| (l.cookie, l)).collect();
+        let mut gone: Vec<u64> = self.listeners.keys().filter(|c| !fresh.contains_key(c)).copied().collect();
+        gone.sort_unstable();
+        for cookie in gone {
+            changes.extend(self.unlisten(cookie));
+        }
+        let mut fresh: Vec<Listener> = fresh.into_values().collect();
+        fresh.sort_unstable_by_key(|l| l.cookie);
+        for mut l in fresh {
+            if let Some(old) = self.listeners.get(&l.cookie) {
+                if l.pid == 0 {
+                    l.pid = old.pid;
+                    l.comm = old.comm.clone();
+                }
+            }
+            changes.extend(self.listen(l));
+        }
+        changes
+    }
+
+    /// Cookies of listeners still waiting for their port.
+    pub fn has_unresolved(&self) -> bool {
+        self.listeners.values().any(|l| l.port == 0)
+    }
+
+    /// The host endpoints for the current listeners.
+    pub fn exposed(&self) -> Exposed {
+        let mut best: BTreeMap<Endpoint, (u8, u64, Exposure)> = BTreeMap::new();
+        for l in self.listeners.values() {
+            for (family, dial_ip, rank) in host_sides(l, self.forward_any_address) {
+                let endpoint = Endpoint { family, port: l.port };
+                let exposure = Exposure {
+                    forward: Forward { endpoint, guest_addr: l.addr, pid: l.pid, comm: l.comm.clone() },
+                    dial: SocketAddr::new(dial_ip, l.port),
+                };
+                // Several guest listeners can back one endpoint; the choice of
+                // which one to dial must not depend on hash order.
+                let candidate = (rank, l.cookie, exposure);
+                match best.get(&endpoint) {
+                    Some((r, c, _)) if (*r, *c) <= (rank, l.cookie) => {}
+                    _ => {
+                        best.insert(endpoint, candidate);
+                    }
+                }
+            }
+        }
+        best.into_iter().map(|(e, (_, _, x))| (e, x)).collect()
+    }
+}
+
+/// Which host families a listener appears on, the guest address to dial for
+/// each, and a rank (lower is preferred when listeners share an endpoint).
+fn host_sides(l: &Listener, forward_any_address: bool) -> Vec<(Family, IpAddr, u8)> {
+    if l.port == 0 {
+        return vec![];
+    }
+    const V4_LOOP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const V6_LOOP: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    match l.addr {
+        IpAddr::V4(a) => v4_side(a, forward_any_address).into_iter().collect(),
+        IpAddr::V6(a) if a.is_unspecified() => {
+            let mut sides = vec![(Family::V6, V6_LOOP, 0)];
+            if !l.ipv6only {
+                sides.push((Family::V4, V4_LOOP, 0));
+            }
+            sides
+        }
+        IpAddr::V6(a) if a.is_loopback() => vec![(Family::V6, V6_LOOP, 0)],
+        // A v6 socket bound to a v4-mapped address accepts only that IPv4
+        // address: it is an IPv4 listener in all but family.
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => v4_side(v4, forward_any_address).into_iter().collect(),
+            // Link-local needs a scope the host cannot name: never forwarded.
+            None if forward_any_address && !is_link_local(a) => vec![(Family::V6, IpAddr::V6(a), 2)],
+            None => vec![],
+        },
+    }
+}
+
+fn v4_side(a: Ipv4Addr, forward_any_address: bool) -> Option<(Family, IpAddr, u8)> {
+    if a.is_unspecified() || a == Ipv4Addr::LOCALHOST {
+        Some((Family::V4, IpAddr::V4(Ipv4Addr::LOCALHOST), 0))
+    } else if a.is_loopback() {
+        Some((Family::V4, IpAddr::V4(a), 1))
+    } else if forward_any_address {
+        Some((Family::V4, IpAddr::V4(a), 2))
+    } else {
+        None
+    }
+}
+
+fn is_link_local(a: Ipv6Addr) -> bool {
+    (a.segments()[0] & 0xffc0) == 0xfe80
+}
+
+/// The messages that take a host from `old` to `new`: removals first, so a
+/// host never holds more ports than either state, then additions and updates.
+pub fn changes(old: &Exposed, new: &Exposed) -> Vec<AgentMsg> {
+    let removed = old.keys().filter(|e| !new.contains_key(e)).map(|e| AgentMsg::Removed(*e));
+    let added = new
+        .iter()
+        .filter(|(e, x)| old.get(e).map(|o| o.forward != x.forward).unwrap_or(true))
+        .map(|(_, x)| AgentMsg::Added(x.forward.clone()));
+    removed.chain(added).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(cookie: u64, addr: &str, port: u16, ipv6only: bool) -> Listener {
+        Listener { cookie, addr: addr.parse().unwrap(), port, ipv6only, pid: 100 + cookie as u32, comm: format!("srv{cookie}") }
+    }
+
+    fn ep(family: Family, port: u16) -> Endpoint {
+        Endpoint { family, port }
+    }
+
+    fn summary(x: &Exposed) -> Vec<(Endpoint, String)> {
+        x.iter().map(|(e, x)| (*e, x.dial.to_string())).collect()
+    }
+
+    #[test]
+    fn addresses_map_to_host_sides() {
+        use Family::*;
+        let cases: Vec<(&str, Vec<Listener>, bool, Vec<(Endpoint, &str)>)> = vec![
+            ("v4 loopback", vec![l(1, "127.0.0.1", 80, false)], false, vec![(ep(V4, 80), "127.0.0.1:80")]),
+            ("v4 wildcard", vec![l(1, "0.0.0.0", 80, false)], false, vec![(ep(V4, 80), "127.0.0.1:80")]),
+            ("other v4 loopback", vec![l(1, "127.0.0.2", 80, false)], false, vec![(ep(V4, 80), "127.0.0.2:80")]),
+            ("v6 loopback", vec![l(1, "::1", 80, true)], false, vec![(ep(V6, 80), "[::1]:80")]),
+            (
+                "dual stack",
+                vec![l(1, "::", 80, false)],
+                false,
+                vec![(ep(V4, 80), "127.0.0.1:80"), (ep(V6, 80), "[::1]:80")],
+            ),
+            ("v6 only wildcard", vec![l(1, "::", 80, true)], false, vec![(ep(V6, 80), "[::1]:80")]),
+            ("v4-mapped loopback", vec![l(1, "::ffff:127.0.0.1", 80, false)], false, vec![(ep(V4, 80), "127.0.0.1:80")]),
+            ("non-loopback v4", vec![l(1, "10.0.0.5", 80, false)], false, vec![]),
+            ("non-loopback v4, opted in", vec![l(1, "10.0.0.5", 80, false)], true, vec![(ep(V4, 80), "10.0.0.5:80")]),
+            ("non-loopback v6", vec![l(1, "2001:db8::1", 80, false)], false, vec![]),
+            ("non-loopback v6, opted in", vec![l(1, "2001:db8::1", 80, false)], true, vec![(ep(V6, 80), "[2001:db8::1]:80")]),
+            ("link-local never", vec![l(1, "fe80::1", 80, false)], true, vec![]),
+            ("unresolved port", vec![l(1, "127.0.0.1", 0, false)], false, vec![]),
+            (
+                "wildcard beats specific loopback",
+                vec![l(1, "127.0.0.2", 80, false), l(2, "0.0.0.0", 80, false)],
+                false,
+                vec![(ep(V4, 80), "127.0.0.1:80")],
+            ),
+            (
+                "oldest of equals wins",
+                vec![l(7, "127.0.0.1", 80, false), l(3, "0.0.0.0", 80, false)],
+                false,
+                vec![(ep(V4, 80), "127.0.0.1:80")],
+            ),
+        ];
+        for (name, listeners, any, want) in cases {
+            let mut t = Table::new(any);
+            for x in listeners {
+                t.listen(x);
+            }
+            let want: Vec<(Endpoint, String)> = want.into_iter().map(|(e, d)| (e, d.to_string())).collect();
+            assert_eq!(summary(&t.exposed()), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn reuseport_listeners_count_until_the_last_closes() {
+        let mut t = Table::new(false);
+        t.listen(l(1, "0.0.0.0", 80, false));
+        t.listen(l(2, "0.0.0.0", 80, false));
+        assert_eq!(t.exposed().len(), 1);
+        assert!(matches!(t.unlisten(1), Some(Change::Unlisten(_))));
+        assert_eq!(t.exposed().len(), 1, "one listener left: still exposed");
+        assert_eq!(t.exposed()[&ep(Family::V4, 80)].forward.pid, 102, "metadata moves to the survivor");
+        t.unlisten(2);
+        assert!(t.exposed().is_empty());
+        assert_eq!(t.unlisten(2), None, "unknown cookie changes nothing");
+    }
+
+    #[test]
+    fn listen_is_idempotent_and_updates() {
+        let mut t = Table::new(false);
+        assert!(t.listen(l(1, "127.0.0.1", 0, false)).is_some());
+        assert!(t.has_unresolved());
+        assert_eq!(t.listen(l(1, "127.0.0.1", 0, false)), None);
+        assert!(t.listen(l(1, "127.0.0.1", 4000, false)).is_some());
+        assert!(!t.has_unresolved());
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn reconcile_makes_the_snapshot_the_truth() {
+        let mut t = Table::new(false);
+        t.listen(l(1, "127.0.0.1", 80, false));
+        t.listen(l(2, "127.0.0.1", 0, false));
+        t.listen(l(3, "::1", 443, true));
+        let mut resolved = l(2, "127.0.0.1", 5555, false);
+        resolved.pid = 0;
+        resolved.comm.clear();
+        let mut unknown_owner = l(4, "0.0.0.0", 22, false);
+        unknown_owner.pid = 0;
+        unknown_owner.comm.clear();
+        let changes = t.reconcile(vec![l(1, "127.0.0.1", 80, false), resolved, unknown_owner]);
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert!(matches!(&changes[0], Change::Unlisten(x) if x.cookie == 3));
+        assert_eq!(t.get(2).unwrap().port, 5555);
+        assert_eq!(t.get(2).unwrap().pid, 102, "pid learned from the event survives");
+        assert_eq!(t.get(4).unwrap().pid, 0);
+        let ports: Vec<u16> = t.exposed().keys().map(|e| e.port).collect();
+        assert_eq!(ports, vec![22, 80, 5555]);
+        let owner_found = t.reconcile(vec![l(1, "127.0.0.1", 80, false), l(2, "127.0.0.1", 5555, false), l(4, "0.0.0.0", 22, false)]);
+        assert!(matches!(&owner_found[..], [Change::Listen(x)] if x.cookie == 4 && x.pid == 104), "{owner_found:?}");
+        assert!(t.reconcile(t.listeners.values().cloned().collect()).is_empty(), "same truth, no change");
+    }
+
+    #[test]
+    fn changes_remove_first_then_add_and_update() {
+        let mut a = Table::new(false);
+        a.listen(l(1, "127.0.0.1", 80, false));
+        a.listen(l(2, "::", 443, false));
+        let old = a.exposed();
+        let mut b = Table::new(false);
+        b.listen(l(2, "::", 443, true));
+        b.listen(l(3, "127.0.0.1", 8080, false));
+        let mut moved = l(9, "127.0.0.1", 443, false);
+        moved.pid = 1;
+        let new = b.exposed();
+        let msgs = changes(&old, &new);
+        let kinds: Vec<String> = msgs
+            .iter()
+            .map(|m| match m {
+                AgentMsg::Removed(e) => format!("-{e}"),
+                AgentMsg::Added(f) => format!("+{}", f.endpoint),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, vec!["-ipv4/80", "-ipv4/443", "+ipv4/8080"]);
+        assert!(changes(&new, &new).is_empty());
+        b.unlisten(2);
+        b.listen(moved);
+        let msgs = changes(&new, &b.exposed());
+        assert!(matches!(&msgs[..], [AgentMsg::Removed(e), AgentMsg::Added(f)] if e.family == Family::V6 && f.pid == 1), "{msgs:?}");
+        assert!(changes(&Exposed::new(), &Exposed::new()).is_empty());
+    }
+}
