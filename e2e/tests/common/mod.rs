@@ -1,0 +1,277 @@
+//! The lab for end-to-end tests: a fresh network namespace as the guest, the
+//! real `hoist-agent` inside it and the real `hoist-host` outside, talking
+//! over a Unix socket. Both log JSON; tests wait on log events (never on
+//! sleeps), each wait bounded so a missing event fails the test.
+
+#![allow(dead_code)]
+
+use hoist_testsupport::Netns;
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn bin(var: &str) -> PathBuf {
+    let p = std::env::var_os(var).unwrap_or_else(|| {
+        panic!("{var} is not set: run the end-to-end tests through `cargo xtask test`, which builds the binaries and sets it")
+    });
+    PathBuf::from(p)
+}
+
+/// Log lines of a child process, parsed as JSON, with a way to wait on them.
+#[derive(Clone)]
+pub struct Logs {
+    inner: Arc<(Mutex<Vec<serde_json::Value>>, Condvar)>,
+}
+
+impl Logs {
+    fn follow(name: &'static str, stream: impl std::io::Read + Send + 'static) -> Logs {
+        let logs = Logs { inner: Arc::new((Mutex::new(Vec::new()), Condvar::new())) };
+        let l = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{name} | {line}");
+                let v = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+                let (m, c) = &*l.inner;
+                m.lock().unwrap().push(v);
+                c.notify_all();
+            }
+        });
+        logs
+    }
+
+    /// Waits until `pred` holds over all lines so far.
+    pub fn wait<T>(&self, what: &str, mut pred: impl FnMut(&[serde_json::Value]) -> Option<T>) -> T {
+        let deadline = Instant::now() + WAIT;
+        let (m, c) = &*self.inner;
+        let mut lines = m.lock().unwrap();
+        loop {
+            if let Some(t) = pred(&lines) {
+                return t;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out after {WAIT:?} waiting for {what}");
+            lines = c.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<serde_json::Value> {
+        self.inner.0.lock().unwrap().clone()
+    }
+}
+
+pub fn is_event(v: &serde_json::Value, event: &str) -> bool {
+    v.get("event").and_then(|e| e.as_str()) == Some(event)
+}
+
+pub fn port_of(v: &serde_json::Value) -> Option<u16> {
+    v.get("port").and_then(|p| p.as_u64()).map(|p| p as u16)
+}
+
+/// (family, port) as the host logs them: "ipv4" or "ipv6".
+pub type Ep = (String, u16);
+
+pub fn ep(family: &str, port: u16) -> Ep {
+    (family.to_string(), port)
+}
+
+/// The set of host forwards implied by the host's log so far.
+pub fn serving(lines: &[serde_json::Value]) -> BTreeSet<Ep> {
+    let mut s = BTreeSet::new();
+    for v in lines {
+        let fam = v.get("family").and_then(|f| f.as_str()).unwrap_or_default().to_string();
+        if is_event(v, "forward_opened") {
+            s.insert((fam, port_of(v).unwrap()));
+        } else if is_event(v, "forward_closed") {
+            s.remove(&(fam, port_of(v).unwrap()));
+        }
+    }
+    s
+}
+
+pub struct Proc {
+    child: Child,
+    pub logs: Logs,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).env("RUST_LOG", "info");
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        let logs = Logs::follow(name, child.stderr.take().unwrap());
+        Proc { child, logs }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    pub fn stop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Lab {
+    pub ns: Netns,
+    pub dir: PathBuf,
+    pub agent: Option<Proc>,
+    pub host: Option<Proc>,
+}
+
+impl Lab {
+    /// A namespace only; start the processes with [`Lab::start_agent`] and
+    /// [`Lab::start_host`] (tests that need something in place first).
+    pub fn empty() -> Lab {
+        hoist_testsupport::require_root();
+        let ns = Netns::new().expect("creating the guest namespace");
+        let dir = std::env::temp_dir().join(format!("hoist-e2e-{}", ns.name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Lab { ns, dir, agent: None, host: None }
+    }
+
+    /// Namespace, agent and host, connected.
+    pub fn new() -> Lab {
+        let mut lab = Lab::empty();
+        lab.start_agent(&[]);
+        lab.start_host(&[]);
+        lab
+    }
+
+    pub fn sock(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    pub fn start_agent(&mut self, extra: &[&str]) {
+        let mut cmd = self.ns.command(bin("HOIST_AGENT_BIN").to_str().unwrap());
+        cmd.args(["--listen", &format!("unix:{}", self.sock().display()), "--log-format", "json"]).args(extra);
+        let p = Proc::spawn("agent", cmd);
+        p.logs.wait("the agent to be ready", |l| l.iter().any(|v| is_event(v, "agent_ready")).then_some(()));
+        self.agent = Some(p);
+    }
+
+    pub fn start_host(&mut self, extra: &[&str]) {
+        let mut cmd = Command::new(bin("HOIST_HOST_BIN"));
+        cmd.args(["--guest", &format!("unix:{}", self.sock().display()), "--log-format", "json"]).args(extra);
+        let p = Proc::spawn("host", cmd);
+        p.logs.wait("the host to connect", |l| l.iter().any(|v| is_event(v, "connected")).then_some(()));
+        self.host = Some(p);
+    }
+
+    pub fn host_logs(&self) -> &Logs {
+        &self.host.as_ref().expect("host running").logs
+    }
+
+    pub fn agent_logs(&self) -> &Logs {
+        &self.agent.as_ref().expect("agent running").logs
+    }
+
+    /// Waits until the host serves exactly what `pred` accepts.
+    pub fn wait_serving(&self, what: &str, pred: impl Fn(&BTreeSet<Ep>) -> bool) -> BTreeSet<Ep> {
+        self.host_logs().wait(what, |l| {
+            let s = serving(l);
+            pred(&s).then_some(s)
+        })
+    }
+
+    pub fn wait_forwarded(&self, family: &str, port: u16) {
+        self.wait_serving(&format!("{family}/{port} to be forwarded"), |s| s.contains(&ep(family, port)));
+    }
+
+    pub fn wait_unforwarded(&self, family: &str, port: u16) {
+        self.wait_serving(&format!("{family}/{port} to be closed"), |s| !s.contains(&ep(family, port)));
+    }
+
+    /// Runs `f` inside the guest namespace (sockets it makes live there).
+    pub fn guest<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.ns.run(f).expect("running in the guest namespace")
+    }
+
+    /// A listener in the guest.
+    pub fn listen(&self, addr: &str) -> TcpListener {
+        let addr: SocketAddr = addr.parse().unwrap();
+        self.guest(move || listen_socket(addr, None).unwrap())
+    }
+
+    /// Opens and keeps a guest listener on 127.0.0.1, waits for it on the
+    /// host: after it appears, every kernel event before it has been handled.
+    pub fn barrier(&self) -> TcpListener {
+        let l = self.listen("127.0.0.1:0");
+        self.wait_forwarded("ipv4", l.local_addr().unwrap().port());
+        l
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.host.take();
+        self.agent.take();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A listening socket with the options the tests need set before listen().
+pub fn listen_socket(addr: SocketAddr, v6only: Option<bool>) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if let Some(v) = v6only {
+        s.set_only_v6(v)?;
+    }
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    Ok(s.into())
+}
+
+/// Echoes every connection of `l` on a thread of its own.
+pub fn serve_echo(l: TcpListener) {
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            std::thread::spawn(move || {
+                let mut r = c.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut c);
+                let _ = c.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+}
+
+/// Connects to the host side and checks an echo round trip.
+pub fn echo_ok(addr: &str) {
+    use std::io::{Read, Write};
+    let mut c = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c.write_all(b"ping").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"ping", "echo through {addr}");
+}
+
+/// Asserts the host refuses connections to `addr`.
+pub fn refused(addr: &str) {
+    match TcpStream::connect(addr) {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{addr}: {e}"),
+        Ok(_) => panic!("{addr} still accepts connections"),
+    }
+}

@@ -1,0 +1,475 @@
+//! Real kernel, real eBPF: the agent in a fresh network namespace, the host
+//! relay outside, the test's own servers in the guest. Run as root through
+//! `cargo xtask test` (one test thread).
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+
+fn port(l: &TcpListener) -> u16 {
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn loopback_wildcard_v6_and_dual_stack_listeners_reach_the_host() {
+    let lab = Lab::new();
+    let v4 = lab.listen("127.0.0.1:0");
+    let any4 = lab.listen("0.0.0.0:0");
+    let v6 = lab.guest(|| listen_socket("[::1]:0".parse().unwrap(), Some(true)).unwrap());
+    let dual = lab.guest(|| listen_socket("[::]:0".parse().unwrap(), Some(false)).unwrap());
+    let v6only_any = lab.guest(|| listen_socket("[::]:0".parse().unwrap(), Some(true)).unwrap());
+    let (p4, pa, p6, pd, p6a) = (port(&v4), port(&any4), port(&v6), port(&dual), port(&v6only_any));
+    for l in [v4, any4, v6, dual, v6only_any] {
+        serve_echo(l);
+    }
+    lab.wait_forwarded("ipv4", p4);
+    echo_ok(&format!("127.0.0.1:{p4}"));
+    lab.wait_forwarded("ipv4", pa);
+    echo_ok(&format!("127.0.0.1:{pa}"));
+    lab.wait_forwarded("ipv6", p6);
+    echo_ok(&format!("[::1]:{p6}"));
+    lab.wait_forwarded("ipv4", pd);
+    lab.wait_forwarded("ipv6", pd);
+    echo_ok(&format!("127.0.0.1:{pd}"));
+    echo_ok(&format!("[::1]:{pd}"));
+    lab.wait_forwarded("ipv6", p6a);
+    echo_ok(&format!("[::1]:{p6a}"));
+    let s = serving(&lab.host_logs().snapshot());
+    assert!(!s.contains(&ep("ipv4", p6)), "::1 must not appear on host IPv4");
+    assert!(!s.contains(&ep("ipv6", p4)), "127.0.0.1 must not appear on host IPv6");
+    assert!(!s.contains(&ep("ipv4", p6a)), "a v6-only :: listener must not appear on host IPv4");
+    refused(&format!("127.0.0.1:{p6a}"));
+}
+
+#[test]
+fn non_loopback_guest_listener_is_not_forwarded() {
+    let lab = Lab::new();
+    let out = std::process::Command::new("ip")
+        .args(["-n", lab.ns.name(), "addr", "add", "192.0.2.10/32", "dev", "lo"])
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let public = lab.listen("192.0.2.10:0");
+    let p = port(&public);
+    let agent_logs = lab.agent_logs().clone();
+    agent_logs.wait("the agent to see the 192.0.2.10 listener", |l| {
+        l.iter().any(|v| is_event(v, "listen") && port_of(v) == Some(p)).then_some(())
+    });
+    let _b = lab.barrier();
+    assert!(!serving(&lab.host_logs().snapshot()).iter().any(|(_, q)| *q == p), "192.0.2.10:{p} must not be forwarded");
+}
+
+#[test]
+fn closed_shut_down_and_killed_listeners_stop_answering() {
+    let lab = Lab::new();
+    // close()
+    let l = lab.listen("127.0.0.1:0");
+    let p = port(&l);
+    lab.wait_forwarded("ipv4", p);
+    drop(l);
+    lab.wait_unforwarded("ipv4", p);
+    refused(&format!("127.0.0.1:{p}"));
+    // shutdown() on the listening socket
+    let l = lab.listen("127.0.0.1:0");
+    let p = port(&l);
+    lab.wait_forwarded("ipv4", p);
+    socket2::SockRef::from(&l).shutdown(Shutdown::Read).unwrap();
+    lab.wait_unforwarded("ipv4", p);
+    refused(&format!("127.0.0.1:{p}"));
+    drop(l);
+    // SIGKILL of the owning process
+    let mut child = lab
+        .ns
+        .command("python3")
+        .args([
+            "-c",
+            "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\nprint(s.getsockname()[1],flush=True)\ntime.sleep(600)",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let p: u16 = line.trim().parse().unwrap();
+    lab.wait_forwarded("ipv4", p);
+    let opened = lab.host_logs().wait("the forward's log line", |l| {
+        l.iter().find(|v| is_event(v, "forward_opened") && port_of(v) == Some(p)).cloned()
+    });
+    assert_eq!(opened["comm"], "python3", "the log names the guest process: {opened}");
+    assert_eq!(opened["pid"], child.id(), "the log names the guest pid: {opened}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    lab.wait_unforwarded("ipv4", p);
+    refused(&format!("127.0.0.1:{p}"));
+}
+
+#[test]
+fn reuseport_listeners_unlisten_with_the_last() {
+    let lab = Lab::new();
+    let mk = |addr: SocketAddr| {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_reuse_port(true).unwrap();
+        s.bind(&addr.into()).unwrap();
+        s.listen(16).unwrap();
+        TcpListener::from(s)
+    };
+    let a = lab.guest(move || mk("127.0.0.1:0".parse().unwrap()));
+    let p = port(&a);
+    let b = lab.guest(move || mk(SocketAddr::from(([127, 0, 0, 1], p))));
+    lab.wait_forwarded("ipv4", p);
+    drop(a);
+    let _barrier = lab.barrier();
+    assert!(serving(&lab.host_logs().snapshot()).contains(&ep("ipv4", p)), "one listener left: still forwarded");
+    serve_echo(b.try_clone().unwrap());
+    echo_ok(&format!("127.0.0.1:{p}"));
+    drop(b);
+    lab.wait_unforwarded("ipv4", p);
+}
+
+#[test]
+fn autobind_is_forwarded_under_its_real_port_and_a_failed_listen_produces_nothing() {
+    let lab = Lab::new();
+    // listen() without bind(): the kernel picks the port inside listen().
+    let auto = lab.guest(|| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.listen(16).unwrap();
+        TcpListener::from(s)
+    });
+    let pa = port(&auto);
+    assert_ne!(pa, 0);
+    lab.wait_forwarded("ipv4", pa);
+    serve_echo(auto);
+    echo_ok(&format!("127.0.0.1:{pa}"));
+
+    // Two sockets bound to one port with SO_REUSEADDR: the second listen()
+    // fails with EADDRINUSE after the kernel already entered LISTEN.
+    let (first, err) = lab.guest(|| {
+        use socket2::{Domain, Socket, Type};
+        let a = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        a.set_reuse_address(true).unwrap();
+        a.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        let p = a.local_addr().unwrap().as_socket().unwrap().port();
+        let b = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        b.set_reuse_address(true).unwrap();
+        b.bind(&SocketAddr::from(([127, 0, 0, 1], p)).into()).unwrap();
+        a.listen(16).unwrap();
+        let err = b.listen(16).unwrap_err();
+        (TcpListener::from(a), err)
+    });
+    assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
+    let pf = port(&first);
+    lab.wait_forwarded("ipv4", pf);
+    let _b = lab.barrier();
+    let agent = lab.agent_logs().snapshot();
+    let listens = agent.iter().filter(|v| is_event(v, "listen") && port_of(v) == Some(pf)).count();
+    let unlistens = agent.iter().filter(|v| is_event(v, "unlisten") && port_of(v) == Some(pf)).count();
+    assert_eq!((listens, unlistens), (1, 0), "the failed listen must produce no event");
+    let host = lab.host_logs().snapshot();
+    assert_eq!(host.iter().filter(|v| port_of(v) == Some(pf)).count(), 1, "one forward_opened, nothing else");
+}
+
+#[test]
+fn listener_from_before_the_agent_is_forwarded() {
+    let mut lab = Lab::empty();
+    let early = lab.listen("127.0.0.1:0");
+    let p = port(&early);
+    serve_echo(early);
+    lab.start_agent(&[]);
+    lab.start_host(&[]);
+    lab.wait_forwarded("ipv4", p);
+    echo_ok(&format!("127.0.0.1:{p}"));
+}
+
+#[test]
+fn restarted_host_or_agent_ends_with_exactly_the_guests_table() {
+    let mut lab = Lab::new();
+    let a = lab.listen("127.0.0.1:0");
+    let b = lab.listen("127.0.0.1:0");
+    lab.wait_forwarded("ipv4", port(&b));
+    lab.wait_forwarded("ipv4", port(&a));
+
+    // The host goes away while the guest changes its ports.
+    lab.host.take().unwrap().stop();
+    let pa = port(&a);
+    drop(a);
+    let c = lab.listen("127.0.0.1:0");
+    let d = lab.guest(|| listen_socket("[::1]:0".parse().unwrap(), Some(true)).unwrap());
+    lab.start_host(&[]);
+    let want = [ep("ipv4", port(&b)), ep("ipv4", port(&c)), ep("ipv6", port(&d))].into_iter().collect();
+    let got = lab.wait_serving("the host to hold the guest's table", |s| *s == want);
+    assert_eq!(got, want);
+    refused(&format!("127.0.0.1:{pa}"));
+
+    // The agent goes away (the host keeps its forwards and reconnects).
+    lab.agent.take().unwrap().stop();
+    let pb = port(&b);
+    drop(b);
+    let e = lab.listen("0.0.0.0:0");
+    lab.start_agent(&[]);
+    let want = [ep("ipv4", port(&c)), ep("ipv6", port(&d)), ep("ipv4", port(&e))].into_iter().collect();
+    let got = lab.wait_serving("the host to resync after the agent restart", |s| *s == want);
+    assert_eq!(got, want);
+    refused(&format!("127.0.0.1:{pb}"));
+    let sessions = lab.host_logs().snapshot().iter().filter(|v| is_event(v, "connected")).count();
+    assert_eq!(sessions, 2, "the host reconnected once");
+}
+
+/// Deterministic, incompressible-ish bytes, so corruption cannot hide.
+fn pattern(seed: u64, n: usize) -> impl Iterator<Item = Vec<u8>> {
+    let mut x = seed | 1;
+    let chunk = 64 * 1024;
+    (0..n.div_ceil(chunk)).map(move |i| {
+        let len = chunk.min(n - i * chunk);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    })
+}
+
+fn sha(seed: u64, n: usize) -> Vec<u8> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    pattern(seed, n).for_each(|c| h.update(&c));
+    h.finalize().to_vec()
+}
+
+/// Reads to end of stream, returning (sha256, bytes).
+fn drain(r: &mut impl Read) -> (Vec<u8>, usize) {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0;
+    loop {
+        match r.read(&mut buf).unwrap() {
+            0 => return (h.finalize().to_vec(), n),
+            k => {
+                h.update(&buf[..k]);
+                n += k;
+            }
+        }
+    }
+}
+
+const MB100: usize = 100 * 1024 * 1024;
+
+/// A guest server: reads the client's stream to its end and, at the same
+/// time, sends `down` pattern bytes; reports the sha256 of what it read.
+fn sink_source_server(l: TcpListener, down: usize) -> std::sync::mpsc::Receiver<(Vec<u8>, usize)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let mut w = c.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            for chunk in pattern(2, down) {
+                w.write_all(&chunk).unwrap();
+            }
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        tx.send(drain(&mut c)).unwrap();
+        writer.join().unwrap();
+    });
+    rx
+}
+
+#[test]
+fn hundred_megabytes_each_way_and_both_at_once_arrive_intact() {
+    let lab = Lab::new();
+    for (up, down) in [(MB100, 0), (0, MB100), (MB100, MB100)] {
+        let l = lab.listen("127.0.0.1:0");
+        let p = port(&l);
+        let got = sink_source_server(l, down);
+        lab.wait_forwarded("ipv4", p);
+        let mut c = TcpStream::connect(("127.0.0.1", p)).unwrap();
+        let mut w = c.try_clone().unwrap();
+        // Both directions at once: a relay that serialises them deadlocks
+        // here, since neither side reads until it has written everything.
+        let writer = std::thread::spawn(move || {
+            for chunk in pattern(1, up) {
+                w.write_all(&chunk).unwrap();
+            }
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        let (down_sha, down_n) = drain(&mut c);
+        writer.join().unwrap();
+        let (up_sha, up_n) = got.recv_timeout(WAIT * 6).expect("server finished");
+        assert_eq!((up_n, down_n), (up, down), "byte counts up/down");
+        assert_eq!(up_sha, sha(1, up), "upload sha256");
+        assert_eq!(down_sha, sha(2, down), "download sha256");
+    }
+}
+
+#[test]
+fn half_close_passes_through_in_both_directions() {
+    let lab = Lab::new();
+    // Client half-closes first; the server replies after seeing EOF.
+    let l = lab.listen("127.0.0.1:0");
+    let p = port(&l);
+    std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        c.write_all(format!("got {} bytes", got.len()).as_bytes()).unwrap();
+    });
+    lab.wait_forwarded("ipv4", p);
+    let mut c = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c.write_all(b"request").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "got 7 bytes");
+
+    // Server half-closes first; the client sends after seeing EOF.
+    let l = lab.listen("127.0.0.1:0");
+    let p = port(&l);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.write_all(b"banner").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut got = String::new();
+        c.read_to_string(&mut got).unwrap();
+        tx.send(got).unwrap();
+    });
+    lab.wait_forwarded("ipv4", p);
+    let mut c = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let mut banner = String::new();
+    c.read_to_string(&mut banner).unwrap();
+    assert_eq!(banner, "banner");
+    c.write_all(b"after your FIN").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "after your FIN");
+}
+
+#[test]
+fn two_hundred_concurrent_connections_all_complete() {
+    let lab = Lab::new();
+    let l = lab.listen("127.0.0.1:0");
+    let p = port(&l);
+    serve_echo(l);
+    lab.wait_forwarded("ipv4", p);
+    // Open all 200 before any finishes, so they are truly concurrent.
+    let conns: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect(("127.0.0.1", p)).unwrap()).collect();
+    let threads: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            std::thread::spawn(move || {
+                c.set_read_timeout(Some(WAIT * 3)).unwrap();
+                let msg = format!("connection {i} says hello").repeat(100);
+                c.write_all(msg.as_bytes()).unwrap();
+                c.shutdown(Shutdown::Write).unwrap();
+                let mut back = String::new();
+                c.read_to_string(&mut back).unwrap();
+                assert_eq!(back, msg);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn a_reset_is_passed_on() {
+    let lab = Lab::new();
+    let l = lab.listen("127.0.0.1:0");
+    let p = port(&l);
+    std::thread::spawn(move || {
+        let (c, _) = l.accept().unwrap();
+        let mut b = [0u8; 4];
+        (&c).read_exact(&mut b).unwrap();
+        socket2::SockRef::from(&c).set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(c);
+    });
+    lab.wait_forwarded("ipv4", p);
+    let mut c = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 16];
+    match c.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected reset or close, got {other:?}"),
+    }
+}
+
+#[test]
+fn data_connection_to_a_port_not_listening_is_refused_and_a_bad_frame_closes_only_its_connection() {
+    let lab = Lab::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sock = lab.sock();
+    let l = lab.listen("127.0.0.1:0");
+    let p = port(&l);
+    serve_echo(l);
+    lab.wait_forwarded("ipv4", p);
+    rt.block_on(async {
+        use hoist_proto::frame::{read_frame_timeout, write_frame};
+        use hoist_proto::transport::{connect, Addr};
+        use hoist_proto::{AgentMsg, Endpoint, Family, HostMsg, PROTOCOL_VERSION};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = Addr::Unix(sock);
+        // A port nobody listens on in the guest.
+        let closed = lab.guest(|| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+        let mut s = connect(&addr).await.unwrap();
+        let hello = HostMsg::Data { version: PROTOCOL_VERSION, endpoint: Endpoint { family: Family::V4, port: closed } };
+        write_frame(&mut s, &hello.encode()).await.unwrap();
+        let reply = AgentMsg::decode(&read_frame_timeout(&mut s).await.unwrap()).unwrap();
+        assert!(matches!(&reply, AgentMsg::Rejected { reason } if reason.contains("no guest listener")), "{reply:?}");
+        // Garbage, an oversized frame, an unknown version: each closes only
+        // its own connection.
+        for wire in [
+            vec![0, 0, 0, 3, 0xde, 0xad, 0xbe],
+            vec![0xff, 0xff, 0xff, 0xff],
+            {
+                let mut v = Vec::new();
+                hoist_proto::frame::encode_frame(&HostMsg::Control { version: 999 }.encode(), &mut v).unwrap();
+                v
+            },
+        ] {
+            let mut s = connect(&addr).await.unwrap();
+            s.write_all(&wire).await.unwrap();
+            let mut rest = Vec::new();
+            tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await.expect("agent closes the connection").unwrap();
+        }
+    });
+    // The agent and the existing control stream carry on.
+    echo_ok(&format!("127.0.0.1:{p}"));
+    let _b = lab.barrier();
+    assert_eq!(lab.host_logs().snapshot().iter().filter(|v| is_event(v, "connected")).count(), 1);
+}
+
+#[test]
+fn a_port_taken_on_the_host_is_reported_and_others_keep_working() {
+    let lab = Lab::new();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let pt = port(&taken);
+    let guest = lab.guest(move || listen_socket(SocketAddr::from(([127, 0, 0, 1], pt)), None).unwrap());
+    let other = lab.listen("127.0.0.1:0");
+    let po = port(&other);
+    serve_echo(other);
+    let conflict = lab.host_logs().wait("the conflict report", |l| {
+        l.iter().find(|v| is_event(v, "host_port_conflict") && port_of(v) == Some(pt)).cloned()
+    });
+    assert_eq!(conflict["pid"], std::process::id(), "names the guest pid: {conflict}");
+    assert!(conflict["comm"].as_str().is_some_and(|c| !c.is_empty()), "names the guest command: {conflict}");
+    lab.wait_forwarded("ipv4", po);
+    echo_ok(&format!("127.0.0.1:{po}"));
+    // The host program still owns its port: hoist did not share it.
+    let mut c = TcpStream::connect(("127.0.0.1", pt)).unwrap();
+    let (mut accepted, _) = taken.accept().unwrap();
+    c.write_all(b"mine").unwrap();
+    let mut b = [0u8; 4];
+    accepted.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"mine");
+    drop(guest);
+}
