@@ -473,3 +473,59 @@ fn a_port_taken_on_the_host_is_reported_and_others_keep_working() {
     assert_eq!(&b, b"mine");
     drop(guest);
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_reader_that_stops_reading_holds_memory_flat_and_a_vanished_client_hurts_nothing() {
+    let lab = Lab::new();
+    let l = lab.listen("127.0.0.1:0");
+    let p = port(&l);
+    // The guest server writes until the kernel says its socket is full: that
+    // happens only if every hop in between applies backpressure instead of
+    // buffering.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.set_nonblocking(true).unwrap();
+        let chunk = vec![7u8; 64 * 1024];
+        let mut sent = 0usize;
+        loop {
+            match c.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    tx.send(sent).unwrap();
+                    // Keep the connection open until the client is gone.
+                    c.set_nonblocking(false).unwrap();
+                    let _ = c.read(&mut [0u8; 1]);
+                    return;
+                }
+                Err(e) => panic!("guest server: {e}"),
+            }
+            assert!(sent < 1 << 30, "1 GiB went out to a client that reads nothing: no backpressure");
+        }
+    });
+    lab.wait_forwarded("ipv4", p);
+    let (agent_pid, host_pid) = (lab.agent.as_ref().unwrap().pid(), lab.host.as_ref().unwrap().pid());
+    let before = rss_kib(agent_pid) + rss_kib(host_pid);
+    let c = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    let in_flight = rx.recv_timeout(WAIT).expect("the guest server's socket filled up");
+    let after = rss_kib(agent_pid) + rss_kib(host_pid);
+    assert!(in_flight < 64 << 20, "{in_flight} bytes in flight before backpressure");
+    assert!(after < before + 8 * 1024, "relay memory grew from {before} KiB to {after} KiB while the client read nothing");
+    // The client vanishes with a reset while data is pending everywhere: the
+    // relay (no SIGPIPE death) and the forward carry on.
+    socket2::SockRef::from(&c).set_linger(Some(std::time::Duration::ZERO)).unwrap();
+    drop(c);
+    let e = lab.listen("127.0.0.1:0");
+    let pe = port(&e);
+    serve_echo(e);
+    lab.wait_forwarded("ipv4", pe);
+    // Through both processes: neither died of the reset.
+    echo_ok(&format!("127.0.0.1:{pe}"));
+}
