@@ -53,6 +53,7 @@ fn main() {
         eprintln!("hoist-agent: {e:#}");
         std::process::exit(2);
     }
+    hoist_proto::sys::raise_fd_limit();
     if let Err(e) = real_main(args) {
         error!("{e:#}");
         std::process::exit(1);

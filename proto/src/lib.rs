@@ -6,6 +6,7 @@ pub mod frame;
 pub mod logging;
 pub mod msg;
 pub mod relay;
+pub mod sys;
 pub mod transport;
 
 pub use msg::{AgentMsg, Endpoint, Family, Forward, HostMsg, PROTOCOL_VERSION};
