@@ -1,0 +1,249 @@
+//! The kernel side of hoist: sees every successful listen() and every close of
+//! a listening TCP socket and writes one `ListenEvent` per change into the
+//! `EVENTS` ring buffer. Two hook sets live in this one object; the agent
+//! attaches whichever the running kernel allows:
+//! - trampoline: fexit on `inet_csk_listen_start` (only a listen that
+//!   succeeded, port already chosen) and fentry on `inet_csk_listen_stop`;
+//! - tracepoint: `tp_btf/inet_sock_set_state` stashes a LISTEN per thread
+//!   until `syscalls/sys_exit_listen` confirms listen() returned 0; a
+//!   LISTEN -> CLOSE that ends a stashed listen was a failed listen() and is
+//!   dropped, any other is an unlisten.
+//! Struct offsets are read-only globals the agent fills in from the running
+//! kernel's BTF; nothing about the layout is compiled in.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
+use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock};
+use aya_ebpf::macros::{btf_tracepoint, fentry, fexit, map, tracepoint};
+use aya_ebpf::maps::{LruHashMap, PerCpuArray, RingBuf};
+use aya_ebpf::programs::{BtfTracePointContext, FEntryContext, FExitContext, TracePointContext};
+use aya_ebpf::EbpfContext;
+use aya_log_ebpf::{debug, warn};
+use core::ptr::read_volatile;
+use hoist_common::{ListenEvent, ABSENT, AF_INET, AF_INET6, EVENTS_RING_BYTES, EVENT_LISTEN, EVENT_UNLISTEN};
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// Events lost to a full ring buffer, per CPU so no atomics are needed; the
+/// agent sums the CPUs.
+#[map(name = "DROPS")]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Listens seen entering LISTEN, waiting for their listen() to return.
+#[map(name = "PENDING")]
+static PENDING: LruHashMap<u64, ListenEvent> = LruHashMap::with_max_entries(4096, 0);
+
+// Read-only globals set by the agent at load (see hoist_common::global). They
+// must be plain statics read with read_volatile: the compiler would otherwise
+// fold them to these placeholder values.
+#[no_mangle]
+static NETNS_INUM: u32 = 0;
+#[no_mangle]
+static OFF_FAMILY: u32 = ABSENT;
+#[no_mangle]
+static OFF_NUM: u32 = ABSENT;
+#[no_mangle]
+static OFF_RCV_SADDR: u32 = ABSENT;
+#[no_mangle]
+static OFF_V6_RCV_SADDR: u32 = ABSENT;
+#[no_mangle]
+static OFF_IPV6ONLY_BYTE: u32 = ABSENT;
+#[no_mangle]
+static IPV6ONLY_BIT: u32 = 0;
+#[no_mangle]
+static OFF_NET: u32 = ABSENT;
+#[no_mangle]
+static OFF_NET_INUM: u32 = ABSENT;
+#[no_mangle]
+static OFF_INET_SPORT: u32 = ABSENT;
+
+const TCP_LISTEN: i32 = 10;
+const TCP_CLOSE: i32 = 7;
+
+#[inline(always)]
+fn global(g: &'static u32) -> u32 {
+    // SAFETY: a valid static; volatile keeps the load from being folded.
+    unsafe { read_volatile(g) }
+}
+
+/// A load at a BTF-checked offset from a kernel pointer the verifier knows
+/// the type of; the verifier rejects any offset not inside a real member.
+#[inline(always)]
+unsafe fn load<T: Copy>(base: *const u8, off: u32) -> T {
+    read_volatile(base.add(off as usize) as *const T)
+}
+
+/// Builds the event for `sk`, or `None` for a socket this agent does not
+/// watch (other family, other network namespace).
+#[inline(always)]
+unsafe fn describe(sk: *const u8, kind: u8) -> Option<ListenEvent> {
+    let family: u16 = load(sk, global(&OFF_FAMILY));
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    let net: *const u8 = load(sk, global(&OFF_NET));
+    if net.is_null() {
+        return None;
+    }
+    let netns: u32 = load(net, global(&OFF_NET_INUM));
+    let want = global(&NETNS_INUM);
+    if want != 0 && netns != want {
+        return None;
+    }
+    let mut ev = ListenEvent::zeroed();
+    ev.kind = kind;
+    ev.family = family;
+    ev.netns = netns;
+    ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    ev.cookie = bpf_get_socket_cookie(sk as *mut _);
+    if family == AF_INET {
+        let a: [u8; 4] = load(sk, global(&OFF_RCV_SADDR));
+        ev.addr[0] = a[0];
+        ev.addr[1] = a[1];
+        ev.addr[2] = a[2];
+        ev.addr[3] = a[3];
+    } else {
+        let off6 = global(&OFF_V6_RCV_SADDR);
+        if off6 == ABSENT {
+            return None;
+        }
+        let words: [u32; 4] = [load(sk, off6), load(sk, off6 + 4), load(sk, off6 + 8), load(sk, off6 + 12)];
+        let mut i = 0;
+        while i < 4 {
+            let b = words[i].to_ne_bytes();
+            ev.addr[i * 4] = b[0];
+            ev.addr[i * 4 + 1] = b[1];
+            ev.addr[i * 4 + 2] = b[2];
+            ev.addr[i * 4 + 3] = b[3];
+            i += 1;
+        }
+        let byte_off = global(&OFF_IPV6ONLY_BYTE);
+        if byte_off != ABSENT {
+            let byte: u8 = load(sk, byte_off);
+            ev.ipv6only = (byte >> (global(&IPV6ONLY_BIT) & 7)) & 1;
+        }
+    }
+    Some(ev)
+}
+
+/// The local port from `inet_sport`, which survives into LISTEN -> CLOSE when
+/// `skc_num` of an autobound port is already cleared. It lies beyond
+/// `struct sock`, so it is read through the `tcp_sock` view of the socket.
+#[inline(always)]
+unsafe fn sport(sk: *const u8) -> u16 {
+    let tp = bpf_skc_to_tcp_sock(sk as *mut _) as *const u8;
+    if tp.is_null() {
+        return 0;
+    }
+    u16::from_be(load::<u16>(tp, global(&OFF_INET_SPORT)))
+}
+
+#[inline(always)]
+fn emit<C: EbpfContext>(ctx: &C, ev: &ListenEvent) {
+    if EVENTS.output::<ListenEvent>(ev, 0).is_err() {
+        if let Some(n) = DROPS.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot; nothing else writes it concurrently.
+            unsafe { *n += 1 };
+        }
+        warn!(ctx, "hoist: ring buffer full, event for port {} lost", ev.port);
+        return;
+    }
+    debug!(ctx, "hoist: kind {} family {} port {} pid {}", ev.kind, ev.family, ev.port, ev.pid);
+}
+
+// ---- trampoline path ----
+
+#[fexit(function = "inet_csk_listen_start")]
+pub fn listen_start(ctx: FExitContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    // fexit sees the arguments, then the return value.
+    let ret: i64 = ctx.arg(1);
+    if ret != 0 {
+        return 0;
+    }
+    // SAFETY: sk is the BTF-typed argument; loads are verifier-checked.
+    if let Some(mut ev) = unsafe { describe(sk, EVENT_LISTEN) } {
+        ev.port = unsafe { load::<u16>(sk, global(&OFF_NUM)) };
+        emit(&ctx, &ev);
+    }
+    0
+}
+
+#[fentry(function = "inet_csk_listen_stop")]
+pub fn listen_stop(ctx: FEntryContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    // SAFETY: as above.
+    if let Some(mut ev) = unsafe { describe(sk, EVENT_UNLISTEN) } {
+        ev.port = unsafe { sport(sk) };
+        emit(&ctx, &ev);
+    }
+    0
+}
+
+// ---- tracepoint path ----
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn listen_state(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let key = bpf_get_current_pid_tgid();
+    if new == TCP_LISTEN {
+        // SAFETY: sk is the BTF-typed tracepoint argument.
+        if let Some(mut ev) = unsafe { describe(sk, EVENT_LISTEN) } {
+            // 0 for an autobind listen: the port is chosen after this point,
+            // and the agent resolves it by cookie.
+            ev.port = unsafe { load::<u16>(sk, global(&OFF_NUM)) };
+            let _ = PENDING.insert(&key, &ev, 0);
+        }
+    } else if old == TCP_LISTEN && new == TCP_CLOSE {
+        // SAFETY: as above.
+        if let Some(mut ev) = unsafe { describe(sk, EVENT_UNLISTEN) } {
+            // SAFETY: a map value pointer valid for this program run.
+            if let Some(p) = unsafe { PENDING.get(&key) } {
+                if p.cookie == ev.cookie {
+                    // listen() is failing (EADDRINUSE): it never listened.
+                    let _ = PENDING.remove(&key);
+                    return 0;
+                }
+            }
+            ev.port = unsafe { sport(sk) };
+            emit(&ctx, &ev);
+        }
+    }
+    0
+}
+
+/// Offset of `ret` in the syscall-exit tracepoint record (a stable ABI:
+/// common header, `__syscall_nr`, padding, `long ret`).
+const SYS_EXIT_RET: usize = 16;
+
+#[tracepoint(category = "syscalls", name = "sys_exit_listen")]
+pub fn listen_exit(ctx: TracePointContext) -> i32 {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: a map value pointer valid for this program run.
+    let Some(pending) = (unsafe { PENDING.get(&key) }) else {
+        return 0;
+    };
+    let ev = *pending;
+    let _ = PENDING.remove(&key);
+    // SAFETY: reads the tracepoint record at its fixed layout.
+    let ret: i64 = unsafe { ctx.read_at(SYS_EXIT_RET) }.unwrap_or(-1);
+    if ret == 0 {
+        emit(&ctx, &ev);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,488 @@
+//! Member offsets from the running kernel's BTF (`/sys/kernel/btf/vmlinux`),
+//! so the eBPF program reads `struct sock` with this kernel's layout rather
+//! than the build machine's. A small parser: just enough of the BTF format to
+//! walk struct and union members, through anonymous members, typedefs and
+//! qualifiers. A missing member or one of an unexpected size is a hard error.
+
+use anyhow::{bail, Context, Result};
+use hoist_common::ABSENT;
+
+const BTF_MAGIC: u16 = 0xeb9f;
+
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FWD: u32 = 7;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+/// Everything the eBPF program needs to know about the kernel's layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    pub family: u32,
+    pub num: u32,
+    pub rcv_saddr: u32,
+    /// [`ABSENT`] on a kernel without IPv6.
+    pub v6_rcv_saddr: u32,
+    /// [`ABSENT`] on a kernel without IPv6.
+    pub ipv6only_byte: u32,
+    pub ipv6only_bit: u32,
+    pub net: u32,
+    pub net_inum: u32,
+    pub inet_sport: u32,
+}
+
+impl Offsets {
+    pub fn from_running_kernel() -> Result<Offsets> {
+        let path = "/sys/kernel/btf/vmlinux";
+        let data = std::fs::read(path).with_context(|| format!("reading {path} (kernel built without CONFIG_DEBUG_INFO_BTF?)"))?;
+        Offsets::from_btf(&data).with_context(|| format!("finding struct offsets in {path}"))
+    }
+
+    pub fn from_btf(data: &[u8]) -> Result<Offsets> {
+        let btf = Btf::parse(data)?;
+        let sock = btf.find_struct("sock")?;
+        let field = |path: &[&str], size: u32| -> Result<u32> {
+            let m = btf.member(sock, path)?;
+            if m.bitfield || m.size != size {
+                bail!("struct sock.{} is {} bytes{}, expected {size}", path.join("."), m.size, if m.bitfield { " (bitfield)" } else { "" });
+            }
+            Ok(m.bit_offset / 8)
+        };
+        let family = field(&["__sk_common", "skc_family"], 2)?;
+        let num = field(&["__sk_common", "skc_num"], 2)?;
+        let rcv_saddr = field(&["__sk_common", "skc_rcv_saddr"], 4)?;
+        let net = field(&["__sk_common", "skc_net", "net"], 8)?;
+        let (v6_rcv_saddr, ipv6only_byte, ipv6only_bit) = match btf.member(sock, &["__sk_common", "skc_v6_rcv_saddr"]) {
+            Ok(m) if m.size == 16 && !m.bitfield => {
+                let only = btf.member(sock, &["__sk_common", "skc_ipv6only"])?;
+                if !only.bitfield && only.size != 1 {
+                    bail!("struct sock.skc_ipv6only is neither a bitfield nor a byte");
+                }
+                (m.bit_offset / 8, only.bit_offset / 8, only.bit_offset % 8)
+            }
+            Ok(m) => bail!("struct sock.skc_v6_rcv_saddr is {} bytes, expected 16", m.size),
+            // A kernel without IPv6 has no such member: the v6 branch of the
+            // eBPF program becomes dead code.
+            Err(_) => (ABSENT, ABSENT, 0),
+        };
+        let netns = btf.find_struct("net")?;
+        let inum = btf.member(netns, &["ns", "inum"])?;
+        if inum.bitfield || inum.size != 4 {
+            bail!("struct net.ns.inum is {} bytes, expected 4", inum.size);
+        }
+        let tcp = btf.find_struct("tcp_sock")?;
+        let sport = btf.member(tcp, &["inet_conn", "icsk_inet", "inet_sport"])?;
+        if sport.bitfield || sport.size != 2 {
+            bail!("struct tcp_sock inet_sport is {} bytes, expected 2", sport.size);
+        }
+        Ok(Offsets {
+            family,
+            num,
+            rcv_saddr,
+            v6_rcv_saddr,
+            ipv6only_byte,
+            ipv6only_bit,
+            net,
+            net_inum: inum.bit_offset / 8,
+            inet_sport: sport.bit_offset / 8,
+        })
+    }
+}
+
+struct Type {
+    name_off: u32,
+    kind: u32,
+    kflag: bool,
+    /// Size for sized kinds, referenced type for the others.
+    size_or_type: u32,
+    /// (name_off, type, offset) of struct/union members; for an array,
+    /// one entry (0, element type, element count).
+    members: Vec<(u32, u32, u32)>,
+    /// INT encoding (bits) for ints.
+    int_bits: u32,
+}
+
+struct Btf<'a> {
+    types: Vec<Type>,
+    strings: &'a [u8],
+}
+
+/// A member found by path: where it starts and how big it is.
+#[derive(Debug, PartialEq, Eq)]
+struct Member {
+    bit_offset: u32,
+    size: u32,
+    bitfield: bool,
+}
+
+struct Cursor<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn u32(&mut self) -> Result<u32> {
+        let b = self.data.get(self.pos..self.pos + 4).context("BTF type section truncated")?;
+        self.pos += 4;
+        Ok(u32::from_le_bytes(b.try_into().unwrap()))
+    }
+    fn skip(&mut self, n: usize) -> Result<()> {
+        if self.pos + n > self.data.len() {
+            bail!("BTF type section truncated");
+        }
+        self.pos += n;
+        Ok(())
+    }
+}
+
+impl<'a> Btf<'a> {
+    fn parse(data: &'a [u8]) -> Result<Btf<'a>> {
+        let u32_at = |o: usize| -> Result<u32> {
+            Ok(u32::from_le_bytes(data.get(o..o + 4).context("BTF header truncated")?.try_into().unwrap()))
+        };
+        if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != BTF_MAGIC {
+            bail!("not little-endian BTF data (bad magic)");
+        }
+        let hdr_len = u32_at(4)? as usize;
+        let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
+        let (str_off, str_len) = (u32_at(16)? as usize, u32_at(20)? as usize);
+        let types_data = data
+            .get(hdr_len + type_off..hdr_len + type_off + type_len)
+            .context("BTF type section out of bounds")?;
+        let strings = data.get(hdr_len + str_off..hdr_len + str_off + str_len).context("BTF string section out of bounds")?;
+        // Type id 0 is void.
+        let mut types = vec![Type { name_off: 0, kind: 0, kflag: false, size_or_type: 0, members: vec![], int_bits: 0 }];
+        let mut c = Cursor { data: types_data, pos: 0 };
+        while c.pos < types_data.len() {
+            let name_off = c.u32()?;
+            let info = c.u32()?;
+            let size_or_type = c.u32()?;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let mut t = Type { name_off, kind, kflag: info >> 31 == 1, size_or_type, members: vec![], int_bits: 0 };
+            match kind {
+                KIND_INT => t.int_bits = c.u32()? & 0xff,
+                KIND_ARRAY => {
+                    let elem = c.u32()?;
+                    let _index = c.u32()?;
+                    let n = c.u32()?;
+                    t.members.push((0, elem, n));
+                }
+                KIND_STRUCT | KIND_UNION => {
+                    for _ in 0..vlen {
+                        let (n, ty, off) = (c.u32()?, c.u32()?, c.u32()?);
+                        t.members.push((n, ty, off));
+                    }
+                }
+                KIND_ENUM => c.skip(8 * vlen)?,
+                KIND_FUNC_PROTO => c.skip(8 * vlen)?,
+                KIND_VAR | KIND_DECL_TAG => c.skip(4)?,
+                KIND_DATASEC | KIND_ENUM64 => c.skip(12 * vlen)?,
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC
+                | KIND_FLOAT | KIND_TYPE_TAG => {}
+                k => bail!("unknown BTF kind {k} at type {}", types.len()),
+            }
+            types.push(t);
+        }
+        Ok(Btf { types, strings })
+    }
+
+    fn name(&self, off: u32) -> &[u8] {
+        let s = self.strings.get(off as usize..).unwrap_or_default();
+        &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
+    }
+
+    fn ty(&self, id: u32) -> Result<&Type> {
+        self.types.get(id as usize).with_context(|| format!("BTF type id {id} out of range"))
+    }
+
+    fn find_struct(&self, name: &str) -> Result<u32> {
+        self.types
+            .iter()
+            .position(|t| t.kind == KIND_STRUCT && !t.members.is_empty() && self.name(t.name_off) == name.as_bytes())
+            .map(|i| i as u32)
+            .with_context(|| format!("struct {name} not found in the kernel's BTF"))
+    }
+
+    /// Follows typedefs and qualifiers to the type that has a layout.
+    fn resolve(&self, mut id: u32) -> Result<u32> {
+        for _ in 0..32 {
+            let t = self.ty(id)?;
+            match t.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => id = t.size_or_type,
+                _ => return Ok(id),
+            }
+        }
+        bail!("BTF type chain too long at id {id}")
+    }
+
+    fn size(&self, id: u32) -> Result<u32> {
+        let id = self.resolve(id)?;
+        let t = self.ty(id)?;
+        Ok(match t.kind {
+            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FLOAT => t.size_or_type,
+            KIND_PTR => 8,
+            KIND_ARRAY => self.size(t.members[0].1)? * t.members[0].2,
+            k => bail!("BTF type {id} of kind {k} has no size"),
+        })
+    }
+
+    /// Finds `path` from struct/union `id`: each step names a member, looked
+    /// for through anonymous members too.
+    fn member(&self, id: u32, path: &[&str]) -> Result<Member> {
+        let mut base = 0;
+        let mut cur = id;
+        let mut found = None;
+        for (i, step) in path.iter().enumerate() {
+            let (bit_off, ty, bitfield_bits) = self
+                .find_member(cur, step)?
+                .with_context(|| format!("member {} not found in the kernel's BTF", path[..=i].join(".")))?;
+            base += bit_off;
+            cur = self.resolve(ty)?;
+            found = Some((ty, bitfield_bits));
+        }
+        let (ty, bitfield_bits) = found.context("empty member path")?;
+        let size = self.size(ty)?;
+        let int_bits = match self.ty(self.resolve(ty)?)? {
+            t if t.kind == KIND_INT => t.int_bits,
+            _ => size * 8,
+        };
+        let bitfield = bitfield_bits != 0 && bitfield_bits != size * 8 || int_bits != size * 8;
+        Ok(Member { bit_offset: base, size, bitfield })
+    }
+
+    /// (bit offset, type, bitfield size) of member `name` of `id`.
+    fn find_member(&self, id: u32, name: &str) -> Result<Option<(u32, u32, u32)>> {
+        let t = self.ty(self.resolve(id)?)?;
+        if t.kind != KIND_STRUCT && t.kind != KIND_UNION {
+            bail!("BTF type {id} is not a struct or union");
+        }
+        for &(name_off, ty, off) in &t.members {
+            let (bit_off, bits) = if t.kflag { (off & 0xff_ffff, off >> 24) } else { (off, 0) };
+            if name_off == 0 {
+                let inner = self.resolve(ty)?;
+                let k = self.ty(inner)?.kind;
+                if k == KIND_STRUCT || k == KIND_UNION {
+                    if let Some((o, t2, b)) = self.find_member(inner, name)? {
+                        return Ok(Some((bit_off + o, t2, b)));
+                    }
+                }
+            } else if self.name(name_off) == name.as_bytes() {
+                return Ok(Some((bit_off, ty, bits)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds BTF blobs by hand for the parser tests.
+    #[derive(Default)]
+    struct Builder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+        next_id: u32,
+    }
+
+    impl Builder {
+        fn new() -> Builder {
+            Builder { types: vec![], strings: vec![0], next_id: 1 }
+        }
+        fn s(&mut self, name: &str) -> u32 {
+            if name.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(name.as_bytes());
+            self.strings.push(0);
+            off
+        }
+        fn head(&mut self, name: &str, kind: u32, vlen: u32, kflag: bool, size_or_type: u32) -> u32 {
+            let n = self.s(name);
+            for w in [n, (kind << 24) | vlen | ((kflag as u32) << 31), size_or_type] {
+                self.types.extend_from_slice(&w.to_le_bytes());
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        }
+        fn int(&mut self, name: &str, bytes: u32) -> u32 {
+            let id = self.head(name, KIND_INT, 0, false, bytes);
+            self.types.extend_from_slice(&(bytes * 8).to_le_bytes());
+            id
+        }
+        fn ptr(&mut self, to: u32) -> u32 {
+            self.head("", KIND_PTR, 0, false, to)
+        }
+        fn typedef(&mut self, name: &str, to: u32) -> u32 {
+            self.head(name, KIND_TYPEDEF, 0, false, to)
+        }
+        fn array(&mut self, elem: u32, index: u32, n: u32) -> u32 {
+            let id = self.head("", KIND_ARRAY, 0, false, 0);
+            for w in [elem, index, n] {
+                self.types.extend_from_slice(&w.to_le_bytes());
+            }
+            id
+        }
+        /// members: (name, type, bit offset, bitfield bits)
+        fn compound(&mut self, kind: u32, name: &str, size: u32, members: &[(&str, u32, u32, u32)]) -> u32 {
+            let kflag = members.iter().any(|m| m.3 != 0);
+            let id = self.head(name, kind, members.len() as u32, kflag, size);
+            for &(n, ty, off, bits) in members {
+                let n = self.s(n);
+                let off = if kflag { (bits << 24) | off } else { off };
+                for w in [n, ty, off] {
+                    self.types.extend_from_slice(&w.to_le_bytes());
+                }
+            }
+            id
+        }
+        fn finish(&self) -> Vec<u8> {
+            let mut out = Vec::new();
+            out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+            out.extend_from_slice(&[1, 0]);
+            for w in [24u32, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32] {
+                out.extend_from_slice(&w.to_le_bytes());
+            }
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+
+    /// A miniature kernel: sock_common with anonymous unions and a bitfield,
+    /// sock, net/ns_common, and tcp_sock nesting down to inet_sock.
+    fn mini_kernel(with_v6: bool) -> Vec<u8> {
+        let mut b = Builder::new();
+        let u8t = b.int("unsigned char", 1);
+        let u16t = b.int("unsigned short", 2);
+        let u32t = b.int("unsigned int", 4);
+        let be32 = b.typedef("__be32", u32t);
+        let be16 = b.typedef("__be16", u16t);
+        let ns_common = b.compound(KIND_STRUCT, "ns_common", 16, &[("stash", u32t, 0, 0), ("inum", u32t, 96, 0)]);
+        let net = b.compound(KIND_STRUCT, "net", 256, &[("pad", u32t, 0, 0), ("ns", ns_common, 1024, 0)]);
+        let net_ptr = b.ptr(net);
+        let possible_net = b.compound(KIND_STRUCT, "", 8, &[("net", net_ptr, 0, 0)]);
+        let possible_net_t = b.typedef("possible_net_t", possible_net);
+        let addrpair = b.compound(KIND_STRUCT, "", 8, &[("skc_daddr", be32, 0, 0), ("skc_rcv_saddr", be32, 32, 0)]);
+        let addr_union = b.compound(KIND_UNION, "", 8, &[("skc_addrpair", u32t, 0, 0), ("", addrpair, 0, 0)]);
+        let portpair = b.compound(KIND_STRUCT, "", 4, &[("skc_dport", be16, 0, 0), ("skc_num", u16t, 16, 0)]);
+        let port_union = b.compound(KIND_UNION, "", 4, &[("skc_portpair", u32t, 0, 0), ("", portpair, 0, 0)]);
+        let in6 = b.compound(KIND_STRUCT, "in6_addr", 16, &[("s6_addr32", u32t, 0, 0)]);
+        let mut m = vec![
+            ("", addr_union, 0, 0),
+            ("", port_union, 96, 0),
+            ("skc_family", u16t, 128, 0),
+            ("skc_reuse", u8t, 152, 4),
+            ("skc_reuseport", u8t, 156, 1),
+            ("skc_ipv6only", u8t, 157, 1),
+            ("skc_net", possible_net_t, 384, 0),
+        ];
+        if with_v6 {
+            m.push(("skc_v6_rcv_saddr", in6, 576, 0));
+        }
+        let sock_common = b.compound(KIND_STRUCT, "sock_common", 136, &m);
+        b.compound(KIND_STRUCT, "sock", 760, &[("__sk_common", sock_common, 0, 0)]);
+        let inet_sock = b.compound(KIND_STRUCT, "inet_sock", 900, &[("sk", sock_common, 0, 0), ("inet_sport", be16, 6512, 0)]);
+        let icsk = b.compound(KIND_STRUCT, "inet_connection_sock", 1200, &[("icsk_inet", inet_sock, 0, 0)]);
+        let idx = b.int("int", 4);
+        let _arr = b.array(u8t, idx, 4);
+        b.compound(KIND_STRUCT, "tcp_sock", 2000, &[("inet_conn", icsk, 0, 0)]);
+        b.finish()
+    }
+
+    #[test]
+    fn offsets_come_from_the_btf_given() {
+        let cases = [
+            (
+                "with IPv6",
+                mini_kernel(true),
+                Offsets {
+                    family: 16,
+                    num: 14,
+                    rcv_saddr: 4,
+                    v6_rcv_saddr: 72,
+                    ipv6only_byte: 19,
+                    ipv6only_bit: 5,
+                    net: 48,
+                    net_inum: 140,
+                    inet_sport: 814,
+                },
+            ),
+            (
+                "without IPv6",
+                mini_kernel(false),
+                Offsets {
+                    family: 16,
+                    num: 14,
+                    rcv_saddr: 4,
+                    v6_rcv_saddr: ABSENT,
+                    ipv6only_byte: ABSENT,
+                    ipv6only_bit: 0,
+                    net: 48,
+                    net_inum: 140,
+                    inet_sport: 814,
+                },
+            ),
+        ];
+        for (name, blob, want) in cases {
+            assert_eq!(Offsets::from_btf(&blob).unwrap(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn broken_btf_is_an_error() {
+        let good = mini_kernel(true);
+        let mut bad_magic = good.clone();
+        bad_magic[0] = 0;
+        let truncated = good[..good.len() / 2].to_vec();
+        let mut no_sock = Builder::new();
+        no_sock.int("int", 4);
+        let mut wrong_size = Builder::new();
+        let u32t = wrong_size.int("unsigned int", 4);
+        wrong_size.compound(KIND_STRUCT, "sock_common", 8, &[("skc_family", u32t, 0, 0)]);
+        wrong_size.compound(KIND_STRUCT, "sock", 8, &[("__sk_common", 2, 0, 0)]);
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("magic", bad_magic, "bad magic"),
+            ("truncated", truncated, "out of bounds"),
+            ("no struct sock", no_sock.finish(), "struct sock not found"),
+            ("wrong member size", wrong_size.finish(), "is 4 bytes"),
+        ];
+        for (name, blob, want) in cases {
+            let err = Offsets::from_btf(&blob).unwrap_err();
+            assert!(format!("{err:#}").contains(want), "{name}: {err:#}");
+        }
+    }
+
+    /// The values measured on the machines this project is developed on
+    /// (Linux 6.18); another kernel may differ, which is the point of BTF.
+    #[test]
+    fn this_machines_kernel_matches_the_verified_offsets() {
+        let o = Offsets::from_running_kernel().unwrap();
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        if release.starts_with("6.18.") {
+            assert_eq!(
+                (o.family, o.num, o.rcv_saddr, o.v6_rcv_saddr, o.net, o.net_inum, o.inet_sport, o.ipv6only_byte, o.ipv6only_bit),
+                (16, 14, 4, 72, 48, 176, 814, 19, 5)
+            );
+        } else {
+            assert!(o.family < 64 && o.net_inum > 0 && o.inet_sport > 100, "{o:?} on {release}");
+        }
+    }
+}
