@@ -1,0 +1,45 @@
+//! `cargo xtask`: the project's entry points. `setup` installs what the build
+//! needs, `build` compiles the eBPF object and both binaries, `run` is the
+//! local demo, `test` runs every test.
+
+mod build;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "hoist's build, demo and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build needs (nightly rust-src, bpf-linker, Debian packages).
+    Setup,
+    /// Build the eBPF object and target/release/hoist-agent, hoist-host.
+    Build,
+    /// Local demo: a network namespace as the guest, agent inside, host outside.
+    Run(run::RunArgs),
+    /// Run every test (needs root).
+    Test(test::TestArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r: Result<()> = match cli.cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => build::build().map(|_| ()),
+        Cmd::Run(a) => run::run(a),
+        Cmd::Test(a) => test::test(a),
+    };
+    if let Err(e) = r {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
