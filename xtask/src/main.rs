@@ -7,6 +7,7 @@ mod run;
 mod setup;
 mod test;
 mod util;
+mod vmtest;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -28,6 +29,8 @@ enum Cmd {
     Run(run::RunArgs),
     /// Run every test (needs root).
     Test(test::TestArgs),
+    /// The VM lab: a QEMU guest on real vsock with another kernel (needs root).
+    VmTest,
 }
 
 fn main() {
@@ -37,6 +40,7 @@ fn main() {
         Cmd::Build => build::build().map(|_| ()),
         Cmd::Run(a) => run::run(a),
         Cmd::Test(a) => test::test(a),
+        Cmd::VmTest => vmtest::vm_test(),
     };
     if let Err(e) = r {
         eprintln!("xtask: error: {e:#}");

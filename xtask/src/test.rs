@@ -1,7 +1,8 @@
 //! `cargo xtask test`: every test. Builds the eBPF object and both binaries,
-//! then runs the workspace's tests (pure, in-process, and the real-kernel
-//! ones, which spawn the binaries in network namespaces) on one thread, since
-//! the kernel tests share kernel state. Needs root; nothing is skipped.
+//! runs the workspace's tests (pure, in-process, and the real-kernel ones,
+//! which spawn the binaries in network namespaces) on one thread, since the
+//! kernel tests share kernel state, then the VM lab. Needs root; nothing is
+//! skipped.
 
 use crate::build::build;
 use crate::util::{require_root, root, run, say};
@@ -28,5 +29,6 @@ pub fn test(args: TestArgs) -> Result<()> {
         .env("HOIST_AGENT_BIN", &built.agent)
         .env("HOIST_HOST_BIN", &built.host);
     run(&mut cmd, "cargo test")?;
-    Ok(())
+    say("running the VM lab (real vsock, a second kernel)");
+    crate::vmtest::vm_test()
 }
