@@ -13,9 +13,11 @@ use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,16 @@ const ECHO: u16 = 47001;
 const EARLY: u16 = 47002;
 const LATER: u16 = 47003;
 const LAST: u16 = 47004;
+/// Guest ports 47010..47018 open and close while hoist-host restarts.
+const CHURN: u16 = 47010;
+const CHURN_COUNT: u16 = 8;
+/// The guest session's hard limit (it takes about 15 s): past it the
+/// watchdog kills QEMU and the daemon, so every wait fails fast and the logs
+/// are printed instead of CI hanging. HOIST_VMLAB_WATCHDOG_SECS overrides it.
+fn watchdog() -> Duration {
+    let secs = std::env::var("HOIST_VMLAB_WATCHDOG_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    Duration::from_secs(secs)
+}
 const MODULES: &[&str] = &[
     "drivers/virtio/virtio_ring",
     "drivers/virtio/virtio",
@@ -51,6 +63,7 @@ pub fn vm_test() -> Result<()> {
     require_root("cargo xtask vm-test")?;
     apt(&[("qemu-system-x86_64", "qemu-system-x86"), ("busybox", "busybox-static"), ("cpio", "cpio")])?;
     let built = build()?;
+    let _lock = lock()?;
     let statics = build_static(&built.ebpf)?;
     let daemon = vhost_device_vsock()?;
     let kernel = kernel()?;
@@ -69,12 +82,38 @@ pub fn vm_test() -> Result<()> {
     })();
     if let Err(e) = &result {
         eprintln!("xtask: vm-test failed: {e:#}");
+        if vm.watchdog_fired() {
+            eprintln!("xtask: the {:?} watchdog killed QEMU and vhost-device-vsock (the guest session hung)", watchdog());
+        }
         vm.dump_logs();
     }
     vm.shutdown();
     result?;
     say(format!("vm-test passed: both hook sets, all scenarios, in {:.0?}", started.elapsed()));
     Ok(())
+}
+
+/// One VM lab at a time on a machine: the run directory and the host ports
+/// are fixed. A second vm-test waits (at most 15 minutes) instead of
+/// clobbering the first one's guest.
+fn lock() -> Result<std::fs::File> {
+    std::fs::create_dir_all(lab_dir())?;
+    let path = lab_dir().join("lock");
+    let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut said = false;
+    // SAFETY: flock on a descriptor we own; released when the file closes.
+    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if !said {
+            say(format!("another vm-test holds {}; waiting for it (at most 15 min)", path.display()));
+            said = true;
+        }
+        if Instant::now() > deadline {
+            bail!("another vm-test held {} for 15 minutes", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(f)
 }
 
 /// Static builds of the agent and the guest tool for the initramfs.
@@ -227,9 +266,19 @@ impl Logged {
         self.lines.0.lock().unwrap().join("\n")
     }
 
+    /// SIGTERM, then SIGKILL if it has not exited within 10 s.
     fn stop(&mut self) {
-        // SAFETY: signalling our own child.
+        // SAFETY: signalling our own, not yet reaped child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.lines.0.lock().unwrap().push("xtask: did not exit within 10 s of SIGTERM; killed".into());
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
@@ -247,6 +296,9 @@ struct Vm {
     qemu: Child,
     host: Option<Logged>,
     old_hosts: Vec<String>,
+    /// True while QEMU and the daemon are unreaped children the watchdog may kill.
+    armed: Arc<Mutex<bool>>,
+    fired: Arc<AtomicBool>,
 }
 
 impl Vm {
@@ -287,7 +339,31 @@ impl Vm {
             .stderr(Stdio::from(std::fs::File::create(dir.join("qemu.err"))?))
             .spawn()
             .context("starting qemu-system-x86_64")?;
-        Ok(Vm { dir: dir.to_path_buf(), daemon, qemu, host: None, old_hosts: vec![] })
+        let armed = Arc::new(Mutex::new(true));
+        let fired = Arc::new(AtomicBool::new(false));
+        let (a, f, pids) = (armed.clone(), fired.clone(), [qemu.id(), daemon.id()]);
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + watchdog();
+            while Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(500));
+                if !*a.lock().unwrap() {
+                    return;
+                }
+            }
+            let armed = a.lock().unwrap();
+            if *armed {
+                f.store(true, Ordering::SeqCst);
+                for pid in pids {
+                    // SAFETY: armed means neither child has been reaped, so the pids are still theirs.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
+        });
+        Ok(Vm { dir: dir.to_path_buf(), daemon, qemu, host: None, old_hosts: vec![], armed, fired })
+    }
+
+    fn watchdog_fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
     }
 
     fn mux(&self) -> PathBuf {
@@ -296,8 +372,13 @@ impl Vm {
 
     /// One command over the command channel (hybrid vsock, Unix socket here).
     fn cmd(&self, line: &str) -> Result<String> {
+        self.cmd_within(line, Duration::from_secs(60))
+    }
+
+    fn cmd_within(&self, line: &str, timeout: Duration) -> Result<String> {
         let mut s = UnixStream::connect(self.mux()).context("connecting to the vsock multiplexer")?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
         s.write_all(format!("CONNECT {CMD_PORT}\n").as_bytes())?;
         let mut reply = Vec::new();
         let mut b = [0u8; 1];
@@ -401,6 +482,12 @@ impl Vm {
         s
     }
 
+    /// Lines the guest's churn process has logged (one per port change, then `settled`).
+    fn churn_steps(&self) -> Result<usize> {
+        let n = self.sh("wc -l < /tmp/churn.log")?;
+        n.trim().parse().with_context(|| format!("counting the churn's changes: {n:?}"))
+    }
+
     /// Starts a guest process holding a listener on `port`, and waits until
     /// the guest kernel shows it listening.
     fn hold(&self, name: &str, port: u16) -> Result<()> {
@@ -432,8 +519,10 @@ impl Vm {
     fn dump_logs(&self) {
         let console = std::fs::read_to_string(self.dir.join("console.log")).unwrap_or_default();
         eprintln!("----- guest console -----\n{console}");
-        if let Ok(agent) = self.sh("cat /tmp/agent.log") {
-            eprintln!("----- agent log (guest) -----\n{agent}");
+        // The console holds the agent's lines too ("agent| "), in case the
+        // command channel no longer answers.
+        if let Ok(agent) = self.cmd_within("run cat /tmp/agent.log", Duration::from_secs(5)) {
+            eprintln!("----- agent log (guest, exit code first) -----\n{agent}");
         }
         for (i, h) in self.old_hosts.iter().enumerate() {
             eprintln!("----- hoist-host log (run {}) -----\n{h}", i + 1);
@@ -447,6 +536,7 @@ impl Vm {
     }
 
     fn shutdown(&mut self) {
+        *self.armed.lock().unwrap() = false;
         self.stop_host();
         let _ = self.cmd("run poweroff -f");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -531,14 +621,43 @@ fn scenarios(vm: &mut Vm, hoist_host: &Path, hooks: Option<&str>, want: &str) ->
     let t = vm.wait_in_sync("resync after the agent restart", &[LATER])?;
     say(format!("  agent restarted: host resynced to the guest's table {t:?}"));
 
-    // The host restarts while the guest changes its ports.
+    // The host restarts while the guest opens and closes ports: changes
+    // land while it is down, while it connects and after it has resynced.
+    vm.sh("rm -f /tmp/churn.stop")?;
+    vm.cmd(&format!("spawn churn /bin/hoist-vmlab-guest churn {CHURN} {CHURN_COUNT} 15"))?;
     vm.stop_host();
     vm.hold("last", LAST)?;
     vm.cmd("kill later")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let down = vm.churn_steps()?;
     vm.start_host(hoist_host)?;
-    let t = vm.wait_in_sync("resync after the host restart", &[LAST])?;
-    say(format!("  hoist-host restarted: it holds exactly the guest's table {t:?}"));
+    let connected = vm.churn_steps()?;
+    std::thread::sleep(Duration::from_secs(1));
+    vm.sh("touch /tmp/churn.stop")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let settled = loop {
+        let log = vm.sh("cat /tmp/churn.log")?;
+        if let Some(ports) = log.lines().find_map(|l| l.strip_prefix("settled")) {
+            break ports.trim().split(',').filter(|p| !p.is_empty()).map(|p| p.parse::<u16>()).collect::<Result<Vec<u16>, _>>()?;
+        }
+        if Instant::now() > deadline {
+            bail!("the guest's churn did not settle: {log}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let total = vm.churn_steps()? - 1;
+    if down == 0 || total <= connected {
+        bail!("the churn should change ports both while hoist-host is down and after it reconnects ({down} changes before its start, {connected} at its connection, {total} in all)");
+    }
+    let mut expected = settled.clone();
+    expected.push(LAST);
+    let t = vm.wait_in_sync("resync after the host restart during port churn", &expected)?;
+    say(format!(
+        "  hoist-host restarted during {total} guest port changes ({down} while it was down, {} after it connected): it holds exactly the guest's table {t:?}",
+        total - connected
+    ));
 
+    vm.cmd("kill churn")?;
     vm.cmd("kill last")?;
     vm.cmd("term agent")?;
     vm.stop_host();

@@ -2,11 +2,17 @@
 //! `serve <vsock port>`: the lab's command channel. Each vsock connection
 //! carries one command line and gets one answer, then closes:
 //!   `run <shell>`          -> `<exit code>\n<stdout and stderr>`
-//!   `spawn <name> <shell>` -> `<pid>`; output goes to /tmp/<name>.log
+//!   `spawn <name> <shell>` -> `<pid>`; output goes to /tmp/<name>.log and,
+//!                             each line prefixed with `<name>| `, to the
+//!                             console (which outlives a hung vsock link)
 //!   `kill <name>` / `term <name>` -> SIGKILL / SIGTERM, then reaps it
 //! `echo <port>`: a TCP echo server on 0.0.0.0 that half-closes after EOF.
 //! `hold <port>`: a TCP listener on 127.0.0.1 that accepts nothing, held
 //! until the process is killed.
+//! `churn <first port> <count> <interval ms>`: opens and closes listeners on
+//! 127.0.0.1, ports first..first+count, one change per interval (logged as
+//! `open P` / `close P`), until /tmp/churn.stop exists; then prints
+//! `settled P,P,...` (the ports left open) and holds them until killed.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -21,6 +27,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("serve") => serve(port(2)),
         Some("echo") => echo(port(2) as u16),
+        Some("churn") => churn(port(2) as u16, port(3) as u16, port(4) as u64),
         Some("hold") => {
             let _l = TcpListener::bind(("127.0.0.1", port(2) as u16)).expect("bind");
             loop {
@@ -32,7 +39,7 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: hoist-vmlab-guest serve <vsock-port> | echo <port> | hold <port>");
+    eprintln!("usage: hoist-vmlab-guest serve <vsock-port> | echo <port> | hold <port> | churn <first port> <count> <interval ms>");
     std::process::exit(2)
 }
 
@@ -45,6 +52,34 @@ fn echo(port: u16) {
             let _ = std::io::copy(&mut r, &mut c);
             let _ = c.shutdown(Shutdown::Write);
         });
+    }
+}
+
+fn churn(first: u16, count: u16, interval_ms: u64) {
+    let mut open: Vec<Option<TcpListener>> = (0..count).map(|_| None).collect();
+    // xorshift: a fixed, dependency-free sequence of ports to toggle.
+    let mut x: u32 = 0x9e37_79b9;
+    let stop = std::path::Path::new("/tmp/churn.stop");
+    let mut out = std::io::stdout();
+    while !stop.exists() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let i = (x % count as u32) as usize;
+        let port = first + i as u16;
+        if open[i].take().is_some() {
+            let _ = writeln!(out, "close {port}");
+        } else {
+            open[i] = Some(TcpListener::bind(("127.0.0.1", port)).expect("bind"));
+            let _ = writeln!(out, "open {port}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(interval_ms));
+    }
+    let left: Vec<String> = (0..count).filter(|&i| open[i as usize].is_some()).map(|i| (first + i).to_string()).collect();
+    let _ = writeln!(out, "settled {}", left.join(","));
+    let _ = out.flush();
+    loop {
+        std::thread::park();
     }
 }
 
@@ -81,6 +116,29 @@ fn serve(port: u32) {
     }
 }
 
+/// A pipe whose lines go to /tmp/<name>.log and to the console; returns its
+/// write end twice (stdout, stderr).
+fn tee(name: &str) -> std::io::Result<(Stdio, Stdio)> {
+    let mut log = File::create(format!("/tmp/{name}.log"))?;
+    let mut console = std::fs::OpenOptions::new().write(true).open("/dev/console")?;
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned here from now on.
+    let (r, w) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    let w2 = w.try_clone()?;
+    let prefix = format!("{name}| ");
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            let _ = writeln!(log, "{line}");
+            let _ = writeln!(console, "{prefix}{line}");
+        }
+    });
+    Ok((Stdio::from(w), Stdio::from(w2)))
+}
+
 fn handle(line: &str, children: &mut HashMap<String, Child>) -> String {
     let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
     match verb {
@@ -90,12 +148,11 @@ fn handle(line: &str, children: &mut HashMap<String, Child>) -> String {
         },
         "spawn" => {
             let (name, cmd) = rest.split_once(' ').unwrap_or((rest, ""));
-            let log = match File::create(format!("/tmp/{name}.log")) {
-                Ok(f) => f,
+            let (out, err) = match tee(name) {
+                Ok(pair) => pair,
                 Err(e) => return format!("error {e}"),
             };
-            let err = log.try_clone().unwrap();
-            match Command::new("/bin/sh").args(["-c", &format!("exec {cmd}")]).stdin(Stdio::null()).stdout(log).stderr(err).spawn() {
+            match Command::new("/bin/sh").args(["-c", &format!("exec {cmd}")]).stdin(Stdio::null()).stdout(out).stderr(err).spawn() {
                 Ok(child) => {
                     let pid = child.id();
                     if let Some(mut old) = children.insert(name.to_string(), child) {
