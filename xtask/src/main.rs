@@ -2,6 +2,7 @@
 //! needs, `build` compiles the eBPF object and both binaries, `run` is the
 //! local demo, `test` runs every test.
 
+mod bench;
 mod build;
 mod run;
 mod setup;
@@ -31,6 +32,8 @@ enum Cmd {
     Test(test::TestArgs),
     /// The VM lab: a QEMU guest on real vsock with another kernel (needs root).
     VmTest,
+    /// Benchmarks against the alternatives (needs root; not part of `test` but its --quick mode).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -41,6 +44,7 @@ fn main() {
         Cmd::Run(a) => run::run(a),
         Cmd::Test(a) => test::test(a),
         Cmd::VmTest => vmtest::vm_test(),
+        Cmd::Bench(a) => bench::bench(a),
     };
     if let Err(e) = r {
         eprintln!("xtask: error: {e:#}");

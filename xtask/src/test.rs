@@ -30,5 +30,7 @@ pub fn test(args: TestArgs) -> Result<()> {
         .env("HOIST_HOST_BIN", &built.host);
     run(&mut cmd, "cargo test")?;
     say("running the VM lab (real vsock, a second kernel)");
-    crate::vmtest::vm_test()
+    crate::vmtest::vm_test()?;
+    say("running the benchmark's quick mode (each measurement must produce numbers)");
+    crate::bench::bench(crate::bench::BenchArgs { quick: true, write: false, only: None })
 }

@@ -1,0 +1,172 @@
+//! `cargo xtask bench`: hoist against its baselines, measured side by side in
+//! one run. A network namespace is the guest (agent inside, host relay
+//! outside, Unix-socket transport), real tools are the load (iperf3, wrk,
+//! nginx), and every figure is reported with the baseline measured in the same
+//! run. `--quick` runs each measurement briefly and only checks that it
+//! produced numbers (CI); `--write` also writes BENCHMARKS.md and SVG charts.
+
+mod measure;
+mod report;
+
+use crate::build::build;
+use crate::setup::apt;
+use crate::util::{require_root, say};
+use anyhow::{bail, Context, Result};
+use hoist_testsupport::Netns;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// A few seconds per measurement; checks only that each produced numbers.
+    #[arg(long)]
+    pub quick: bool,
+    /// Also write BENCHMARKS.md and docs/bench/*.svg.
+    #[arg(long)]
+    pub write: bool,
+    /// Run one measurement only: latency, throughput, connections, storm or idle.
+    #[arg(long, conflicts_with = "write")]
+    pub only: Option<String>,
+}
+
+/// The bench's guest and the two hoist processes around it.
+pub struct Rig {
+    pub ns: Netns,
+    pub dir: PathBuf,
+    pub agent: Child,
+    pub host: Child,
+    pub host_log: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Rig {
+    fn start(agent: &Path, host: &Path) -> Result<Rig> {
+        let ns = Netns::new().context("creating the bench namespace")?;
+        let dir = std::env::temp_dir().join(format!("hoist-bench-{}", ns.name()));
+        std::fs::create_dir_all(&dir)?;
+        let sock = dir.join("agent.sock");
+        let agent = ns
+            .command(agent.to_str().unwrap())
+            .args(["--listen", &format!("unix:{}", sock.display())])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting hoist-agent")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            if Instant::now() > deadline {
+                bail!("hoist-agent did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut host = Command::new(host)
+            .args(["--guest", &format!("unix:{}", sock.display()), "--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting hoist-host")?;
+        let host_log: Arc<(Mutex<Vec<String>>, Condvar)> = Default::default();
+        let l = host_log.clone();
+        let err = host.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                // Only what the bench reads: the forward events.
+                if line.contains("forward_") || line.contains("\"connected\"") {
+                    l.0.lock().unwrap().push(line);
+                    l.1.notify_all();
+                }
+            }
+        });
+        let rig = Rig { ns, dir, agent, host, host_log };
+        rig.wait_host("the host to connect", Duration::from_secs(20), |l| l.iter().any(|x| x.contains("\"connected\"")))?;
+        Ok(rig)
+    }
+
+    pub fn wait_host(&self, what: &str, timeout: Duration, pred: impl Fn(&[String]) -> bool) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.host_log.0.lock().unwrap();
+        loop {
+            if pred(&lines) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("timed out waiting for {what}");
+            }
+            lines = self.host_log.1.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// Host ports currently forwarded, from the host's log.
+    pub fn serving(&self) -> std::collections::BTreeSet<u16> {
+        let mut s = std::collections::BTreeSet::new();
+        for line in self.host_log.0.lock().unwrap().iter() {
+            let port = line.split("\"port\":").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|p| p.parse().ok());
+            match port {
+                Some(p) if line.contains("forward_opened") => {
+                    s.insert(p);
+                }
+                Some(p) if line.contains("forward_closed") => {
+                    s.remove(&p);
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for c in [&mut self.host, &mut self.agent] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    require_root("cargo xtask bench")?;
+    apt(&[("iperf3", "iperf3"), ("wrk", "wrk"), ("socat", "socat"), ("nginx", "nginx-light"), ("ip", "iproute2")])?;
+    let built = build()?;
+    let rig = Rig::start(&built.agent, &built.host)?;
+    let q = args.quick;
+    let mut results = report::Results::default();
+    let want = |name: &str| args.only.as_deref().is_none_or(|o| o == name);
+    if want("latency") {
+        say("measuring detection latency (listen -> host accepts, close -> host refuses)");
+        results.latency = Some(measure::detection(&rig, if q { 50 } else { 1000 })?);
+    }
+    if want("throughput") {
+        say("measuring throughput (iperf3: direct, hoist, socat chain; 1 and 8 streams; both directions)");
+        results.throughput = measure::throughput(&rig, q)?;
+    }
+    if want("connections") {
+        say("measuring connection cost (wrk, Connection: close, nginx in the guest)");
+        results.conn = Some(measure::connections(&rig, q)?);
+    }
+    if want("storm") {
+        say("measuring a listen storm and the agent's CPU per event");
+        results.storm = Some(measure::storm(&rig, if q { 500 } else { 10_000 }, if q { 1 } else { 3 })?);
+    }
+    if want("idle") {
+        say("measuring idle cost (100 forwarded ports, 100 open connections)");
+        results.idle = Some(measure::idle(&rig, if q { Duration::from_secs(1) } else { Duration::from_secs(10) })?);
+    }
+    drop(rig);
+    let table = report::markdown(&results);
+    println!("{table}");
+    if args.only.is_none() {
+        results.check_complete()?;
+    }
+    if args.write {
+        report::write(&results, &table)?;
+        say("wrote BENCHMARKS.md and docs/bench/*.svg");
+    }
+    Ok(())
+}

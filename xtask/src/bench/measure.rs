@@ -1,0 +1,442 @@
+//! The measurements. Each returns plain numbers; `report` compares them.
+
+use super::Rig;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    // A plain std listener with SO_REUSEADDR, so a port cycled 1000 times
+    // can be bound again while old connections sit in TIME_WAIT.
+    // SAFETY: plain socket calls on descriptors we own.
+    unsafe {
+        use std::os::fd::FromRawFd;
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let l = TcpListener::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one as *const _ as *const _, 4);
+        let SocketAddr::V4(a) = addr else { unreachable!() };
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+            sin_zero: [0; 8],
+        };
+        if libc::bind(fd, &sin as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sin) as u32) != 0
+            || libc::listen(fd, 128) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(l)
+    }
+}
+
+fn port_of(l: &TcpListener) -> u16 {
+    l.local_addr().unwrap().port()
+}
+
+/// Detection latencies, in microseconds.
+pub struct Latency {
+    pub listen_us: Vec<f64>,
+    pub close_us: Vec<f64>,
+}
+
+/// Connects until `want_open` holds for 127.0.0.1:port; returns when it did.
+fn spin_until(port: u16, want_open: bool) -> Result<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let open = TcpStream::connect(("127.0.0.1", port)).is_ok();
+        let now = Instant::now();
+        if open == want_open {
+            return Ok(now);
+        }
+        if now > deadline {
+            bail!("127.0.0.1:{port} did not {} within 5 s", if want_open { "open" } else { "close" });
+        }
+        std::thread::yield_now();
+    }
+}
+
+pub fn detection(rig: &Rig, cycles: usize) -> Result<Latency> {
+    // A port free both in the guest and on the host.
+    let port = port_of(&TcpListener::bind("127.0.0.1:0")?);
+    let mut lat = Latency { listen_us: Vec::with_capacity(cycles), close_us: Vec::with_capacity(cycles) };
+    for _ in 0..cycles {
+        let (l, t0) = rig.ns.run(move || {
+            let l = listener(SocketAddr::from(([127, 0, 0, 1], port)));
+            (l, Instant::now())
+        })?;
+        let l = l.with_context(|| format!("listening on 127.0.0.1:{port} in the guest"))?;
+        let t1 = spin_until(port, true)?;
+        let t2 = Instant::now();
+        drop(l);
+        let t3 = spin_until(port, false)?;
+        lat.listen_us.push((t1 - t0).as_secs_f64() * 1e6);
+        lat.close_us.push((t3 - t2).as_secs_f64() * 1e6);
+    }
+    Ok(lat)
+}
+
+/// One throughput figure set, Gbit/s, one value per repetition.
+pub struct Tput {
+    pub streams: u32,
+    /// true: guest to host (iperf3 -R).
+    pub reverse: bool,
+    pub direct: Vec<f64>,
+    pub hoist: Vec<f64>,
+    pub socat: Vec<f64>,
+}
+
+fn iperf(cmd: &mut Command, quick: bool, streams: u32, reverse: bool, port: u16) -> Result<f64> {
+    cmd.args(["-c", "127.0.0.1", "-p", &port.to_string(), "-J", "-P", &streams.to_string()]);
+    if quick {
+        cmd.args(["-n", "64M"]);
+    } else {
+        cmd.args(["-t", "10"]);
+    }
+    if reverse {
+        cmd.arg("-R");
+    }
+    let out = cmd.stderr(Stdio::inherit()).output().context("running iperf3")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing iperf3 -J output")?;
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64();
+    match bps {
+        Some(b) if out.status.success() => Ok(b / 1e9),
+        _ => bail!("iperf3 -P {streams}{} to port {port} failed: {}", if reverse { " -R" } else { "" }, v["error"]),
+    }
+}
+
+pub fn throughput(rig: &Rig, quick: bool) -> Result<Vec<Tput>> {
+    const PORT: u16 = 15201;
+    const SOCAT_PORT: u16 = 15202;
+    let mut server = rig.ns.command("iperf3").args(["-s", "-p", &PORT.to_string()]).stdout(Stdio::null()).spawn()?;
+    let sock = rig.dir.join("socat.sock");
+    let mut guest_socat = rig
+        .ns
+        .command("socat")
+        .arg(format!("UNIX-LISTEN:{},fork", sock.display()))
+        .arg(format!("TCP:127.0.0.1:{PORT}"))
+        .spawn()?;
+    let mut host_socat = Command::new("socat")
+        .arg(format!("TCP-LISTEN:{SOCAT_PORT},bind=127.0.0.1,reuseaddr,fork"))
+        .arg(format!("UNIX-CONNECT:{}", sock.display()))
+        .spawn()?;
+    let result = (|| {
+        rig.wait_host("iperf3's port to be forwarded", Duration::from_secs(10), |l| {
+            l.iter().any(|x| x.contains("forward_opened") && x.contains(&format!("\"port\":{PORT},")))
+        })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Probing with a connection would start an iperf3 test with no
+        // parameters behind the chain: look at the kernel's table instead.
+        while !sock.exists() || !host_listening(SOCAT_PORT) {
+            if Instant::now() > deadline {
+                bail!("the socat chain did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let reps = if quick { 1 } else { 3 };
+        let mut all = Vec::new();
+        for streams in [1, 8] {
+            for reverse in [false, true] {
+                let mut t = Tput { streams, reverse, direct: vec![], hoist: vec![], socat: vec![] };
+                for _ in 0..reps {
+                    t.direct.push(iperf(&mut rig.ns.command("iperf3"), quick, streams, reverse, PORT)?);
+                    t.hoist.push(iperf(&mut Command::new("iperf3"), quick, streams, reverse, PORT)?);
+                    t.socat.push(iperf(&mut Command::new("iperf3"), quick, streams, reverse, SOCAT_PORT)?);
+                }
+                all.push(t);
+            }
+        }
+        Ok(all)
+    })();
+    for c in [&mut host_socat, &mut guest_socat, &mut server] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = std::fs::remove_file(&sock);
+    result
+}
+
+/// TCP ports listening in the guest, from its own /proc view.
+fn guest_listening(rig: &Rig) -> Result<BTreeSet<u16>> {
+    let text = rig.ns.run(|| {
+        // thread-self: /proc/net would show the thread group leader's namespace.
+        ["tcp", "tcp6"].iter().map(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap_or_default()).collect::<String>()
+    })?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 3 && f[3] == "0A").then(|| u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok())?
+        })
+        .collect())
+}
+
+fn host_listening(port: u16) -> bool {
+    std::fs::read_to_string("/proc/net/tcp")
+        .map(|t| t.lines().any(|l| l.contains(&format!(":{port:04X} 00000000:0000 0A"))))
+        .unwrap_or(false)
+}
+
+/// wrk figures: requests per second, latency p50 / p99 in microseconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Wrk {
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+pub struct Conn {
+    pub direct: Vec<Wrk>,
+    pub hoist: Vec<Wrk>,
+}
+
+fn parse_duration_us(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (num, mul) = if let Some(n) = s.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1e6)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|v| v * mul)
+}
+
+fn wrk(cmd: &mut Command, quick: bool) -> Result<Wrk> {
+    let d = if quick { "1s" } else { "10s" };
+    let out = cmd
+        .args(["-t", "2", "-c", "32", "-d", d, "--latency", "-H", "Connection: close", "http://127.0.0.1:18080/"])
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut w = Wrk::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["Requests/sec:", v] => w.rps = v.parse().unwrap_or(0.0),
+            ["50%", v] => w.p50_us = parse_duration_us(v).unwrap_or(0.0),
+            ["99%", v] => w.p99_us = parse_duration_us(v).unwrap_or(0.0),
+            _ => {}
+        }
+    }
+    if !out.status.success() || w.rps <= 0.0 {
+        bail!("wrk produced no rate: {text}");
+    }
+    Ok(w)
+}
+
+pub fn connections(rig: &Rig, quick: bool) -> Result<Conn> {
+    let conf = rig.dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx.err;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; server {{ listen 127.0.0.1:18080 backlog=4096; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            dir = rig.dir.display()
+        ),
+    )?;
+    let mut nginx = rig.ns.command("nginx").arg("-c").arg(&conf).arg("-p").arg(&rig.dir).stdout(Stdio::null()).spawn()?;
+    let result = (|| {
+        rig.wait_host("nginx's port to be forwarded", Duration::from_secs(10), |l| {
+            l.iter().any(|x| x.contains("forward_opened") && x.contains("\"port\":18080,"))
+        })?;
+        let reps = if quick { 1 } else { 3 };
+        let mut c = Conn { direct: vec![], hoist: vec![] };
+        for _ in 0..reps {
+            c.direct.push(wrk(&mut rig.ns.command("wrk"), quick)?);
+            c.hoist.push(wrk(&mut Command::new("wrk"), quick)?);
+        }
+        Ok(c)
+    })();
+    // SIGTERM: the master stops its workers (SIGKILL would orphan them,
+    // still listening).
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
+    let _ = nginx.wait();
+    result
+}
+
+/// CPU time (user + system) of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which may hold spaces.
+    let rest = &stat[stat.rfind(')').context("bad /proc stat")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+pub struct Storm {
+    pub cycles: usize,
+    pub events: usize,
+    pub elapsed_s: f64,
+    pub agent_cpu_s: f64,
+    pub table_equal: bool,
+    /// Agent CPU share of one core at a paced 1000 listen/close per second.
+    pub paced_cpu_share: f64,
+    pub paced_rate: f64,
+}
+
+pub fn storm(rig: &Rig, cycles: usize, paced_secs: u64) -> Result<Storm> {
+    let agent = rig.agent.id();
+    let cpu0 = cpu_seconds(agent)?;
+    let start = Instant::now();
+    // Keep every 100th listener open: the host must end with exactly those.
+    let kept: Vec<TcpListener> = rig.ns.run(move || -> Result<Vec<TcpListener>> {
+        let mut kept = Vec::new();
+        for i in 0..cycles {
+            let l = listener(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            if i % 100 == 0 {
+                kept.push(l);
+            }
+        }
+        Ok(kept)
+    })??;
+    let kept_ports: BTreeSet<u16> = kept.iter().map(port_of).collect();
+    // The truth is whatever the guest holds (another process may hold more).
+    let want = guest_listening(rig)?;
+    if !kept_ports.is_subset(&want) {
+        bail!("the guest does not list its own kept listeners");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let table_equal = loop {
+        if rig.serving() == want {
+            break true;
+        }
+        if Instant::now() > deadline {
+            let have = rig.serving();
+            crate::util::say(format!(
+                "after the storm the host serves {} ports the guest does not hold ({:?}…) and lacks {:?}",
+                have.difference(&want).count(),
+                have.difference(&want).take(5).collect::<Vec<_>>(),
+                want.difference(&have).collect::<Vec<_>>()
+            ));
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let elapsed_s = start.elapsed().as_secs_f64();
+    let agent_cpu_s = cpu_seconds(agent)? - cpu0;
+    drop(kept);
+
+    // 1000 listen/close per second, paced.
+    let cpu1 = cpu_seconds(agent)?;
+    let t0 = Instant::now();
+    let n = rig.ns.run(move || -> Result<usize> {
+        let mut n = 0;
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(paced_secs) {
+            drop(listener(SocketAddr::from(([127, 0, 0, 1], 0)))?);
+            n += 1;
+            let next = t0 + Duration::from_millis(n as u64);
+            if let Some(d) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+        }
+        Ok(n)
+    })??;
+    let wall = t0.elapsed().as_secs_f64();
+    let paced_cpu_share = (cpu_seconds(agent)? - cpu1) / wall;
+    Ok(Storm {
+        cycles,
+        events: 2 * cycles - kept_ports.len(),
+        elapsed_s,
+        agent_cpu_s,
+        table_equal,
+        paced_cpu_share,
+        paced_rate: n as f64 / wall,
+    })
+}
+
+/// Context switches (voluntary + involuntary, all threads) of a process.
+fn switches(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let status = std::fs::read_to_string(t?.path().join("status"))?;
+        for line in status.lines() {
+            if line.starts_with("voluntary_ctxt_switches:") || line.starts_with("nonvoluntary_ctxt_switches:") {
+                total += line.split_whitespace().nth(1).unwrap_or("0").parse::<u64>()?;
+            }
+        }
+    }
+    Ok(total)
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
+}
+
+pub struct Idle {
+    pub window_s: f64,
+    pub agent_switches: u64,
+    pub host_switches: u64,
+    pub agent_cpu_s: f64,
+    pub host_cpu_s: f64,
+    pub agent_rss_kib: u64,
+    pub host_rss_kib: u64,
+    pub per_conn_bytes: f64,
+}
+
+pub fn idle(rig: &Rig, window: Duration) -> Result<Idle> {
+    let (agent, host) = (rig.agent.id(), rig.host.id());
+    let listeners: Vec<TcpListener> =
+        rig.ns.run(|| (0..100).map(|_| listener(SocketAddr::from(([127, 0, 0, 1], 0)))).collect::<std::io::Result<Vec<_>>>())??;
+    let want: BTreeSet<u16> = listeners.iter().map(port_of).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !want.is_subset(&rig.serving()) {
+        if Instant::now() > deadline {
+            bail!("100 guest listeners were not all forwarded");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (agent_rss0, host_rss0) = (rss_kib(agent)?, rss_kib(host)?);
+    // 100 idle connections through the first port; the guest holds them.
+    let first = listeners[0].try_clone()?;
+    let held = std::thread::spawn(move || (0..100).map(|_| first.accept().map(|c| c.0)).collect::<std::io::Result<Vec<_>>>());
+    let clients: Vec<TcpStream> = (0..100).map(|_| TcpStream::connect(("127.0.0.1", port_of(&listeners[0])))).collect::<std::io::Result<_>>()?;
+    let guest_side = held.join().unwrap()?;
+    // Every connection is relayed end to end once the guest accepted it and a
+    // byte made the round trip through the relays.
+    // (Accept order need not match connect order: write all, then read all.)
+    {
+        use std::io::{Read, Write};
+        for c in &clients {
+            (&*c).write_all(b"x")?;
+        }
+        for g in &guest_side {
+            g.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut b = [0u8; 1];
+            (&*g).read_exact(&mut b).context("a byte through an idle connection")?;
+        }
+    }
+    let (agent_rss, host_rss) = (rss_kib(agent)?, rss_kib(host)?);
+    let (s_a, s_h, c_a, c_h) = (switches(agent)?, switches(host)?, cpu_seconds(agent)?, cpu_seconds(host)?);
+    std::thread::sleep(window);
+    let idle = Idle {
+        window_s: window.as_secs_f64(),
+        agent_switches: switches(agent)? - s_a,
+        host_switches: switches(host)? - s_h,
+        agent_cpu_s: cpu_seconds(agent)? - c_a,
+        host_cpu_s: cpu_seconds(host)? - c_h,
+        agent_rss_kib: agent_rss,
+        host_rss_kib: host_rss,
+        per_conn_bytes: ((agent_rss + host_rss) as f64 - (agent_rss0 + host_rss0) as f64) * 1024.0 / 100.0,
+    };
+    drop(clients);
+    drop(guest_side);
+    drop(listeners);
+    Ok(idle)
+}

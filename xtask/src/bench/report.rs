@@ -1,0 +1,282 @@
+//! Turns the measurements into the markdown table (stdout and BENCHMARKS.md)
+//! and two hand-drawn SVG charts; checks that every measurement produced
+//! numbers.
+
+use super::measure::{Conn, Idle, Latency, Storm, Tput};
+use crate::util::root;
+use anyhow::{bail, Result};
+use std::fmt::Write as _;
+
+#[derive(Default)]
+pub struct Results {
+    pub latency: Option<Latency>,
+    pub throughput: Vec<Tput>,
+    pub conn: Option<Conn>,
+    pub storm: Option<Storm>,
+    pub idle: Option<Idle>,
+}
+
+fn sorted(v: &[f64]) -> Vec<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    s
+}
+
+/// The q-quantile (nearest rank).
+fn q(v: &[f64], q: f64) -> f64 {
+    let s = sorted(v);
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s[((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1]
+}
+
+fn median(v: &[f64]) -> f64 {
+    q(v, 0.5)
+}
+
+/// "median (min–max)" of repetitions.
+fn spread(v: &[f64], unit: &str) -> String {
+    let s = sorted(v);
+    if s.len() < 2 {
+        return format!("{:.2} {unit}", median(v));
+    }
+    format!("{:.2} {unit} ({:.2}–{:.2})", median(v), s[0], s[s.len() - 1])
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+pub fn markdown(r: &Results) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "| measurement | hoist | baseline | ratio | target |");
+    let _ = writeln!(t, "|---|---|---|---|---|");
+    if let Some(l) = &r.latency {
+        for (what, v) in [("listen() -> host port accepts", &l.listen_us), ("close() -> host port refuses", &l.close_us)] {
+            let (p50, p99, max) = (q(v, 0.5), q(v, 0.99), q(v, 1.0));
+            let _ = writeln!(
+                t,
+                "| detection: {what} ({} cycles) | p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs | 1 s poll (WSL NAT): median 500 ms; 3 s poll (Lima): 1.5 s | {:.0}x faster than a 1 s poll (p50) | p99 < 1 ms: {} |",
+                v.len(),
+                p50,
+                p99,
+                max,
+                500_000.0 / p50,
+                mark(p99 < 1000.0)
+            );
+        }
+    }
+    for x in &r.throughput {
+        let dir = if x.reverse { "guest -> host" } else { "host -> guest" };
+        let (h, d, s) = (median(&x.hoist), median(&x.direct), median(&x.socat));
+        let target = if x.streams == 1 {
+            format!(">= 1.5x socat: {}; >= 60% of direct: {}", mark(h >= 1.5 * s), mark(h >= 0.6 * d))
+        } else {
+            "reported".to_string()
+        };
+        let _ = writeln!(
+            t,
+            "| throughput, {} stream{}, {dir} | {} | direct {}; socat chain {} | {:.2}x socat, {:.0}% of direct | {target} |",
+            x.streams,
+            if x.streams == 1 { "" } else { "s" },
+            spread(&x.hoist, "Gbit/s"),
+            spread(&x.direct, "Gbit/s"),
+            spread(&x.socat, "Gbit/s"),
+            h / s,
+            100.0 * h / d
+        );
+    }
+    if let Some(c) = &r.conn {
+        let rps = |v: &[super::measure::Wrk]| v.iter().map(|w| w.rps).collect::<Vec<_>>();
+        let (h, d) = (median(&rps(&c.hoist)), median(&rps(&c.direct)));
+        let p = |v: &[super::measure::Wrk], f: fn(&super::measure::Wrk) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+        let _ = writeln!(
+            t,
+            "| new connections per second (wrk, Connection: close) | {} | direct {} | {:.0}% of direct | >= 50%: {} |",
+            spread(&rps(&c.hoist), "conn/s"),
+            spread(&rps(&c.direct), "conn/s"),
+            100.0 * h / d,
+            mark(h >= 0.5 * d)
+        );
+        let _ = writeln!(
+            t,
+            "| connect + first byte latency | p50 {:.0} µs, p99 {:.0} µs | direct p50 {:.0} µs, p99 {:.0} µs | +{:.0} µs at p50 | reported |",
+            p(&c.hoist, |w| w.p50_us),
+            p(&c.hoist, |w| w.p99_us),
+            p(&c.direct, |w| w.p50_us),
+            p(&c.direct, |w| w.p99_us),
+            p(&c.hoist, |w| w.p50_us) - p(&c.direct, |w| w.p50_us)
+        );
+    }
+    if let Some(s) = &r.storm {
+        let _ = writeln!(
+            t,
+            "| listen storm: {} listen/close cycles | host table equal to the guest's: {}; agent CPU {:.1} µs per event ({} events in {:.2} s) | Lima: 0.7 core at ~90 binds/s | | table equal: {} |",
+            s.cycles,
+            if s.table_equal { "yes" } else { "NO" },
+            s.agent_cpu_s * 1e6 / s.events as f64,
+            s.events,
+            s.elapsed_s,
+            mark(s.table_equal)
+        );
+        let _ = writeln!(
+            t,
+            "| agent CPU at {:.0} listen/close per second | {:.2}% of one core | Lima: ~70% of a core at ~90/s | {:.0}x less | < 5%: {} |",
+            s.paced_rate,
+            100.0 * s.paced_cpu_share,
+            0.7 / s.paced_cpu_share.max(1e-6),
+            mark(s.paced_cpu_share < 0.05)
+        );
+    }
+    if let Some(i) = &r.idle {
+        let _ = writeln!(
+            t,
+            "| idle: wake-ups over {:.0} s (100 ports, 100 open connections) | agent {} context switches, relay {} | a 1 s poller: {:.0} wake-ups | | agent 0: {} |",
+            i.window_s,
+            i.agent_switches,
+            i.host_switches,
+            i.window_s,
+            mark(i.agent_switches == 0)
+        );
+        let _ = writeln!(
+            t,
+            "| idle CPU | agent {:.3} s, relay {:.3} s | | | reported |",
+            i.agent_cpu_s, i.host_cpu_s
+        );
+        let _ = writeln!(
+            t,
+            "| memory | agent RSS {} KiB, relay RSS {} KiB; {:.1} KiB per open connection (both) | | | < 64 KiB per connection: {} |",
+            i.agent_rss_kib,
+            i.host_rss_kib,
+            i.per_conn_bytes / 1024.0,
+            mark(i.per_conn_bytes < 64.0 * 1024.0)
+        );
+    }
+    t
+}
+
+impl Results {
+    /// Every measurement ran and produced finite numbers.
+    pub fn check_complete(&self) -> Result<()> {
+        let Some(l) = &self.latency else { bail!("no detection latency") };
+        if l.listen_us.is_empty() || l.close_us.is_empty() || l.listen_us.iter().chain(&l.close_us).any(|v| !v.is_finite() || *v <= 0.0) {
+            bail!("detection latency produced no numbers");
+        }
+        if self.throughput.len() != 4
+            || self.throughput.iter().any(|x| x.hoist.iter().chain(&x.direct).chain(&x.socat).any(|v| !v.is_finite() || *v <= 0.0) || x.hoist.is_empty())
+        {
+            bail!("throughput produced no numbers");
+        }
+        let Some(c) = &self.conn else { bail!("no connection cost") };
+        if c.hoist.iter().chain(&c.direct).any(|w| w.rps <= 0.0 || w.p50_us <= 0.0) || c.hoist.is_empty() {
+            bail!("connection cost produced no numbers");
+        }
+        let Some(s) = &self.storm else { bail!("no listen storm") };
+        if !s.table_equal {
+            bail!("after the listen storm the host table differs from the guest's");
+        }
+        if s.events == 0 || !s.agent_cpu_s.is_finite() || s.paced_rate <= 0.0 {
+            bail!("listen storm produced no numbers");
+        }
+        let Some(i) = &self.idle else { bail!("no idle cost") };
+        if i.agent_rss_kib == 0 || i.host_rss_kib == 0 || !i.per_conn_bytes.is_finite() {
+            bail!("idle cost produced no numbers");
+        }
+        Ok(())
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    // SAFETY: sysconf has no preconditions.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
+}
+
+pub fn write(r: &Results, table: &str) -> Result<()> {
+    let dir = root().join("docs/bench");
+    std::fs::create_dir_all(&dir)?;
+    if let Some(l) = &r.latency {
+        std::fs::write(dir.join("latency.svg"), latency_svg(l))?;
+    }
+    std::fs::write(dir.join("throughput.svg"), throughput_svg(&r.throughput))?;
+    let date = crate::util::output(std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d"), "date")?;
+    let doc = format!(
+        "# Benchmarks\n\nMeasured by `cargo xtask bench --write` on {} ({}), guest = a network namespace, \
+         agent inside, relay outside, Unix-socket transport. Every baseline is measured in the same run; \
+         figures with repetitions show the median and (min–max).\n\n{table}\n\
+         ![detection latency](docs/bench/latency.svg)\n\n![throughput](docs/bench/throughput.svg)\n",
+        date.trim(),
+        machine()
+    );
+    std::fs::write(root().join("BENCHMARKS.md"), doc)?;
+    Ok(())
+}
+
+/// Cumulative distributions of both detection latencies.
+fn latency_svg(l: &Latency) -> String {
+    let (w, h, pad) = (640.0, 360.0, 50.0);
+    let max = q(&l.listen_us, 0.999).max(q(&l.close_us, 0.999)).max(1.0);
+    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n");
+    let _ = writeln!(s, "<text x='{pad}' y='20'>hoist detection latency (CDF, µs; x axis to the 99.9th percentile)</text>");
+    let _ = writeln!(s, "<line x1='{pad}' y1='{}' x2='{}' y2='{}' stroke='black'/>", h - pad, w - 20.0, h - pad);
+    let _ = writeln!(s, "<line x1='{pad}' y1='30' x2='{pad}' y2='{}' stroke='black'/>", h - pad);
+    for i in 0..=4 {
+        let x = pad + (w - 20.0 - pad) * i as f64 / 4.0;
+        let _ = writeln!(s, "<text x='{x}' y='{}' text-anchor='middle'>{:.0}</text>", h - pad + 16.0, max * i as f64 / 4.0);
+        let y = h - pad - (h - pad - 30.0) * i as f64 / 4.0;
+        let _ = writeln!(s, "<text x='{}' y='{y}' text-anchor='end'>{}%</text>", pad - 4.0, 25 * i);
+    }
+    for (v, color, name, ly) in [(&l.listen_us, "#1f77b4", "listen -> accepts", 40.0), (&l.close_us, "#d62728", "close -> refuses", 56.0)] {
+        let sv = sorted(v);
+        let pts: Vec<String> = sv
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let px = pad + (w - 20.0 - pad) * (x / max).min(1.0);
+                let py = h - pad - (h - pad - 30.0) * (i + 1) as f64 / sv.len() as f64;
+                format!("{px:.1},{py:.1}")
+            })
+            .collect();
+        let _ = writeln!(s, "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>", pts.join(" "));
+        let _ = writeln!(s, "<text x='{}' y='{ly}' fill='{color}'>{name}: p50 {:.0} µs, p99 {:.0} µs</text>", w - 300.0, q(v, 0.5), q(v, 0.99));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Grouped bars: direct, hoist and the socat chain for each case.
+fn throughput_svg(t: &[Tput]) -> String {
+    let (w, h, pad) = (640.0, 360.0, 50.0);
+    let max = t.iter().flat_map(|x| [median(&x.direct), median(&x.hoist), median(&x.socat)]).fold(1.0, f64::max);
+    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n");
+    let _ = writeln!(s, "<text x='{pad}' y='20'>throughput, Gbit/s (median of repetitions)</text>");
+    let _ = writeln!(s, "<line x1='{pad}' y1='{}' x2='{}' y2='{}' stroke='black'/>", h - pad, w - 20.0, h - pad);
+    let group = (w - 20.0 - pad) / t.len().max(1) as f64;
+    for (gi, x) in t.iter().enumerate() {
+        let gx = pad + group * gi as f64;
+        for (bi, (v, color)) in [(median(&x.direct), "#7f7f7f"), (median(&x.hoist), "#1f77b4"), (median(&x.socat), "#ff7f0e")].iter().enumerate() {
+            let bh = (h - pad - 40.0) * v / max;
+            let bx = gx + 10.0 + bi as f64 * (group - 20.0) / 3.0;
+            let _ = writeln!(s, "<rect x='{bx:.1}' y='{:.1}' width='{:.1}' height='{bh:.1}' fill='{color}'/>", h - pad - bh, (group - 20.0) / 3.0 - 4.0);
+            let _ = writeln!(s, "<text x='{:.1}' y='{:.1}' font-size='10' text-anchor='middle'>{v:.1}</text>", bx + (group - 20.0) / 6.0, h - pad - bh - 3.0);
+        }
+        let label = format!("{} stream{}, {}", x.streams, if x.streams == 1 { "" } else { "s" }, if x.reverse { "guest->host" } else { "host->guest" });
+        let _ = writeln!(s, "<text x='{:.1}' y='{}' text-anchor='middle' font-size='11'>{label}</text>", gx + group / 2.0, h - pad + 16.0);
+    }
+    for (i, (name, color)) in [("direct loopback in the guest", "#7f7f7f"), ("hoist", "#1f77b4"), ("socat chain over a Unix socket", "#ff7f0e")].iter().enumerate() {
+        let y = 36.0 + 14.0 * i as f64;
+        let _ = writeln!(s, "<rect x='{}' y='{}' width='10' height='10' fill='{color}'/><text x='{}' y='{}'>{name}</text>", w - 260.0, y - 9.0, w - 245.0, y);
+    }
+    s.push_str("</svg>\n");
+    s
+}
