@@ -95,6 +95,35 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// The socket's descriptor where readiness can be driven directly (TCP and
+    /// Unix); `None` for vsock, which the relay copies instead of splicing.
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match self {
+            Stream::Unix(s) => Some(s.as_raw_fd()),
+            Stream::Tcp(s) => Some(s.as_raw_fd()),
+            Stream::Vsock(_) => None,
+        }
+    }
+
+    /// Waits for readiness (TCP and Unix only).
+    pub async fn ready(&self, interest: tokio::io::Interest) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.ready(interest).await.map(|_| ()),
+            Stream::Tcp(s) => s.ready(interest).await.map(|_| ()),
+            Stream::Vsock(_) => Err(io::Error::new(io::ErrorKind::Unsupported, "no readiness for vsock")),
+        }
+    }
+
+    /// Runs a non-blocking operation, clearing readiness on `WouldBlock`.
+    pub fn try_io<R>(&self, interest: tokio::io::Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        match self {
+            Stream::Unix(s) => s.try_io(interest, f),
+            Stream::Tcp(s) => s.try_io(interest, f),
+            Stream::Vsock(_) => Err(io::Error::new(io::ErrorKind::Unsupported, "no readiness for vsock")),
+        }
+    }
+
     /// Makes the next close a reset where the transport has one, so a peer's
     /// reset is passed on as a reset.
     pub fn set_reset_on_close(&self) {
