@@ -47,8 +47,7 @@ pub async fn relay(mut a: Stream, mut b: Stream) -> io::Result<Moved> {
 }
 
 async fn spliced(a: &Stream, b: &Stream) -> io::Result<Moved> {
-    let (ab, ba) = (Pipe::new()?, Pipe::new()?);
-    let (a_to_b, b_to_a) = tokio::try_join!(one_way(a, b, ab), one_way(b, a, ba))?;
+    let (a_to_b, b_to_a) = tokio::try_join!(one_way(a, b), one_way(b, a))?;
     Ok(Moved { a_to_b, b_to_a })
 }
 
@@ -85,19 +84,72 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
+/// Bytes read per system call before a direction turns to splice.
+const SMALL: usize = 2048;
+
+fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for its length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for its length; MSG_NOSIGNAL keeps a closed peer
+    // from raising SIGPIPE.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// One non-blocking operation on `s`, waiting for readiness as needed.
+async fn io_op(s: &Stream, interest: Interest, mut f: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+    loop {
+        s.ready(interest).await?;
+        match s.try_io(interest, &mut f) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
 /// Moves `src`'s bytes to `dst` until `src` ends, then shuts `dst`'s write
-/// side: the FIN travels on while the other direction goes on.
-async fn one_way(src: &Stream, dst: &Stream, pipe: Pipe) -> io::Result<u64> {
+/// side: the FIN travels on while the other direction goes on. Small
+/// exchanges (a request, a reply) go through a small buffer; once a read
+/// fills it the direction is bulk and turns to splice, whose pipe would cost
+/// more than it saves on a short connection.
+async fn one_way(src: &Stream, dst: &Stream) -> io::Result<u64> {
     let (sfd, dfd) = (src.raw_fd().unwrap(), dst.raw_fd().unwrap());
     let mut total = 0u64;
+    let mut pipe: Option<Pipe> = None;
+    let mut buf = [0u8; SMALL];
     loop {
-        // The pipe is empty here, so EAGAIN can only mean "src has nothing".
-        let n = loop {
-            src.ready(Interest::READABLE).await?;
-            match src.try_io(Interest::READABLE, || splice(sfd, pipe.w.as_raw_fd(), PIPE_SIZE as usize)) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+        let n = match &pipe {
+            None => {
+                let n = io_op(src, Interest::READABLE, || read(sfd, &mut buf)).await?;
+                let mut off = 0;
+                while off < n {
+                    off += io_op(dst, Interest::WRITABLE, || write(dfd, &buf[off..n])).await?;
+                }
+                if n == SMALL {
+                    pipe = Some(Pipe::new()?);
+                }
+                n
+            }
+            Some(p) => {
+                // The pipe is empty here, so EAGAIN only means "src has nothing".
+                let n = io_op(src, Interest::READABLE, || splice(sfd, p.w.as_raw_fd(), PIPE_SIZE as usize)).await?;
+                let mut left = n;
+                while left > 0 {
+                    left -= io_op(dst, Interest::WRITABLE, || splice(p.r.as_raw_fd(), dfd, left)).await?;
+                }
+                n
             }
         };
         if n == 0 {
@@ -109,15 +161,6 @@ async fn one_way(src: &Stream, dst: &Stream, pipe: Pipe) -> io::Result<u64> {
                 }
             }
             return Ok(total);
-        }
-        let mut left = n;
-        while left > 0 {
-            dst.ready(Interest::WRITABLE).await?;
-            match dst.try_io(Interest::WRITABLE, || splice(pipe.r.as_raw_fd(), dfd, left)) {
-                Ok(m) => left -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
         }
         total += n as u64;
     }
