@@ -4,13 +4,12 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use hoist_agent::source::HookMode;
 use hoist_agent::Config;
-use hoist_proto::logging::{self, LogFormat};
+use hoist_proto::logging::LogFormat;
 use hoist_proto::transport::{Addr, CID_HOST};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
 
 /// Guest agent of hoist: watches TCP listeners with eBPF and serves them to the host relay.
 #[derive(Parser, Debug)]
@@ -49,15 +48,7 @@ fn parse_cid(s: &str) -> Result<CidFilter, String> {
 
 fn main() {
     let args = Args::parse();
-    if let Err(e) = logging::init(args.log_format) {
-        eprintln!("hoist-agent: {e:#}");
-        std::process::exit(2);
-    }
-    hoist_proto::sys::raise_fd_limit();
-    if let Err(e) = real_main(args) {
-        error!("{e:#}");
-        std::process::exit(1);
-    }
+    hoist_proto::sys::run_main("hoist-agent", args.log_format, || real_main(args))
 }
 
 fn real_main(args: Args) -> Result<()> {
@@ -81,20 +72,7 @@ fn real_main(args: Args) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
+        tokio::spawn(hoist_proto::sys::stop_on_signal(shutdown.clone()));
         hoist_agent::run(config, shutdown).await
     })
-}
-
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    info!(event = "shutdown", "signal received, stopping");
-    shutdown.cancel();
 }

@@ -3,11 +3,10 @@
 use anyhow::{bail, Result};
 use clap::Parser;
 use hoist_host::{Config, Status};
-use hoist_proto::logging::{self, LogFormat};
+use hoist_proto::logging::LogFormat;
 use hoist_proto::transport::Addr;
 use std::net::IpAddr;
 use tokio_util::sync::CancellationToken;
-use tracing::error;
 
 /// Host relay of hoist: mirrors every TCP listener of the guest on this host's loopback.
 #[derive(Parser, Debug)]
@@ -27,15 +26,7 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    if let Err(e) = logging::init(args.log_format) {
-        eprintln!("hoist-host: {e:#}");
-        std::process::exit(2);
-    }
-    hoist_proto::sys::raise_fd_limit();
-    if let Err(e) = real_main(args) {
-        error!("{e:#}");
-        std::process::exit(1);
-    }
+    hoist_proto::sys::run_main("hoist-host", args.log_format, || real_main(args))
 }
 
 fn config(args: &Args) -> Result<Config> {
@@ -64,20 +55,8 @@ fn real_main(args: Args) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
+        tokio::spawn(hoist_proto::sys::stop_on_signal(shutdown.clone()));
         let (status, _) = tokio::sync::watch::channel(Status::default());
         hoist_host::run(config, status, shutdown).await
     })
-}
-
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    shutdown.cancel();
 }

@@ -10,13 +10,11 @@ mod report;
 
 use crate::build::build;
 use crate::setup::apt;
-use crate::util::{require_root, say};
+use crate::util::{require_root, say, serving_ports, Lines};
 use anyhow::{bail, Context, Result};
 use hoist_testsupport::Netns;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -38,7 +36,7 @@ pub struct Rig {
     pub dir: PathBuf,
     pub agent: Child,
     pub host: Child,
-    pub host_log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    pub host_log: Lines,
 }
 
 impl Rig {
@@ -69,54 +67,20 @@ impl Rig {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting hoist-host")?;
-        let host_log: Arc<(Mutex<Vec<String>>, Condvar)> = Default::default();
-        let l = host_log.clone();
-        let err = host.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                // Only what the bench reads: the forward events.
-                if line.contains("forward_") || line.contains("\"connected\"") {
-                    l.0.lock().unwrap().push(line);
-                    l.1.notify_all();
-                }
-            }
-        });
+        // Only what the bench reads: the forward events.
+        let host_log = Lines::follow(host.stderr.take().unwrap(), |l| l.contains("forward_") || l.contains("\"connected\""));
         let rig = Rig { ns, dir, agent, host, host_log };
         rig.wait_host("the host to connect", Duration::from_secs(20), |l| l.iter().any(|x| x.contains("\"connected\"")))?;
         Ok(rig)
     }
 
     pub fn wait_host(&self, what: &str, timeout: Duration, pred: impl Fn(&[String]) -> bool) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let mut lines = self.host_log.0.lock().unwrap();
-        loop {
-            if pred(&lines) {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                bail!("timed out waiting for {what}");
-            }
-            lines = self.host_log.1.wait_timeout(lines, left).unwrap().0;
-        }
+        self.host_log.wait(what, timeout, pred)
     }
 
     /// Host ports currently forwarded, from the host's log.
     pub fn serving(&self) -> std::collections::BTreeSet<u16> {
-        let mut s = std::collections::BTreeSet::new();
-        for line in self.host_log.0.lock().unwrap().iter() {
-            let port = line.split("\"port\":").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|p| p.parse().ok());
-            match port {
-                Some(p) if line.contains("forward_opened") => {
-                    s.insert(p);
-                }
-                Some(p) if line.contains("forward_closed") => {
-                    s.remove(&p);
-                }
-                _ => {}
-            }
-        }
-        s
+        self.host_log.with(serving_ports)
     }
 }
 

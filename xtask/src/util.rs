@@ -41,3 +41,86 @@ pub fn require_root(what: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Lines a child process prints, kept for waiting on and for dumps.
+#[derive(Clone, Default)]
+pub struct Lines(std::sync::Arc<(std::sync::Mutex<Vec<String>>, std::sync::Condvar)>);
+
+impl Lines {
+    /// Collects the lines of `r` that `keep` accepts, on a thread of its own.
+    pub fn follow(r: impl std::io::Read + Send + 'static, keep: fn(&str) -> bool) -> Lines {
+        use std::io::BufRead;
+        let lines = Lines::default();
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+                if keep(&line) {
+                    l.push(line);
+                }
+            }
+        });
+        lines
+    }
+
+    pub fn push(&self, line: String) {
+        self.0 .0.lock().unwrap().push(line);
+        self.0 .1.notify_all();
+    }
+
+    /// Waits until `pred` holds over the lines so far.
+    pub fn wait(&self, what: &str, timeout: std::time::Duration, pred: impl Fn(&[String]) -> bool) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut lines = self.0 .0.lock().unwrap();
+        loop {
+            if pred(&lines) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                bail!("timed out after {timeout:?} waiting for {what}");
+            }
+            lines = self.0 .1.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&[String]) -> R) -> R {
+        f(&self.0 .0.lock().unwrap())
+    }
+
+    pub fn text(&self) -> String {
+        self.with(|l| l.join("\n"))
+    }
+}
+
+/// The ports hoist-host serves according to its JSON log lines.
+pub fn serving_ports(lines: &[String]) -> std::collections::BTreeSet<u16> {
+    let mut s = std::collections::BTreeSet::new();
+    for line in lines {
+        let port = line
+            .split("\"port\":")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok());
+        match port {
+            Some(p) if line.contains("\"event\":\"forward_opened\"") => {
+                s.insert(p);
+            }
+            Some(p) if line.contains("\"event\":\"forward_closed\"") => {
+                s.remove(&p);
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+/// Ports in LISTEN state in the text of /proc/net/tcp and /proc/net/tcp6.
+pub fn listening_ports(proc_net_tcp: &str) -> std::collections::BTreeSet<u16> {
+    proc_net_tcp
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 3 && f[3] == "0A").then(|| u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok())?
+        })
+        .collect()
+}

@@ -8,17 +8,17 @@
 
 use crate::build::build;
 use crate::setup::apt;
-use crate::util::{output, require_root, root, run, say};
+use crate::util::{listening_ports, output, require_root, root, run, say, serving_ports, Lines};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const VHOST_DEVICE_VSOCK: &str = "0.3.0";
@@ -229,41 +229,22 @@ fn initramfs(kernel: &Kernel, statics: &Statics, run_dir: &Path) -> Result<PathB
 /// A process whose stderr lines are collected for waiting and for dumps.
 struct Logged {
     child: Child,
-    lines: Arc<(Mutex<Vec<String>>, Condvar)>,
+    lines: Lines,
 }
 
 impl Logged {
     fn spawn(cmd: &mut Command) -> Result<Logged> {
         let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-        let lines: Arc<(Mutex<Vec<String>>, Condvar)> = Default::default();
-        let l = lines.clone();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                l.0.lock().unwrap().push(line);
-                l.1.notify_all();
-            }
-        });
+        let lines = Lines::follow(child.stderr.take().unwrap(), |_| true);
         Ok(Logged { child, lines })
     }
 
     fn wait_line(&self, what: &str, timeout: Duration, pred: impl Fn(&[String]) -> bool) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        let mut lines = self.lines.0.lock().unwrap();
-        loop {
-            if pred(&lines) {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                bail!("timed out after {timeout:?} waiting for {what}");
-            }
-            lines = self.lines.1.wait_timeout(lines, left).unwrap().0;
-        }
+        self.lines.wait(what, timeout, pred)
     }
 
     fn text(&self) -> String {
-        self.lines.0.lock().unwrap().join("\n")
+        self.lines.text()
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within 10 s.
@@ -277,7 +258,7 @@ impl Logged {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.lines.0.lock().unwrap().push("xtask: did not exit within 10 s of SIGTERM; killed".into());
+        self.lines.push("xtask: did not exit within 10 s of SIGTERM; killed".into());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -420,14 +401,7 @@ impl Vm {
 
     /// TCP listening ports in the guest, from /proc/net/tcp{,6}.
     fn guest_ports(&self) -> Result<BTreeSet<u16>> {
-        let out = self.sh("cat /proc/net/tcp /proc/net/tcp6")?;
-        Ok(out
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() > 3 && f[3] == "0A").then(|| u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok())?
-            })
-            .collect())
+        Ok(listening_ports(&self.sh("cat /proc/net/tcp /proc/net/tcp6")?))
     }
 
     fn start_agent(&self, hooks: Option<&str>) -> Result<()> {
@@ -465,21 +439,7 @@ impl Vm {
 
     /// The host ports hoist-host serves, from its log.
     fn serving(&self) -> BTreeSet<u16> {
-        let mut s = BTreeSet::new();
-        let Some(h) = &self.host else { return s };
-        for line in h.lines.0.lock().unwrap().iter() {
-            let port = line.split("\"port\":").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|p| p.parse().ok());
-            match port {
-                Some(p) if line.contains("\"event\":\"forward_opened\"") => {
-                    s.insert(p);
-                }
-                Some(p) if line.contains("\"event\":\"forward_closed\"") => {
-                    s.remove(&p);
-                }
-                _ => {}
-            }
-        }
-        s
+        self.host.as_ref().map(|h| h.lines.with(serving_ports)).unwrap_or_default()
     }
 
     /// Lines the guest's churn process has logged (one per port change, then `settled`).

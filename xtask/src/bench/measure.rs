@@ -161,8 +161,11 @@ pub fn throughput(rig: &Rig, quick: bool) -> Result<Vec<Tput>> {
             for reverse in [false, true] {
                 let mut t = Tput { streams, reverse, direct: vec![], hoist: vec![], socat: vec![] };
                 for _ in 0..reps {
+                    iperf_ready(rig, PORT)?;
                     t.direct.push(iperf(&mut rig.ns.command("iperf3"), quick, streams, reverse, PORT)?);
+                    iperf_ready(rig, PORT)?;
                     t.hoist.push(iperf(&mut Command::new("iperf3"), quick, streams, reverse, PORT)?);
+                    iperf_ready(rig, PORT)?;
                     t.socat.push(iperf(&mut Command::new("iperf3"), quick, streams, reverse, SOCAT_PORT)?);
                 }
                 all.push(t);
@@ -184,19 +187,25 @@ fn guest_listening(rig: &Rig) -> Result<BTreeSet<u16>> {
         // thread-self: /proc/net would show the thread group leader's namespace.
         ["tcp", "tcp6"].iter().map(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap_or_default()).collect::<String>()
     })?;
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 3 && f[3] == "0A").then(|| u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok())?
-        })
-        .collect())
+    Ok(crate::util::listening_ports(&text))
 }
 
 fn host_listening(port: u16) -> bool {
-    std::fs::read_to_string("/proc/net/tcp")
-        .map(|t| t.lines().any(|l| l.contains(&format!(":{port:04X} 00000000:0000 0A"))))
-        .unwrap_or(false)
+    std::fs::read_to_string("/proc/net/tcp").map(|t| crate::util::listening_ports(&t).contains(&port)).unwrap_or(false)
+}
+
+/// iperf3's server closes its listening socket after each test and opens a
+/// new one, and hoist mirrors that faithfully: wait until the guest listens
+/// again and the host forwards it before the next run.
+fn iperf_ready(rig: &Rig, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(guest_listening(rig)?.contains(&port) && rig.serving().contains(&port)) {
+        if Instant::now() > deadline {
+            bail!("iperf3's server did not listen again on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 /// wrk figures: requests per second, latency p50 / p99 in microseconds.
