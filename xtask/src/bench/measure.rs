@@ -130,7 +130,6 @@ fn iperf(cmd: &mut Command, quick: bool, streams: u32, reverse: bool, port: u16)
 pub fn throughput(rig: &Rig, quick: bool) -> Result<Vec<Tput>> {
     const PORT: u16 = 15201;
     const SOCAT_PORT: u16 = 15202;
-    let mut server = rig.ns.command("iperf3").args(["-s", "-p", &PORT.to_string()]).stdout(Stdio::null()).spawn()?;
     let sock = rig.dir.join("socat.sock");
     let mut guest_socat = rig
         .ns
@@ -143,9 +142,6 @@ pub fn throughput(rig: &Rig, quick: bool) -> Result<Vec<Tput>> {
         .arg(format!("UNIX-CONNECT:{}", sock.display()))
         .spawn()?;
     let result = (|| {
-        rig.wait_host("iperf3's port to be forwarded", Duration::from_secs(10), |l| {
-            l.iter().any(|x| x.contains("forward_opened") && x.contains(&format!("\"port\":{PORT},")))
-        })?;
         let deadline = Instant::now() + Duration::from_secs(10);
         // Probing with a connection would start an iperf3 test with no
         // parameters behind the chain: look at the kernel's table instead.
@@ -161,19 +157,16 @@ pub fn throughput(rig: &Rig, quick: bool) -> Result<Vec<Tput>> {
             for reverse in [false, true] {
                 let mut t = Tput { streams, reverse, direct: vec![], hoist: vec![], socat: vec![] };
                 for _ in 0..reps {
-                    iperf_ready(rig, PORT)?;
-                    t.direct.push(iperf(&mut rig.ns.command("iperf3"), quick, streams, reverse, PORT)?);
-                    iperf_ready(rig, PORT)?;
-                    t.hoist.push(iperf(&mut Command::new("iperf3"), quick, streams, reverse, PORT)?);
-                    iperf_ready(rig, PORT)?;
-                    t.socat.push(iperf(&mut Command::new("iperf3"), quick, streams, reverse, SOCAT_PORT)?);
+                    t.direct.push(with_server(rig, PORT, || iperf(&mut rig.ns.command("iperf3"), quick, streams, reverse, PORT))?);
+                    t.hoist.push(with_server(rig, PORT, || iperf(&mut Command::new("iperf3"), quick, streams, reverse, PORT))?);
+                    t.socat.push(with_server(rig, PORT, || iperf(&mut Command::new("iperf3"), quick, streams, reverse, SOCAT_PORT))?);
                 }
                 all.push(t);
             }
         }
         Ok(all)
     })();
-    for c in [&mut host_socat, &mut guest_socat, &mut server] {
+    for c in [&mut host_socat, &mut guest_socat] {
         let _ = c.kill();
         let _ = c.wait();
     }
@@ -194,18 +187,29 @@ fn host_listening(port: u16) -> bool {
     std::fs::read_to_string("/proc/net/tcp").map(|t| crate::util::listening_ports(&t).contains(&port)).unwrap_or(false)
 }
 
-/// iperf3's server closes its listening socket after each test and opens a
-/// new one, and hoist mirrors that faithfully: wait until the guest listens
-/// again and the host forwards it before the next run.
-fn iperf_ready(rig: &Rig, port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !(guest_listening(rig)?.contains(&port) && rig.serving().contains(&port)) {
-        if Instant::now() > deadline {
-            bail!("iperf3's server did not listen again on {port}");
+/// Runs `client` against a fresh one-off iperf3 server in the guest, once
+/// the guest listens and the host forwards it: a long-lived server carries
+/// state from one test to the next (and reopens its socket after each).
+fn with_server(rig: &Rig, port: u16, client: impl FnOnce() -> Result<f64>) -> Result<f64> {
+    let mut server = rig.ns.command("iperf3").args(["-s", "-1", "-p", &port.to_string()]).stdout(Stdio::null()).spawn()?;
+    let r = (|| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(guest_listening(rig)?.contains(&port) && rig.serving().contains(&port)) {
+            if Instant::now() > deadline {
+                bail!("iperf3's server is not listening and forwarded on {port}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
+        client()
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    // The next server must not find the old forward still up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rig.serving().contains(&port) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    Ok(())
+    r
 }
 
 /// wrk figures: requests per second, latency p50 / p99 in microseconds.
