@@ -50,9 +50,12 @@ pub struct Latency {
 fn spin_until(port: u16, want_open: bool) -> Result<Instant> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let probe = TcpStream::connect(("127.0.0.1", port));
+        // A SYN that meets a listener as it closes can be dropped, and the
+        // kernel would retry it only after 1 s: bound each probe instead.
+        let probe = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(5));
         let now = Instant::now();
         let open = match probe {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
             Ok(c) => {
                 // Reset rather than close: thousands of probes must not
                 // leave TIME_WAIT entries behind to collide with later ones.
@@ -408,6 +411,9 @@ fn rss_kib(pid: u32) -> Result<u64> {
     Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
 }
 
+/// Longer than the protocol's handshake timeout (5 s).
+const SETTLE: Duration = Duration::from_secs(6);
+
 pub struct Idle {
     pub window_s: f64,
     pub agent_switches: u64,
@@ -452,6 +458,10 @@ pub fn idle(rig: &Rig, window: Duration) -> Result<Idle> {
         }
     }
     let (agent_rss, host_rss) = (rss_kib(agent)?, rss_kib(host)?);
+    // Steady state: each connection's handshake armed a timeout; a timer
+    // that was cancelled can still end one sleep of the runtime when its
+    // deadline passes. Wait those out, then count.
+    std::thread::sleep(SETTLE);
     let (s_a, s_h, c_a, c_h) = (switches(agent)?, switches(host)?, cpu_seconds(agent)?, cpu_seconds(host)?);
     std::thread::sleep(window);
     let idle = Idle {
