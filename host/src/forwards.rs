@@ -9,6 +9,7 @@ use crate::{Config, Status};
 use hoist_proto::{Endpoint, Family, Forward};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -17,10 +18,18 @@ use tracing::{info, warn};
 pub struct ForwardHandle {
     forward: Forward,
     task: JoinHandle<()>,
+    /// The listening socket, owned by `task`.
+    fd: RawFd,
 }
 
 impl Drop for ForwardHandle {
     fn drop(&mut self) {
+        // Aborting the task drops its listener only when the runtime next
+        // gets to it; shutting the socket down refuses new connections now,
+        // so the port is closed by the time "forward_closed" is logged.
+        // SAFETY: the task still owns the descriptor (it is dropped after
+        // the abort below), so it is valid here.
+        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
         self.task.abort();
     }
 }
@@ -79,9 +88,10 @@ impl Forwards {
         let addr = self.host_addr(f.endpoint);
         match bind(addr) {
             Ok(listener) => {
+                let fd = listener.as_raw_fd();
                 info!(event = "forward_opened", port = f.endpoint.port, family = %f.endpoint.family, host = %addr, guest_address = %f.guest_addr, pid = f.pid, comm = %f.comm, "forwarding {addr} to the guest");
                 let task = tokio::spawn(accept_loop(listener, f.endpoint, self.config.clone()));
-                self.open.insert(f.endpoint, ForwardHandle { forward: f, task });
+                self.open.insert(f.endpoint, ForwardHandle { forward: f, task, fd });
             }
             Err(e) => {
                 let taken = e.kind() == std::io::ErrorKind::AddrInUse;
@@ -122,6 +132,22 @@ mod tests {
 
     fn f(family: Family, port: u16) -> Forward {
         Forward { endpoint: Endpoint { family, port }, guest_addr: "127.0.0.1".parse().unwrap(), pid: 1, comm: "x".into() }
+    }
+
+    /// The port refuses connections as soon as the forward is removed, not
+    /// whenever the runtime next drops the aborted accept task.
+    #[tokio::test]
+    async fn removing_a_forward_closes_its_port_at_once() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut fw = Forwards::new(Arc::new(Config::new("unix:/nonexistent".parse().unwrap())));
+        fw.add(f(Family::V4, port));
+        let mut st = Status::default();
+        fw.fill_status(&mut st);
+        assert!(st.serving.contains(&Endpoint { family: Family::V4, port }), "{st:?}");
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("forward accepts");
+        fw.remove(Endpoint { family: Family::V4, port });
+        let err = std::net::TcpStream::connect(("127.0.0.1", port)).expect_err("port still open after remove");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, config: Arc<
                     }
                 });
             }
+            // The forward's handle shut the listener down: it is closing.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
             Err(e) => {
                 warn!(event = "accept_error", port = endpoint.port, family = %endpoint.family, "accepting: {e}");
                 // Out of descriptors: pause instead of spinning on the error.
