@@ -76,20 +76,9 @@ async fn tracepoint_hooks_report_listens_and_unlistens_in_one_namespace_only() {
 
     // A listen() that fails with EADDRINUSE passes through LISTEN in the
     // kernel but must produce nothing.
-    let (good, p) = ns
-        .run(move || {
-            let a = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-            a.set_reuse_address(true).unwrap();
-            a.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
-            let p = a.local_addr().unwrap().as_socket().unwrap().port();
-            let b = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-            b.set_reuse_address(true).unwrap();
-            b.bind(&SocketAddr::from(([127, 0, 0, 1], p)).into()).unwrap();
-            a.listen(8).unwrap();
-            assert!(b.listen(8).is_err());
-            (a, p)
-        })
-        .unwrap();
+    let (good, err) = ns.run(hoist_testsupport::listen_then_fail_on_the_same_port).unwrap().unwrap();
+    assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
+    let p = good.local_addr().unwrap().port();
     expect(&mut src, &mut seen, "the good listen", |e| e.kind == EVENT_LISTEN && e.port == p).await;
     drop(v4);
     let e = expect(&mut src, &mut seen, "the v4 unlisten", |e| e.kind == EVENT_UNLISTEN && e.port == p4).await;

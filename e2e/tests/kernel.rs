@@ -152,19 +152,7 @@ fn autobind_is_forwarded_under_its_real_port_and_a_failed_listen_produces_nothin
 
     // Two sockets bound to one port with SO_REUSEADDR: the second listen()
     // fails with EADDRINUSE after the kernel already entered LISTEN.
-    let (first, err) = lab.guest(|| {
-        use socket2::{Domain, Socket, Type};
-        let a = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        a.set_reuse_address(true).unwrap();
-        a.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
-        let p = a.local_addr().unwrap().as_socket().unwrap().port();
-        let b = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        b.set_reuse_address(true).unwrap();
-        b.bind(&SocketAddr::from(([127, 0, 0, 1], p)).into()).unwrap();
-        a.listen(16).unwrap();
-        let err = b.listen(16).unwrap_err();
-        (TcpListener::from(a), err)
-    });
+    let (first, err) = lab.guest(hoist_testsupport::listen_then_fail_on_the_same_port).unwrap();
     assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
     let pf = port(&first);
     lab.wait_forwarded("ipv4", pf);

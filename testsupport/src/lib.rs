@@ -99,3 +99,26 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// A listen() that fails the way real servers trip over each other: two
+/// sockets bound to one 127.0.0.1 port with SO_REUSEADDR, the first listens,
+/// the second's listen() fails with EADDRINUSE after the kernel has already
+/// moved it through LISTEN. Returns the listening one and the second's error.
+/// Call it inside the namespace under test.
+pub fn listen_then_fail_on_the_same_port() -> std::io::Result<(std::net::TcpListener, std::io::Error)> {
+    use socket2::{Domain, Socket, Type};
+    use std::net::SocketAddr;
+    let a = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    a.set_reuse_address(true)?;
+    a.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    let port = a.local_addr()?.as_socket().map(|s| s.port()).unwrap_or(0);
+    let b = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    b.set_reuse_address(true)?;
+    b.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    a.listen(16)?;
+    let err = match b.listen(16) {
+        Ok(()) => return Err(std::io::Error::other("the second listen() on one port succeeded")),
+        Err(e) => e,
+    };
+    Ok((a.into(), err))
+}
