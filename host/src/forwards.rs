@@ -105,7 +105,10 @@ impl Forwards {
     /// Closes the forward for `e`, if any.
     pub fn remove(&mut self, e: Endpoint) {
         if let Some(h) = self.open.remove(&e) {
-            let f = &h.forward;
+            // Close the port before saying so: whoever reads the log may
+            // connect the moment the line appears.
+            let f = h.forward.clone();
+            drop(h);
             info!(event = "forward_closed", port = e.port, family = %e.family, host = %self.host_addr(e), pid = f.pid, comm = %f.comm, "guest listener gone; host port closed");
         } else if self.conflicts.remove(&e).is_some() {
             info!(event = "forward_closed", port = e.port, family = %e.family, "guest listener gone (its host port was in conflict)");
