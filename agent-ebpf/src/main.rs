@@ -7,29 +7,40 @@
 //! - tracepoint: `tp_btf/inet_sock_set_state` stashes a LISTEN per thread
 //!   until `syscalls/sys_exit_listen` confirms listen() returned 0; a
 //!   LISTEN -> CLOSE that ends a stashed listen was a failed listen() and is
-//!   dropped, any other is an unlisten.
-//! Struct offsets are read-only globals the agent fills in from the running
-//! kernel's BTF; nothing about the layout is compiled in.
+//!   dropped, any other is an unlisten. A listen that does not come from the
+//!   listen(2) syscall (io_uring, in-kernel sockets) is never confirmed and
+//!   ages out of the LRU map: the agent's `sock_diag` snapshot covers it.
+//!
+//! An event the full ring buffer cannot take is counted in `DROPS`, never
+//! lost silently. Struct offsets are read-only globals the agent fills in
+//! from the running kernel's BTF; nothing about the layout is compiled in.
 #![no_std]
 #![no_main]
+// The BPF target has no compare-and-swap, so core's atomic types offer no
+// fetch_add there; the intrinsic still lowers to the BPF atomic add.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+// Inline asm pins a context read to a constant offset (see `listen_start`).
+#![feature(asm_experimental_arch)]
 
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
 use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock};
 use aya_ebpf::macros::{btf_tracepoint, fentry, fexit, map, tracepoint};
-use aya_ebpf::maps::{LruHashMap, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{Array, LruHashMap, RingBuf};
 use aya_ebpf::programs::{BtfTracePointContext, FEntryContext, FExitContext, TracePointContext};
 use aya_ebpf::EbpfContext;
 use aya_log_ebpf::{debug, warn};
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use core::ptr::read_volatile;
 use hoist_common::{ListenEvent, ABSENT, AF_INET, AF_INET6, EVENTS_RING_BYTES, EVENT_LISTEN, EVENT_UNLISTEN};
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
-/// Events lost to a full ring buffer, per CPU so no atomics are needed; the
-/// agent sums the CPUs.
+/// Events lost to a full ring buffer: one counter every CPU adds to
+/// atomically, so a loss is never silent.
 #[map(name = "DROPS")]
-static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static DROPS: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Listens seen entering LISTEN, waiting for their listen() to return.
 #[map(name = "PENDING")]
@@ -58,6 +69,8 @@ static OFF_NET: u32 = ABSENT;
 static OFF_NET_INUM: u32 = ABSENT;
 #[no_mangle]
 static OFF_INET_SPORT: u32 = ABSENT;
+#[no_mangle]
+static LISTEN_START_NARGS: u32 = 0;
 
 const TCP_LISTEN: i32 = 10;
 const TCP_CLOSE: i32 = 7;
@@ -143,24 +156,57 @@ unsafe fn sport(sk: *const u8) -> u16 {
 
 #[inline(always)]
 fn emit<C: EbpfContext>(ctx: &C, ev: &ListenEvent) {
-    if EVENTS.output::<ListenEvent>(ev, 0).is_err() {
+    let Some(mut slot) = EVENTS.reserve::<ListenEvent>(0) else {
         if let Some(n) = DROPS.get_ptr_mut(0) {
-            // SAFETY: this CPU's slot; nothing else writes it concurrently.
-            unsafe { *n += 1 };
+            // SAFETY: a valid, 8-byte aligned map value. Every CPU adds to
+            // it, hence the atomic; its result is unused, so it compiles to
+            // the plain atomic add every BPF kernel has (no BPF_FETCH).
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) };
         }
         warn!(ctx, "hoist: ring buffer full, event for port {} lost", ev.port);
         return;
-    }
+    };
+    slot.write(*ev);
+    slot.submit(0);
     debug!(ctx, "hoist: kind {} family {} port {} pid {}", ev.kind, ev.family, ev.port, ev.pid);
 }
 
 // ---- trampoline path ----
 
+/// Reads the 8-byte context slot at `OFF` with the offset in the load
+/// instruction itself. Plain Rust lets LLVM merge the arms of `listen_start`
+/// into one load from `ctx + (8 or 16)`, a modified context pointer the
+/// verifier refuses to dereference.
+#[inline(always)]
+fn ctx_slot<const OFF: i16>(ctx: &FExitContext) -> u64 {
+    let v: u64;
+    // SAFETY: a load from the context; the verifier checks OFF against the
+    // traced function's BTF prototype.
+    unsafe {
+        core::arch::asm!(
+            "{v} = *(u64 *)({ctx} + {off})",
+            v = out(reg) v,
+            ctx = in(reg) ctx.as_ptr(),
+            off = const OFF,
+            options(readonly, nostack, preserves_flags),
+        )
+    };
+    v
+}
+
 #[fexit(function = "inet_csk_listen_start")]
 pub fn listen_start(ctx: FExitContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    // fexit sees the arguments, then the return value.
-    let ret: i64 = ctx.arg(1);
+    // fexit's context holds the arguments, then the return value; the
+    // parameter count changed in 5.19, so it comes from the kernel's BTF. Each
+    // arm reads at a constant offset (the verifier refuses a variable one) and
+    // the frozen global makes the other arms dead code. The return value is an
+    // int: only the low 32 bits of its slot are meaningful.
+    let ret = match global(&LISTEN_START_NARGS) {
+        1 => ctx_slot::<8>(&ctx),
+        2 => ctx_slot::<16>(&ctx),
+        _ => return 0,
+    } as i32;
     if ret != 0 {
         return 0;
     }
@@ -197,16 +243,16 @@ pub fn listen_state(ctx: BtfTracePointContext) -> i32 {
             // 0 for an autobind listen: the port is chosen after this point,
             // and the agent resolves it by cookie.
             ev.port = unsafe { load::<u16>(sk, global(&OFF_NUM)) };
-            let _ = PENDING.insert(&key, &ev, 0);
+            let _ = PENDING.insert(key, ev, 0);
         }
     } else if old == TCP_LISTEN && new == TCP_CLOSE {
         // SAFETY: as above.
         if let Some(mut ev) = unsafe { describe(sk, EVENT_UNLISTEN) } {
             // SAFETY: a map value pointer valid for this program run.
-            if let Some(p) = unsafe { PENDING.get(&key) } {
+            if let Some(p) = unsafe { PENDING.get(key) } {
                 if p.cookie == ev.cookie {
                     // listen() is failing (EADDRINUSE): it never listened.
-                    let _ = PENDING.remove(&key);
+                    let _ = PENDING.remove(key);
                     return 0;
                 }
             }
@@ -225,11 +271,11 @@ const SYS_EXIT_RET: usize = 16;
 pub fn listen_exit(ctx: TracePointContext) -> i32 {
     let key = bpf_get_current_pid_tgid();
     // SAFETY: a map value pointer valid for this program run.
-    let Some(pending) = (unsafe { PENDING.get(&key) }) else {
+    let Some(pending) = (unsafe { PENDING.get(key) }) else {
         return 0;
     };
     let ev = *pending;
-    let _ = PENDING.remove(&key);
+    let _ = PENDING.remove(key);
     // SAFETY: reads the tracepoint record at its fixed layout.
     let ret: i64 = unsafe { ctx.read_at(SYS_EXIT_RET) }.unwrap_or(-1);
     if ret == 0 {

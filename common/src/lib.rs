@@ -55,6 +55,10 @@ pub mod global {
     pub const OFF_NET_INUM: &str = "OFF_NET_INUM";
     /// `struct tcp_sock` -> `inet_sport` (u16, network order).
     pub const OFF_INET_SPORT: &str = "OFF_INET_SPORT";
+    /// Parameter count of `inet_csk_listen_start` (2 before Linux 5.19, 1
+    /// since): fexit finds the return value right after the parameters. 0 when
+    /// the kernel's BTF has no such function.
+    pub const LISTEN_START_NARGS: &str = "LISTEN_START_NARGS";
 }
 
 /// Offset value meaning "the running kernel has no such member".

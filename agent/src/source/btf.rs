@@ -2,7 +2,8 @@
 //! so the eBPF program reads `struct sock` with this kernel's layout rather
 //! than the build machine's. A small parser: just enough of the BTF format to
 //! walk struct and union members, through anonymous members, typedefs and
-//! qualifiers. A missing member or one of an unexpected size is a hard error.
+//! qualifiers, and to count a function's parameters. A missing member or one
+//! of an unexpected size is a hard error.
 
 use anyhow::{bail, Context, Result};
 use hoist_common::ABSENT;
@@ -43,6 +44,9 @@ pub struct Offsets {
     pub net: u32,
     pub net_inum: u32,
     pub inet_sport: u32,
+    /// Parameter count of `inet_csk_listen_start` (where fexit finds the
+    /// return value); 0 when the BTF has no such function.
+    pub listen_start_nargs: u32,
 }
 
 impl Offsets {
@@ -56,7 +60,7 @@ impl Offsets {
         let btf = Btf::parse(data)?;
         let sock = btf.find_struct("sock")?;
         let field = |path: &[&str], size: u32| -> Result<u32> {
-            let m = btf.member(sock, path)?;
+            let m = btf.named(sock, path)?;
             if m.bitfield || m.size != size {
                 bail!("struct sock.{} is {} bytes{}, expected {size}", path.join("."), m.size, if m.bitfield { " (bitfield)" } else { "" });
             }
@@ -66,9 +70,9 @@ impl Offsets {
         let num = field(&["__sk_common", "skc_num"], 2)?;
         let rcv_saddr = field(&["__sk_common", "skc_rcv_saddr"], 4)?;
         let net = field(&["__sk_common", "skc_net", "net"], 8)?;
-        let (v6_rcv_saddr, ipv6only_byte, ipv6only_bit) = match btf.member(sock, &["__sk_common", "skc_v6_rcv_saddr"]) {
+        let (v6_rcv_saddr, ipv6only_byte, ipv6only_bit) = match btf.named(sock, &["__sk_common", "skc_v6_rcv_saddr"]) {
             Ok(m) if m.size == 16 && !m.bitfield => {
-                let only = btf.member(sock, &["__sk_common", "skc_ipv6only"])?;
+                let only = btf.named(sock, &["__sk_common", "skc_ipv6only"])?;
                 if !only.bitfield && only.size != 1 {
                     bail!("struct sock.skc_ipv6only is neither a bitfield nor a byte");
                 }
@@ -80,15 +84,19 @@ impl Offsets {
             Err(_) => (ABSENT, ABSENT, 0),
         };
         let netns = btf.find_struct("net")?;
-        let inum = btf.member(netns, &["ns", "inum"])?;
+        let inum = btf.named(netns, &["ns", "inum"])?;
         if inum.bitfield || inum.size != 4 {
             bail!("struct net.ns.inum is {} bytes, expected 4", inum.size);
         }
+        // tcp_sock embeds inet_connection_sock, which embeds inet_sock; the
+        // embedding members are found by their type so a renamed member does
+        // not matter.
         let tcp = btf.find_struct("tcp_sock")?;
-        let sport = btf.member(tcp, &["inet_conn", "icsk_inet", "inet_sport"])?;
+        let sport = btf.member(tcp, &[Step::OfType("inet_connection_sock"), Step::OfType("inet_sock"), Step::Name("inet_sport")])?;
         if sport.bitfield || sport.size != 2 {
             bail!("struct tcp_sock inet_sport is {} bytes, expected 2", sport.size);
         }
+        let listen_start_nargs = btf.func_params("inet_csk_listen_start")?.unwrap_or(0);
         Ok(Offsets {
             family,
             num,
@@ -99,6 +107,7 @@ impl Offsets {
             net,
             net_inum: inum.bit_offset / 8,
             inet_sport: sport.bit_offset / 8,
+            listen_start_nargs,
         })
     }
 }
@@ -114,6 +123,8 @@ struct Type {
     members: Vec<(u32, u32, u32)>,
     /// INT encoding (bits) for ints.
     int_bits: u32,
+    /// Parameter count of a FUNC_PROTO.
+    params: u32,
 }
 
 struct Btf<'a> {
@@ -165,7 +176,7 @@ impl<'a> Btf<'a> {
             .context("BTF type section out of bounds")?;
         let strings = data.get(hdr_len + str_off..hdr_len + str_off + str_len).context("BTF string section out of bounds")?;
         // Type id 0 is void.
-        let mut types = vec![Type { name_off: 0, kind: 0, kflag: false, size_or_type: 0, members: vec![], int_bits: 0 }];
+        let mut types = vec![Type { name_off: 0, kind: 0, kflag: false, size_or_type: 0, members: vec![], int_bits: 0, params: 0 }];
         let mut c = Cursor { data: types_data, pos: 0 };
         while c.pos < types_data.len() {
             let name_off = c.u32()?;
@@ -173,7 +184,7 @@ impl<'a> Btf<'a> {
             let size_or_type = c.u32()?;
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
-            let mut t = Type { name_off, kind, kflag: info >> 31 == 1, size_or_type, members: vec![], int_bits: 0 };
+            let mut t = Type { name_off, kind, kflag: info >> 31 == 1, size_or_type, members: vec![], int_bits: 0, params: 0 };
             match kind {
                 KIND_INT => t.int_bits = c.u32()? & 0xff,
                 KIND_ARRAY => {
@@ -189,7 +200,10 @@ impl<'a> Btf<'a> {
                     }
                 }
                 KIND_ENUM => c.skip(8 * vlen)?,
-                KIND_FUNC_PROTO => c.skip(8 * vlen)?,
+                KIND_FUNC_PROTO => {
+                    c.skip(8 * vlen)?;
+                    t.params = vlen as u32;
+                }
                 KIND_VAR | KIND_DECL_TAG => c.skip(4)?,
                 KIND_DATASEC | KIND_ENUM64 => c.skip(12 * vlen)?,
                 KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC
@@ -241,16 +255,36 @@ impl<'a> Btf<'a> {
         })
     }
 
-    /// Finds `path` from struct/union `id`: each step names a member, looked
-    /// for through anonymous members too.
-    fn member(&self, id: u32, path: &[&str]) -> Result<Member> {
+    /// Parameter count of function `name`, `None` if the BTF has no such
+    /// function.
+    fn func_params(&self, name: &str) -> Result<Option<u32>> {
+        let Some(func) = self.types.iter().find(|t| t.kind == KIND_FUNC && self.name(t.name_off) == name.as_bytes()) else {
+            return Ok(None);
+        };
+        let proto = self.ty(func.size_or_type)?;
+        if proto.kind != KIND_FUNC_PROTO {
+            bail!("BTF function {name} has no prototype");
+        }
+        Ok(Some(proto.params))
+    }
+
+    /// Finds the member `path` names, step by step, from struct/union `id`.
+    fn named(&self, id: u32, path: &[&str]) -> Result<Member> {
+        let steps: Vec<Step> = path.iter().map(|n| Step::Name(n)).collect();
+        self.member(id, &steps)
+    }
+
+    /// Finds `path` from struct/union `id`, each step looked for through
+    /// anonymous members too.
+    fn member(&self, id: u32, path: &[Step]) -> Result<Member> {
         let mut base = 0;
         let mut cur = id;
         let mut found = None;
         for (i, step) in path.iter().enumerate() {
-            let (bit_off, ty, bitfield_bits) = self
-                .find_member(cur, step)?
-                .with_context(|| format!("member {} not found in the kernel's BTF", path[..=i].join(".")))?;
+            let (bit_off, ty, bitfield_bits) = self.find_member(cur, step)?.with_context(|| {
+                let shown: Vec<String> = path[..=i].iter().map(|s| s.to_string()).collect();
+                format!("member {} of struct {} not found in the kernel's BTF", shown.join("."), self.type_name(id))
+            })?;
             base += bit_off;
             cur = self.resolve(ty)?;
             found = Some((ty, bitfield_bits));
@@ -265,27 +299,59 @@ impl<'a> Btf<'a> {
         Ok(Member { bit_offset: base, size, bitfield })
     }
 
-    /// (bit offset, type, bitfield size) of member `name` of `id`.
-    fn find_member(&self, id: u32, name: &str) -> Result<Option<(u32, u32, u32)>> {
+    fn type_name(&self, id: u32) -> String {
+        self.ty(id).map(|t| String::from_utf8_lossy(self.name(t.name_off)).into_owned()).unwrap_or_default()
+    }
+
+    /// Whether `ty` is (a typedef or qualified form of) the struct `name`.
+    fn is_struct(&self, ty: u32, name: &str) -> Result<bool> {
+        let t = self.ty(self.resolve(ty)?)?;
+        Ok(t.kind == KIND_STRUCT && self.name(t.name_off) == name.as_bytes())
+    }
+
+    /// (bit offset, type, bitfield size) of the member of `id` that `step`
+    /// names.
+    fn find_member(&self, id: u32, step: &Step) -> Result<Option<(u32, u32, u32)>> {
         let t = self.ty(self.resolve(id)?)?;
         if t.kind != KIND_STRUCT && t.kind != KIND_UNION {
             bail!("BTF type {id} is not a struct or union");
         }
         for &(name_off, ty, off) in &t.members {
             let (bit_off, bits) = if t.kflag { (off & 0xff_ffff, off >> 24) } else { (off, 0) };
+            let hit = match step {
+                Step::Name(name) => name_off != 0 && self.name(name_off) == name.as_bytes(),
+                Step::OfType(name) => self.is_struct(ty, name)?,
+            };
+            if hit {
+                return Ok(Some((bit_off, ty, bits)));
+            }
             if name_off == 0 {
                 let inner = self.resolve(ty)?;
                 let k = self.ty(inner)?.kind;
                 if k == KIND_STRUCT || k == KIND_UNION {
-                    if let Some((o, t2, b)) = self.find_member(inner, name)? {
+                    if let Some((o, t2, b)) = self.find_member(inner, step)? {
                         return Ok(Some((bit_off + o, t2, b)));
                     }
                 }
-            } else if self.name(name_off) == name.as_bytes() {
-                return Ok(Some((bit_off, ty, bits)));
             }
         }
         Ok(None)
+    }
+}
+
+/// One step of a member path: a member's name, or the struct type of an
+/// embedded member whose name may differ between kernels.
+enum Step<'s> {
+    Name(&'s str),
+    OfType(&'s str),
+}
+
+impl std::fmt::Display for Step<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Name(n) => f.write_str(n),
+            Step::OfType(t) => write!(f, "<struct {t}>"),
+        }
     }
 }
 
@@ -333,6 +399,15 @@ mod tests {
         fn typedef(&mut self, name: &str, to: u32) -> u32 {
             self.head(name, KIND_TYPEDEF, 0, false, to)
         }
+        fn func(&mut self, name: &str, ret: u32, params: &[u32]) -> u32 {
+            let proto = self.head("", KIND_FUNC_PROTO, params.len() as u32, false, ret);
+            for &p in params {
+                self.types.extend_from_slice(&0u32.to_le_bytes());
+                self.types.extend_from_slice(&p.to_le_bytes());
+            }
+            // Linkage (global) sits where vlen would.
+            self.head(name, KIND_FUNC, 1, false, proto)
+        }
         fn array(&mut self, elem: u32, index: u32, n: u32) -> u32 {
             let id = self.head("", KIND_ARRAY, 0, false, 0);
             for w in [elem, index, n] {
@@ -367,8 +442,11 @@ mod tests {
     }
 
     /// A miniature kernel: sock_common with anonymous unions and a bitfield,
-    /// sock, net/ns_common, and tcp_sock nesting down to inet_sock.
-    fn mini_kernel(with_v6: bool) -> Vec<u8> {
+    /// sock, net/ns_common, tcp_sock nesting down to inet_sock (through
+    /// members named unlike Linux's, as another kernel might), and
+    /// inet_csk_listen_start with `listen_start_params` parameters (`None`:
+    /// no such function).
+    fn mini_kernel(with_v6: bool, listen_start_params: Option<usize>) -> Vec<u8> {
         let mut b = Builder::new();
         let u8t = b.int("unsigned char", 1);
         let u16t = b.int("unsigned short", 2);
@@ -400,55 +478,66 @@ mod tests {
         let sock_common = b.compound(KIND_STRUCT, "sock_common", 136, &m);
         b.compound(KIND_STRUCT, "sock", 760, &[("__sk_common", sock_common, 0, 0)]);
         let inet_sock = b.compound(KIND_STRUCT, "inet_sock", 900, &[("sk", sock_common, 0, 0), ("inet_sport", be16, 6512, 0)]);
-        let icsk = b.compound(KIND_STRUCT, "inet_connection_sock", 1200, &[("icsk_inet", inet_sock, 0, 0)]);
+        let icsk = b.compound(
+            KIND_STRUCT,
+            "inet_connection_sock",
+            1200,
+            &[("icsk_pad", u32t, 0, 0), ("some_other_name", inet_sock, 64, 0)],
+        );
         let idx = b.int("int", 4);
         let _arr = b.array(u8t, idx, 4);
-        b.compound(KIND_STRUCT, "tcp_sock", 2000, &[("inet_conn", icsk, 0, 0)]);
+        let wrapped = b.compound(KIND_STRUCT, "", 1208, &[("pad", u32t, 0, 0), ("conn", icsk, 64, 0)]);
+        b.compound(KIND_STRUCT, "tcp_sock", 2000, &[("", wrapped, 0, 0)]);
+        if let Some(n) = listen_start_params {
+            let sock_ptr = b.ptr(0);
+            let params: Vec<u32> = std::iter::once(sock_ptr).chain(std::iter::repeat_n(idx, n - 1)).collect();
+            b.func("inet_csk_listen_start", idx, &params);
+        }
         b.finish()
     }
 
     #[test]
     fn offsets_come_from_the_btf_given() {
+        let linux = Offsets {
+            family: 16,
+            num: 14,
+            rcv_saddr: 4,
+            v6_rcv_saddr: 72,
+            ipv6only_byte: 19,
+            ipv6only_bit: 5,
+            net: 48,
+            net_inum: 140,
+            // 8 (wrapper) + 8 (inet_sock in inet_connection_sock) + 814.
+            inet_sport: 830,
+            listen_start_nargs: 1,
+        };
         let cases = [
-            (
-                "with IPv6",
-                mini_kernel(true),
-                Offsets {
-                    family: 16,
-                    num: 14,
-                    rcv_saddr: 4,
-                    v6_rcv_saddr: 72,
-                    ipv6only_byte: 19,
-                    ipv6only_bit: 5,
-                    net: 48,
-                    net_inum: 140,
-                    inet_sport: 814,
-                },
-            ),
+            ("with IPv6", mini_kernel(true, Some(1)), linux),
             (
                 "without IPv6",
-                mini_kernel(false),
-                Offsets {
-                    family: 16,
-                    num: 14,
-                    rcv_saddr: 4,
-                    v6_rcv_saddr: ABSENT,
-                    ipv6only_byte: ABSENT,
-                    ipv6only_bit: 0,
-                    net: 48,
-                    net_inum: 140,
-                    inet_sport: 814,
-                },
+                mini_kernel(false, Some(1)),
+                Offsets { v6_rcv_saddr: ABSENT, ipv6only_byte: ABSENT, ipv6only_bit: 0, ..linux },
             ),
+            ("before 5.19: listen_start(sk, backlog)", mini_kernel(true, Some(2)), Offsets { listen_start_nargs: 2, ..linux }),
+            ("no inet_csk_listen_start", mini_kernel(true, None), Offsets { listen_start_nargs: 0, ..linux }),
         ];
         for (name, blob, want) in cases {
             assert_eq!(Offsets::from_btf(&blob).unwrap(), want, "{name}");
         }
     }
 
+    /// `blob` with one name in its string section changed (same length).
+    fn renamed(blob: &[u8], from: &str, to: &str) -> Vec<u8> {
+        let (from, to) = (format!("\0{from}\0").into_bytes(), format!("\0{to}\0").into_bytes());
+        let at = blob.windows(from.len()).position(|w| w == from).expect("name in the blob");
+        let mut out = blob.to_vec();
+        out[at..at + to.len()].copy_from_slice(&to);
+        out
+    }
+
     #[test]
     fn broken_btf_is_an_error() {
-        let good = mini_kernel(true);
+        let good = mini_kernel(true, Some(1));
         let mut bad_magic = good.clone();
         bad_magic[0] = 0;
         let truncated = good[..good.len() / 2].to_vec();
@@ -463,6 +552,14 @@ mod tests {
             ("truncated", truncated, "out of bounds"),
             ("no struct sock", no_sock.finish(), "struct sock not found"),
             ("wrong member size", wrong_size.finish(), "is 4 bytes"),
+            ("no skc_num", renamed(&good, "skc_num", "skc_nuX"), "member __sk_common.skc_num of struct sock not found"),
+            ("no ns.inum", renamed(&good, "inum", "inuX"), "member ns.inum of struct net not found"),
+            (
+                "no inet_sock in tcp_sock",
+                renamed(&good, "inet_sock", "inet_soXk"),
+                "member <struct inet_connection_sock>.<struct inet_sock> of struct tcp_sock not found",
+            ),
+            ("no inet_sport", renamed(&good, "inet_sport", "inet_spoXt"), "<struct inet_sock>.inet_sport of struct tcp_sock"),
         ];
         for (name, blob, want) in cases {
             let err = Offsets::from_btf(&blob).unwrap_err();
@@ -481,6 +578,7 @@ mod tests {
                 (o.family, o.num, o.rcv_saddr, o.v6_rcv_saddr, o.net, o.net_inum, o.inet_sport, o.ipv6only_byte, o.ipv6only_bit),
                 (16, 14, 4, 72, 48, 176, 814, 19, 5)
             );
+            assert_eq!(o.listen_start_nargs, 1);
         } else {
             assert!(o.family < 64 && o.net_inum > 0 && o.inet_sport > 100, "{o:?} on {release}");
         }

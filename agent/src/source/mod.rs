@@ -9,7 +9,7 @@ pub mod btf;
 pub mod diag;
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, RingBuf};
 use aya::programs::{BtfTracePoint, FEntry, FExit, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use btf::Offsets;
@@ -47,9 +47,11 @@ impl fmt::Display for Hooks {
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("HOIST_EBPF_OBJECT_PATH"));
 
+/// The attached eBPF programs and the ring buffer they write to. Dropping it
+/// detaches the programs and stops the log forwarding task.
 pub struct KernelSource {
     ring: AsyncFd<RingBuf<MapData>>,
-    drops: PerCpuArray<MapData, u64>,
+    drops: Array<MapData, u64>,
     hooks: Hooks,
     log_task: Option<tokio::task::JoinHandle<()>>,
     // Holds the programs and their links: dropping it detaches everything.
@@ -65,8 +67,12 @@ impl Drop for KernelSource {
 }
 
 impl KernelSource {
-    /// Loads and attaches. Must run inside a tokio runtime.
+    /// Loads the embedded object with offsets from the running kernel's BTF
+    /// and attaches the best hook set `mode` allows; only sockets of network
+    /// namespace `netns_inum` are reported (0: all). Must run inside a tokio
+    /// runtime: the ring buffer and the log forwarding are driven by it.
     pub fn load(mode: HookMode, netns_inum: u32) -> Result<KernelSource> {
+        tokio::runtime::Handle::try_current().context("KernelSource::load must run inside a tokio runtime")?;
         let offsets = Offsets::from_running_kernel()?;
         let mut ebpf = EbpfLoader::new()
             .override_global(global::NETNS_INUM, &netns_inum, true)
@@ -79,6 +85,7 @@ impl KernelSource {
             .override_global(global::OFF_NET, &offsets.net, true)
             .override_global(global::OFF_NET_INUM, &offsets.net_inum, true)
             .override_global(global::OFF_INET_SPORT, &offsets.inet_sport, true)
+            .override_global(global::LISTEN_START_NARGS, &offsets.listen_start_nargs, true)
             .load(OBJECT)
             .context("loading the eBPF object")?;
         // Before any program runs, so no log record is missed.
@@ -86,14 +93,14 @@ impl KernelSource {
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
         let hooks = match mode {
             HookMode::Trampoline => {
-                attach_trampolines(&mut ebpf, &btf).context("attaching the trampoline hooks (fexit/fentry)")?;
+                attach_trampolines(&mut ebpf, &btf, &offsets).context("attaching the trampoline hooks (fexit/fentry)")?;
                 Hooks::Trampoline
             }
             HookMode::Tracepoint => {
                 attach_tracepoints(&mut ebpf, &btf).context("attaching the tracepoint hooks")?;
                 Hooks::Tracepoint
             }
-            HookMode::Auto => match attach_trampolines(&mut ebpf, &btf) {
+            HookMode::Auto => match attach_trampolines(&mut ebpf, &btf, &offsets) {
                 Ok(()) => Hooks::Trampoline,
                 Err(e) => {
                     info!("trampoline hooks refused by this kernel ({e:#}); using tracepoints");
@@ -104,14 +111,15 @@ impl KernelSource {
             },
         };
         info!(hooks = %hooks, "kernel hooks attached");
-        let ring = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("map EVENTS missing")?)?;
-        let drops = PerCpuArray::try_from(ebpf.take_map(MAP_DROPS).context("map DROPS missing")?)?;
+        let ring = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("map EVENTS missing")?).context("opening map EVENTS")?;
+        let drops = Array::try_from(ebpf.take_map(MAP_DROPS).context("map DROPS missing")?).context("opening map DROPS")?;
         // SAFETY: the AsyncFd owns the ring buffer, so its descriptor stays open
         // exactly as long as it is registered.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.context("registering the ring buffer")?;
         Ok(KernelSource { ring, drops, hooks, log_task, _ebpf: ebpf })
     }
 
+    /// The hook set attached.
     pub fn hooks(&self) -> Hooks {
         self.hooks
     }
@@ -139,14 +147,22 @@ impl KernelSource {
         }
     }
 
-    /// Events lost so far because the ring buffer was full (all CPUs).
+    /// Events lost so far because the ring buffer was full.
     pub fn drops(&self) -> Result<u64> {
-        let per_cpu = self.drops.get(&0, 0).context("reading the drop counter")?;
-        Ok(per_cpu.iter().sum())
+        self.drops.get(&0, 0).context("reading the drop counter (map DROPS)")
     }
 }
 
-fn attach_trampolines(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
+fn attach_trampolines(ebpf: &mut Ebpf, btf: &Btf, offsets: &Offsets) -> Result<()> {
+    // The fexit program reads the return value after one or two parameters
+    // (the kernels it knows); any other prototype would make it report
+    // nothing, so refuse rather than attach a blind hook.
+    if !matches!(offsets.listen_start_nargs, 1 | 2) {
+        bail!(
+            "inet_csk_listen_start has {} parameters in the kernel's BTF (expected 1 or 2)",
+            offsets.listen_start_nargs
+        );
+    }
     let p: &mut FExit = program(ebpf, prog::LISTEN_START)?.try_into()?;
     p.load("inet_csk_listen_start", btf).context("loading fexit/inet_csk_listen_start")?;
     p.attach().context("attaching fexit/inet_csk_listen_start")?;
