@@ -1,6 +1,8 @@
-//! `cargo xtask`: the project's entry points. `setup` installs what the build
-//! needs, `build` compiles the eBPF object and both binaries, `run` is the
-//! local demo, `test` runs every test.
+//! `cargo xtask`: the project's entry points, one module per subcommand.
+//! `setup` installs what the build needs, `build` compiles the eBPF object and
+//! both binaries, `run` is the local demo, `test` runs every test, `vm-test`
+//! the VM lab, `bench` the benchmarks. A failure ends xtask with the failing
+//! command's own exit code where there is one.
 
 mod bench;
 mod build;
@@ -25,7 +27,7 @@ enum Cmd {
     /// Install what the build needs (nightly rust-src, bpf-linker, Debian packages).
     Setup,
     /// Build the eBPF object and target/release/hoist-agent, hoist-host.
-    Build,
+    Build(build::BuildArgs),
     /// Local demo: a network namespace as the guest, agent inside, host outside.
     Run(run::RunArgs),
     /// Run every test (needs root).
@@ -39,8 +41,10 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let r: Result<()> = match cli.cmd {
-        Cmd::Setup => setup::setup(),
-        Cmd::Build => build::build().map(|_| ()),
+        Cmd::Setup => setup::setup_command(),
+        Cmd::Build(a) => build::build_profile(a.debug).map(|b| {
+            util::say(format!("built {} and {} (eBPF object {})", b.agent.display(), b.host.display(), b.ebpf.display()))
+        }),
         Cmd::Run(a) => run::run(a),
         Cmd::Test(a) => test::test(a),
         Cmd::VmTest => vmtest::vm_test(),
@@ -48,6 +52,7 @@ fn main() {
     };
     if let Err(e) = r {
         eprintln!("xtask: error: {e:#}");
-        std::process::exit(1);
+        let code = e.chain().find_map(|c| c.downcast_ref::<util::Exit>()).map_or(1, |x| x.code);
+        std::process::exit(code);
     }
 }

@@ -1,19 +1,25 @@
 //! `cargo xtask run`: the local demo with no VM. A network namespace plays the
 //! guest; hoist-agent runs inside it and hoist-host outside, over a Unix
-//! socket. Both logs stream to the terminal; Ctrl-C tears everything down.
+//! socket. Both logs stream to the terminal with a prefix. Ctrl-C (or
+//! SIGTERM) stops both and removes the namespace and the socket folder; if
+//! either process exits on its own, the demo is torn down the same way and
+//! xtask exits with that process's status.
 
 use crate::build::build;
-use crate::setup::apt;
-use crate::util::{require_root, run as run_cmd, say};
-use anyhow::{bail, Context, Result};
+use crate::util::{exit_code, have, require_root, run as run_cmd, say, Exit};
+use anyhow::{Context, Result};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const NS: &str = "hoist-demo";
 const DIR: &str = "/run/hoist-demo";
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -31,95 +37,169 @@ extern "C" fn on_signal(_: libc::c_int) {
 pub fn run(args: RunArgs) -> Result<()> {
     require_root("cargo xtask run")?;
     let built = build()?;
-    apt(&[("ip", "iproute2")])?;
-    let _ = Command::new("ip").args(["netns", "del", NS]).stderr(Stdio::null()).status();
-    run_cmd(Command::new("ip").args(["netns", "add", NS]), "ip netns add")?;
-    let _cleanup = Cleanup;
-    run_cmd(Command::new("ip").args(["-n", NS, "link", "set", "lo", "up"]), "bringing lo up in the demo namespace")?;
-    std::fs::create_dir_all(DIR).with_context(|| format!("creating {DIR}"))?;
-    let sock = Path::new(DIR).join("agent.sock");
-    let _ = std::fs::remove_file(&sock);
-
-    // SAFETY: installing a handler that only stores to an atomic.
+    // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    let mut agent = spawn(
-        "agent",
-        Command::new("ip")
-            .args(["netns", "exec", NS])
-            .arg(&built.agent)
-            .arg("--listen")
-            .arg(format!("unix:{}", sock.display()))
-            .args(&args.extra),
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        if let Some(status) = agent.try_wait()? {
-            bail!("hoist-agent exited during start-up ({status})");
-        }
-        if Instant::now() > deadline {
-            let _ = agent.kill();
-            bail!("hoist-agent did not create {} within 20 s", sock.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut host = spawn("host ", Command::new(&built.host).arg("--guest").arg(format!("unix:{}", sock.display())).args(&args.extra))?;
-    eprintln!();
-    eprintln!("  hoist is running. The guest is the network namespace '{NS}'. Try, in another terminal:");
-    eprintln!("    sudo ip netns exec {NS} python3 -m http.server 8000");
-    eprintln!("    curl http://127.0.0.1:8000/");
-    eprintln!("  Stop the server and port 8000 closes on the host at once. Ctrl-C here ends the demo.");
-    eprintln!();
-    let result = loop {
-        if STOP.load(Ordering::SeqCst) {
-            break Ok(());
-        }
-        if let Some(s) = agent.try_wait()? {
-            break Err(anyhow::anyhow!("hoist-agent exited ({s})"));
-        }
-        if let Some(s) = host.try_wait()? {
-            break Err(anyhow::anyhow!("hoist-host exited ({s})"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    say("stopping");
-    for c in [&mut host, &mut agent] {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let _ = c.wait();
-    }
-    result
+    let mut demo = Demo::default();
+    let outcome = demo.start(&built.agent, &built.host, &args.extra).and_then(|started| match started {
+        true => demo.supervise(),
+        false => Ok(()),
+    });
+    say("stopping hoist-host and hoist-agent, removing the namespace and the socket folder");
+    drop(demo);
+    outcome
 }
 
-/// Removes the namespace and socket directory however the demo ends.
-struct Cleanup;
+/// The demo's processes and kernel state; dropping it tears everything down,
+/// however the demo ends.
+#[derive(Default)]
+struct Demo {
+    /// In start order; stopped in reverse, so the host does not see its
+    /// guest vanish first.
+    children: Vec<(&'static str, Child)>,
+    logs: Vec<JoinHandle<()>>,
+    ns_created: bool,
+}
 
-impl Drop for Cleanup {
-    fn drop(&mut self) {
+impl Demo {
+    /// Returns false when a signal arrived before both were up.
+    fn start(&mut self, agent: &Path, host: &Path, extra: &[String]) -> Result<bool> {
+        // A demo killed without its clean-up leaves these behind.
         let _ = Command::new("ip").args(["netns", "del", NS]).stderr(Stdio::null()).status();
+        let _ = std::fs::remove_dir_all(DIR);
+        say(format!("creating the network namespace {NS} (the guest) with lo up"));
+        run_cmd(Command::new("ip").args(["netns", "add", NS]), &format!("ip netns add {NS}"))?;
+        self.ns_created = true;
+        run_cmd(Command::new("ip").args(["-n", NS, "link", "set", "lo", "up"]), "bringing lo up in the demo namespace")?;
+        std::fs::create_dir_all(DIR).with_context(|| format!("creating {DIR}"))?;
+        let sock = PathBuf::from(DIR).join("agent.sock");
+        let listen = format!("unix:{}", sock.display());
+
+        say(format!("starting hoist-agent in {NS}, listening on {listen}"));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", NS]).arg(agent).arg("--listen").arg(&listen).args(extra);
+        self.spawn("agent", "hoist-agent", &mut cmd)?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !sock.exists() {
+            if STOP.load(Ordering::SeqCst) {
+                return Ok(false);
+            }
+            self.check_children()?;
+            anyhow::ensure!(Instant::now() < deadline, "hoist-agent did not create {} within {START_TIMEOUT:?}", sock.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+
+        say(format!("starting hoist-host, connecting to {listen}"));
+        let mut cmd = Command::new(host);
+        cmd.arg("--guest").arg(&listen).args(extra);
+        self.spawn("host ", "hoist-host", &mut cmd)?;
+
+        let sudo = if have("sudo") { "sudo " } else { "" };
+        eprintln!();
+        eprintln!("  hoist is running; the guest is the network namespace '{NS}'. Try, in another terminal:");
+        eprintln!("    {sudo}ip netns exec {NS} python3 -m http.server 8000");
+        eprintln!("    curl http://127.0.0.1:8000/");
+        eprintln!("  Stop the server and port 8000 closes on the host at once. Ctrl-C here ends the demo.");
+        eprintln!();
+        Ok(true)
+    }
+
+    /// Until a signal (Ok) or a process's own exit (its status).
+    fn supervise(&mut self) -> Result<()> {
+        loop {
+            if STOP.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.check_children()?;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Any exit is unexpected while the demo runs, even a successful one.
+    fn check_children(&mut self) -> Result<()> {
+        for (name, child) in self.children.iter_mut() {
+            if let Some(status) = child.try_wait().context("checking on the demo's processes")? {
+                return Err(Exit { what: format!("{name} exited ({status})"), code: exit_code(status) }.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a process in a process group of its own, so that Ctrl-C reaches
+    /// only xtask, which then stops the processes in order; its output is
+    /// printed with `prefix`.
+    fn spawn(&mut self, prefix: &'static str, name: &'static str, cmd: &mut Command) -> Result<()> {
+        let parent = std::process::id();
+        // SAFETY: prctl and getppid are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                // If xtask is killed outright, the demo does not outlive it.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::other("xtask exited during start-up"));
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let out: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+        let err: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+        self.children.push((name, child));
+        for pipe in [out, err] {
+            self.logs.push(std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    eprintln!("{prefix} | {line}");
+                }
+            }));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        while let Some((_, mut child)) = self.children.pop() {
+            stop(&mut child);
+        }
+        // Let the last log lines through, but never hang on a pipe that some
+        // descendant still holds.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.logs.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if self.ns_created {
+            let _ = Command::new("ip").args(["netns", "del", NS]).stderr(Stdio::null()).status();
+        }
         let _ = std::fs::remove_dir_all(DIR);
     }
 }
 
-/// Starts a process whose log lines are printed with a prefix.
-fn spawn(name: &'static str, cmd: &mut Command) -> Result<Child> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {name}"))?;
-    for pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|p| Box::new(p) as _)]
-        .into_iter()
-        .flatten()
-    {
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                eprintln!("{name} | {line}");
-            }
-        });
+/// SIGTERM to the process's group, SIGKILL if it is still there after
+/// STOP_TIMEOUT.
+fn stop(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
     }
-    Ok(child)
+    let group = -(child.id() as i32);
+    // SAFETY: signalling a process group we created.
+    unsafe { libc::kill(group, libc::SIGTERM) };
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    say(format!("process {} ignored SIGTERM for {STOP_TIMEOUT:?}; killing it", child.id()));
+    // SAFETY: as above.
+    unsafe { libc::kill(group, libc::SIGKILL) };
+    let _ = child.wait();
 }

@@ -1,24 +1,66 @@
-//! Small helpers: the workspace root, running commands loudly, root checks.
+//! Small helpers shared by the subcommands: the workspace root and target
+//! folder, running commands loudly, exit statuses that carry through to
+//! xtask's own, root checks.
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The workspace's target folder; honours CARGO_TARGET_DIR as cargo does, so
+/// the binary paths handed to tests are the ones cargo actually wrote.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => root().join(d),
+        _ => root().join("target"),
+    }
 }
 
 pub fn say(msg: impl AsRef<str>) {
     eprintln!("xtask: {}", msg.as_ref());
 }
 
-/// Runs `cmd`, failing with its description when it fails.
+/// An error that ends xtask with a given exit code (a failing child's own),
+/// so `cargo xtask test` exits as `cargo test` did.
+#[derive(Debug)]
+pub struct Exit {
+    pub what: String,
+    pub code: i32,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (exit code {})", self.what, self.code)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// The shell's convention: the exit code, or 128 + the signal that ended it.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(0), _) | (None, None) => 1,
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+    }
+}
+
+/// Fails with `what` and the child's exit code when `status` is a failure.
+pub fn check(status: ExitStatus, what: &str) -> Result<()> {
+    if status.success() {
+        return Ok(());
+    }
+    Err(Exit { what: format!("{what} failed ({status})"), code: exit_code(status) }.into())
+}
+
+/// Runs `cmd`, failing with its description (and its exit code) when it fails.
 pub fn run(cmd: &mut Command, what: &str) -> Result<()> {
     let status = cmd.status().with_context(|| format!("starting {what}"))?;
-    if !status.success() {
-        bail!("{what} failed ({status})");
-    }
-    Ok(())
+    check(status, what)
 }
 
 /// Runs `cmd` and returns its stdout.
@@ -30,14 +72,20 @@ pub fn output(cmd: &mut Command, what: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Whether `program` is on PATH.
 pub fn have(program: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {program}")]).output().map(|o| o.status.success()).unwrap_or(false)
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|dir| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
 }
 
 pub fn require_root(what: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("{what} needs root (network namespaces and BPF programs): run it as root, e.g. with sudo -E");
+        // sudo resets PATH, which would lose rustup's cargo: keep the caller's.
+        bail!("{what} needs root (network namespaces, BPF programs): run it as root, e.g. sudo -E env \"PATH=$PATH\" {what}");
     }
     Ok(())
 }

@@ -173,7 +173,7 @@ fn kernel() -> Result<Kernel> {
         return Ok(k);
     }
     // Fresh lists: an old list can name a kernel build the mirror has dropped.
-    run(Command::new("apt-get").args(["update", "-q"]), "apt-get update")?;
+    crate::setup::apt_update()?;
     let found = output(
         Command::new("apt-cache").args(["search", "--names-only", r"^linux-image-6\.1\.0-[0-9]+-amd64$"]),
         "apt-cache search",
