@@ -7,12 +7,16 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=HOIST_EBPF_OBJECT");
-    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
     let path = match std::env::var_os("HOIST_EBPF_OBJECT") {
         // Build scripts run in the package's directory: say where a relative
         // path actually pointed.
         Some(p) => manifest_dir.join(p),
-        None => manifest_dir.join("../agent-ebpf/target/bpfel-unknown-none/release/hoist-agent-ebpf"),
+        None => {
+            manifest_dir.join("../agent-ebpf/target/bpfel-unknown-none/release/hoist-agent-ebpf")
+        }
     };
     let path = path.canonicalize().unwrap_or_else(|_| {
         panic!(

@@ -23,8 +23,8 @@
 // Inline asm pins a context read to a constant offset (see `listen_start`).
 #![feature(asm_experimental_arch)]
 
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
 use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock};
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
 use aya_ebpf::macros::{btf_tracepoint, fentry, fexit, map, tracepoint};
 use aya_ebpf::maps::{Array, LruHashMap, RingBuf};
 use aya_ebpf::programs::{BtfTracePointContext, FEntryContext, FExitContext, TracePointContext};
@@ -32,7 +32,9 @@ use aya_ebpf::EbpfContext;
 use aya_log_ebpf::{debug, warn};
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use core::ptr::read_volatile;
-use hoist_common::{ListenEvent, ABSENT, AF_INET, AF_INET6, EVENTS_RING_BYTES, EVENT_LISTEN, EVENT_UNLISTEN};
+use hoist_common::{
+    ListenEvent, ABSENT, AF_INET, AF_INET6, EVENTS_RING_BYTES, EVENT_LISTEN, EVENT_UNLISTEN,
+};
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
@@ -123,7 +125,8 @@ unsafe fn describe(sk: *const u8, kind: u8) -> Option<ListenEvent> {
         if off6 == ABSENT {
             return None;
         }
-        let words: [u32; 4] = [load(sk, off6), load(sk, off6 + 4), load(sk, off6 + 8), load(sk, off6 + 12)];
+        let words: [u32; 4] =
+            [load(sk, off6), load(sk, off6 + 4), load(sk, off6 + 8), load(sk, off6 + 12)];
         let mut i = 0;
         while i < 4 {
             let b = words[i].to_ne_bytes();

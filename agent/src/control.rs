@@ -6,56 +6,48 @@
 
 use crate::table::{changes, Exposed};
 use crate::tracker::TrackerHandle;
-use anyhow::{bail, Context, Result};
-use hoist_proto::frame::write_frame;
-use hoist_proto::transport::Stream;
-use hoist_proto::{AgentMsg, Forward, PROTOCOL_VERSION};
+use crate::Settings;
+use anyhow::{Context, Result};
+use hoist_net::Stream;
+use hoist_wire::{AgentMsg, Conn, Forward, HostMsg, Message, WireError, PROTOCOL_VERSION};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-/// Describes this agent in the welcome frame.
-pub static AGENT_DESCRIPTION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-pub async fn serve_control(mut stream: Stream, tracker: TrackerHandle, shutdown: CancellationToken) -> Result<()> {
-    let agent = AGENT_DESCRIPTION.get().cloned().unwrap_or_else(|| format!("hoist-agent {}", env!("CARGO_PKG_VERSION")));
-    write_frame(&mut stream, &AgentMsg::Welcome { version: PROTOCOL_VERSION, agent }.encode()).await?;
+pub async fn serve(
+    mut conn: Conn<Stream>,
+    tracker: TrackerHandle,
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let welcome =
+        AgentMsg::Welcome { version: PROTOCOL_VERSION, agent: settings.description.clone() };
+    conn.send(&welcome).await?;
     // A new host may have missed anything: the snapshot, not the last event,
     // is what it gets.
     tracker.resync().await?;
     let mut exposed = tracker.exposed.clone();
     let mut sent: Arc<Exposed> = exposed.borrow_and_update().clone();
     let all: Vec<Forward> = sent.values().map(|x| x.forward.clone()).collect();
-    for part in AgentMsg::snapshot_parts(&all) {
-        write_frame(&mut stream, &part.encode()).await.context("sending snapshot")?;
-    }
+    conn.send_all(&AgentMsg::snapshot_parts(&all)).await?;
     info!(event = "host_connected", forwards = all.len(), "host connected; snapshot sent");
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut buf = Vec::new();
-    let mut probe = [0u8; 1];
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             r = exposed.changed() => {
-                r.context("tracker has stopped")?;
+                r.context("the tracker has stopped")?;
                 let now = exposed.borrow_and_update().clone();
-                buf.clear();
-                for m in changes(&sent, &now) {
-                    hoist_proto::frame::encode_frame(&m.encode(), &mut buf)?;
-                }
-                wr.write_all(&buf).await.context("sending changes to the host")?;
+                conn.send_all(&changes(&sent, &now)).await?;
                 sent = now;
             }
-            // The host sends nothing after its first frame: any byte is a
-            // protocol error, and end of stream means it went away. A one-byte
-            // read is cancel-safe, unlike reading a whole frame.
-            r = rd.read(&mut probe) => match r.context("reading the control stream")? {
-                0 => {
+            // The host sends nothing after its first frame: a message is a
+            // protocol error, and end of stream means it went away.
+            r = conn.recv::<HostMsg>() => match r? {
+                None => {
                     info!(event = "host_disconnected", "host closed the control stream");
                     return Ok(());
                 }
-                _ => bail!("unexpected data from the host on the control stream"),
+                Some(m) => return Err(WireError::Unexpected { wanted: "nothing", got: m.name() }.into()),
             },
         }
     }

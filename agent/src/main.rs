@@ -1,12 +1,10 @@
 //! `hoist-agent`: command line, namespace entry and signal handling.
+#![forbid(unsafe_code)]
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use hoist_agent::source::HookMode;
-use hoist_agent::Config;
-use hoist_proto::logging::LogFormat;
-use hoist_proto::transport::{Addr, CID_HOST};
-use std::os::fd::AsRawFd;
+use hoist_agent::{Config, HookMode};
+use hoist_net::{Addr, LogFormat, CID_HOST};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
@@ -42,26 +40,30 @@ fn parse_cid(s: &str) -> Result<CidFilter, String> {
     match s {
         "any" => Ok(CidFilter(None)),
         "host" => Ok(CidFilter(Some(CID_HOST))),
-        n => n.parse().map(|c| CidFilter(Some(c))).map_err(|_| format!("bad CID {n:?}: a number, host or any")),
+        n => n
+            .parse()
+            .map(|c| CidFilter(Some(c)))
+            .map_err(|_| format!("bad CID {n:?}: a number, host or any")),
     }
 }
 
 fn main() {
     let args = Args::parse();
-    hoist_proto::sys::run_main("hoist-agent", args.log_format, || real_main(args))
+    hoist_net::run_main("hoist-agent", args.log_format, || real_main(args))
 }
 
 fn real_main(args: Args) -> Result<()> {
     // Enter the namespace before the runtime exists: threads it spawns then
     // inherit it, so every socket the agent makes lives there.
     if let Some(path) = &args.netns {
-        let f = std::fs::File::open(path).with_context(|| format!("opening network namespace {}", path.display()))?;
-        // SAFETY: a valid descriptor; affects only this (still single) thread.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("entering network namespace {}", path.display()));
-        }
+        let f = std::fs::File::open(path)
+            .with_context(|| format!("opening network namespace {}", path.display()))?;
+        hoist_agent::enter_netns(&f)
+            .with_context(|| format!("entering network namespace {}", path.display()))?;
     }
-    let netns_inum = std::fs::metadata("/proc/thread-self/ns/net").context("reading own network namespace")?.ino() as u32;
+    let netns_inum = std::fs::metadata("/proc/thread-self/ns/net")
+        .context("reading own network namespace")?
+        .ino() as u32;
     let config = Config {
         listen: args.listen,
         hooks: args.hooks,
@@ -69,10 +71,13 @@ fn real_main(args: Args) -> Result<()> {
         forward_any_address: args.forward_any_address,
         netns_inum,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(hoist_proto::sys::stop_on_signal(shutdown.clone()));
+        tokio::spawn(hoist_net::stop_on_signal(shutdown.clone()));
         hoist_agent::run(config, shutdown).await
     })
 }

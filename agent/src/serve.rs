@@ -1,23 +1,29 @@
 //! The agent's door to the host: accepts connections on the transport, checks
 //! who is calling (vsock peers must come from the allowed CID), reads the
 //! first frame under a timeout and hands the connection to `control` or
-//! `dial`. A bad connection is logged and closed; the loop goes on.
+//! `data`. A bad connection is logged and closed; the loop goes on.
 
 use crate::tracker::TrackerHandle;
-use anyhow::{bail, Result};
-use hoist_proto::frame::{read_frame_timeout, write_frame};
-use hoist_proto::transport::{Listener, Peer, Stream};
-use hoist_proto::{AgentMsg, HostMsg, PROTOCOL_VERSION};
+use crate::Settings;
+use anyhow::Result;
+use hoist_net::{Acceptor, Peer, Stream};
+use hoist_wire::{AgentMsg, Conn, HostMsg, WireError, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-/// Serves host connections on `listener` until `shutdown`.
-pub async fn serve(listener: Listener, tracker: TrackerHandle, accept_cid: Option<u32>, shutdown: CancellationToken) {
+/// Serves host connections on `acceptor` until `shutdown`.
+pub async fn serve(
+    acceptor: Acceptor,
+    tracker: TrackerHandle,
+    settings: Arc<Settings>,
+    shutdown: CancellationToken,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
+            r = acceptor.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
                     warn!("accepting a host connection: {e:#}");
@@ -28,48 +34,54 @@ pub async fn serve(listener: Listener, tracker: TrackerHandle, accept_cid: Optio
                 }
             },
         };
-        if let (Peer::Vsock { cid, .. }, Some(allowed)) = (&peer, accept_cid) {
-            if cid != &allowed {
+        if let (Peer::Vsock { cid, .. }, Some(allowed)) = (&peer, settings.accept_cid) {
+            if *cid != allowed {
                 warn!(peer = %peer, allowed_cid = allowed, "refusing vsock connection from a CID other than the host's");
                 continue;
             }
         }
-        let tracker = tracker.clone();
-        let shutdown = shutdown.clone();
+        let (tracker, settings, shutdown) = (tracker.clone(), settings.clone(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, tracker, shutdown).await {
-                warn!(peer = %peer, "host connection: {e:#}");
+            if let Err(e) = handle(Conn::new(stream), tracker, settings, shutdown).await {
+                match e.downcast_ref::<WireError>() {
+                    // A host that went away mid-conversation is routine.
+                    Some(WireError::Closed) => debug!(peer = %peer, "host connection: {e:#}"),
+                    _ => warn!(peer = %peer, "host connection: {e:#}"),
+                }
             }
         });
     }
 }
 
-async fn handle(mut stream: Stream, tracker: TrackerHandle, shutdown: CancellationToken) -> Result<()> {
-    let first = read_frame_timeout(&mut stream).await?;
-    let msg = match HostMsg::decode(&first) {
+async fn handle(
+    mut conn: Conn<Stream>,
+    tracker: TrackerHandle,
+    settings: Arc<Settings>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let first = match conn.recv_within::<HostMsg>(HANDSHAKE_TIMEOUT).await {
         Ok(m) => m,
-        Err(e) => {
-            let _ = reject(&mut stream, format!("malformed first frame: {e:#}")).await;
-            bail!("malformed first frame: {e:#}");
+        Err(e @ WireError::Decode(_)) => {
+            let _ = reject(&mut conn, format!("malformed first frame: {e}")).await;
+            return Err(e.into());
         }
+        Err(e) => return Err(e.into()),
     };
-    let version = match msg {
-        HostMsg::Control { version } | HostMsg::Data { version, .. } => version,
-    };
-    if version != PROTOCOL_VERSION {
-        let reason = format!("protocol version {version} not supported (agent speaks {PROTOCOL_VERSION})");
-        let _ = reject(&mut stream, reason.clone()).await;
-        bail!(reason);
+    if first.version() != PROTOCOL_VERSION {
+        let e = WireError::Version { ours: PROTOCOL_VERSION, theirs: first.version() };
+        let _ = reject(&mut conn, e.to_string()).await;
+        return Err(e.into());
     }
-    match msg {
-        HostMsg::Control { .. } => crate::control::serve_control(stream, tracker, shutdown).await,
+    match first {
+        HostMsg::Control { .. } => crate::control::serve(conn, tracker, &settings, shutdown).await,
         HostMsg::Data { endpoint, .. } => {
             debug!(%endpoint, "data connection");
-            crate::dial::serve_data(stream, endpoint, &tracker).await
+            crate::data::serve(conn, endpoint, &tracker).await
         }
     }
 }
 
-pub(crate) async fn reject(stream: &mut Stream, reason: String) -> Result<()> {
-    write_frame(stream, &AgentMsg::Rejected { reason }.encode()).await
+/// Refuses a connection, saying why.
+pub(crate) async fn reject(conn: &mut Conn<Stream>, reason: String) -> Result<(), WireError> {
+    conn.send(&AgentMsg::Rejected { reason }).await
 }

@@ -3,15 +3,16 @@
 //! and `sock_diag` snapshots go in, the set of host endpoints comes out, and
 //! [`changes`] turns two such sets into the messages for the host. Keyed by
 //! cookie, two `SO_REUSEPORT` listeners on one port are two entries, and the
-//! port stays exposed until the last of them closes.
+//! port stays exposed until the last of them closes. `tracker` drives it.
 
-use hoist_proto::{AgentMsg, Endpoint, Family, Forward};
+use hoist_common::{ListenEvent, AF_INET, AF_INET6};
+use hoist_wire::{AgentMsg, Endpoint, Family, Forward};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// One listening socket.
+/// One listening socket of the guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Listener {
+pub struct GuestListener {
     /// The kernel's socket cookie: stable for the socket's life.
     pub cookie: u64,
     pub addr: IpAddr,
@@ -21,6 +22,27 @@ pub struct Listener {
     /// Process that listened (0 when unknown).
     pub pid: u32,
     pub comm: String,
+}
+
+impl GuestListener {
+    /// The listener a kernel event describes; `None` for a family the table
+    /// does not handle.
+    pub fn from_event(ev: &ListenEvent) -> Option<GuestListener> {
+        let addr = match ev.family {
+            AF_INET => IpAddr::V4(Ipv4Addr::new(ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3])),
+            AF_INET6 => IpAddr::V6(Ipv6Addr::from(ev.addr)),
+            _ => return None,
+        };
+        let end = ev.comm.iter().position(|&b| b == 0).unwrap_or(ev.comm.len());
+        Some(GuestListener {
+            cookie: ev.cookie,
+            addr,
+            port: ev.port,
+            ipv6only: ev.ipv6only != 0,
+            pid: ev.pid,
+            comm: String::from_utf8_lossy(&ev.comm[..end]).into_owned(),
+        })
+    }
 }
 
 /// A host endpoint and where in the guest its connections go.
@@ -37,13 +59,13 @@ pub type Exposed = BTreeMap<Endpoint, Exposure>;
 /// What the table changed, for the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    Listen(Listener),
-    Unlisten(Listener),
+    Listen(GuestListener),
+    Unlisten(GuestListener),
 }
 
 #[derive(Debug, Default)]
 pub struct Table {
-    listeners: HashMap<u64, Listener>,
+    listeners: HashMap<u64, GuestListener>,
     /// Also expose listeners bound to non-loopback addresses.
     forward_any_address: bool,
 }
@@ -57,17 +79,14 @@ impl Table {
         self.listeners.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.listeners.is_empty()
-    }
-
-    pub fn get(&self, cookie: u64) -> Option<&Listener> {
+    #[cfg(test)]
+    pub fn get(&self, cookie: u64) -> Option<&GuestListener> {
         self.listeners.get(&cookie)
     }
 
     /// A socket started listening. A cookie already present is updated (a
     /// snapshot may have seen the socket before its event arrived).
-    pub fn listen(&mut self, l: Listener) -> Option<Change> {
+    pub fn listen(&mut self, l: GuestListener) -> Option<Change> {
         match self.listeners.get_mut(&l.cookie) {
             Some(old) if *old == l => None,
             Some(old) => {
@@ -88,15 +107,17 @@ impl Table {
 
     /// Makes the table equal to `snapshot`, the truth. Entries keep the pid and
     /// command they learned from events when the snapshot does not know them.
-    pub fn reconcile(&mut self, snapshot: Vec<Listener>) -> Vec<Change> {
+    pub fn reconcile(&mut self, snapshot: Vec<GuestListener>) -> Vec<Change> {
         let mut changes = Vec::new();
-        let fresh: HashMap<u64, Listener> = snapshot.into_iter().map(|l| (l.cookie, l)).collect();
-        let mut gone: Vec<u64> = self.listeners.keys().filter(|c| !fresh.contains_key(c)).copied().collect();
+        let fresh: HashMap<u64, GuestListener> =
+            snapshot.into_iter().map(|l| (l.cookie, l)).collect();
+        let mut gone: Vec<u64> =
+            self.listeners.keys().filter(|c| !fresh.contains_key(c)).copied().collect();
         gone.sort_unstable();
         for cookie in gone {
             changes.extend(self.unlisten(cookie));
         }
-        let mut fresh: Vec<Listener> = fresh.into_values().collect();
+        let mut fresh: Vec<GuestListener> = fresh.into_values().collect();
         fresh.sort_unstable_by_key(|l| l.cookie);
         for mut l in fresh {
             if let Some(old) = self.listeners.get(&l.cookie) {
@@ -122,7 +143,12 @@ impl Table {
             for (family, dial_ip, rank) in host_sides(l, self.forward_any_address) {
                 let endpoint = Endpoint { family, port: l.port };
                 let exposure = Exposure {
-                    forward: Forward { endpoint, guest_addr: l.addr, pid: l.pid, comm: l.comm.clone() },
+                    forward: Forward {
+                        endpoint,
+                        guest_addr: l.addr,
+                        pid: l.pid,
+                        comm: l.comm.clone(),
+                    },
                     dial: SocketAddr::new(dial_ip, l.port),
                 };
                 // Several guest listeners can back one endpoint; the choice of
@@ -142,7 +168,7 @@ impl Table {
 
 /// Which host families a listener appears on, the guest address to dial for
 /// each, and a rank (lower is preferred when listeners share an endpoint).
-fn host_sides(l: &Listener, forward_any_address: bool) -> Vec<(Family, IpAddr, u8)> {
+fn host_sides(l: &GuestListener, forward_any_address: bool) -> Vec<(Family, IpAddr, u8)> {
     if l.port == 0 {
         return vec![];
     }
@@ -163,7 +189,9 @@ fn host_sides(l: &Listener, forward_any_address: bool) -> Vec<(Family, IpAddr, u
         IpAddr::V6(a) => match a.to_ipv4_mapped() {
             Some(v4) => v4_side(v4, forward_any_address).into_iter().collect(),
             // Link-local needs a scope the host cannot name: never forwarded.
-            None if forward_any_address && !is_link_local(a) => vec![(Family::V6, IpAddr::V6(a), 2)],
+            None if forward_any_address && !is_link_local(a) => {
+                vec![(Family::V6, IpAddr::V6(a), 2)]
+            }
             None => vec![],
         },
     }
@@ -200,8 +228,15 @@ pub fn changes(old: &Exposed, new: &Exposed) -> Vec<AgentMsg> {
 mod tests {
     use super::*;
 
-    fn l(cookie: u64, addr: &str, port: u16, ipv6only: bool) -> Listener {
-        Listener { cookie, addr: addr.parse().unwrap(), port, ipv6only, pid: 100 + cookie as u32, comm: format!("srv{cookie}") }
+    fn l(cookie: u64, addr: &str, port: u16, ipv6only: bool) -> GuestListener {
+        GuestListener {
+            cookie,
+            addr: addr.parse().unwrap(),
+            port,
+            ipv6only,
+            pid: 100 + cookie as u32,
+            comm: format!("srv{cookie}"),
+        }
     }
 
     fn ep(family: Family, port: u16) -> Endpoint {
@@ -215,10 +250,25 @@ mod tests {
     #[test]
     fn addresses_map_to_host_sides() {
         use Family::*;
-        let cases: Vec<(&str, Vec<Listener>, bool, Vec<(Endpoint, &str)>)> = vec![
-            ("v4 loopback", vec![l(1, "127.0.0.1", 80, false)], false, vec![(ep(V4, 80), "127.0.0.1:80")]),
-            ("v4 wildcard", vec![l(1, "0.0.0.0", 80, false)], false, vec![(ep(V4, 80), "127.0.0.1:80")]),
-            ("other v4 loopback", vec![l(1, "127.0.0.2", 80, false)], false, vec![(ep(V4, 80), "127.0.0.2:80")]),
+        let cases: Vec<(&str, Vec<GuestListener>, bool, Vec<(Endpoint, &str)>)> = vec![
+            (
+                "v4 loopback",
+                vec![l(1, "127.0.0.1", 80, false)],
+                false,
+                vec![(ep(V4, 80), "127.0.0.1:80")],
+            ),
+            (
+                "v4 wildcard",
+                vec![l(1, "0.0.0.0", 80, false)],
+                false,
+                vec![(ep(V4, 80), "127.0.0.1:80")],
+            ),
+            (
+                "other v4 loopback",
+                vec![l(1, "127.0.0.2", 80, false)],
+                false,
+                vec![(ep(V4, 80), "127.0.0.2:80")],
+            ),
             ("v6 loopback", vec![l(1, "::1", 80, true)], false, vec![(ep(V6, 80), "[::1]:80")]),
             (
                 "dual stack",
@@ -227,11 +277,26 @@ mod tests {
                 vec![(ep(V4, 80), "127.0.0.1:80"), (ep(V6, 80), "[::1]:80")],
             ),
             ("v6 only wildcard", vec![l(1, "::", 80, true)], false, vec![(ep(V6, 80), "[::1]:80")]),
-            ("v4-mapped loopback", vec![l(1, "::ffff:127.0.0.1", 80, false)], false, vec![(ep(V4, 80), "127.0.0.1:80")]),
+            (
+                "v4-mapped loopback",
+                vec![l(1, "::ffff:127.0.0.1", 80, false)],
+                false,
+                vec![(ep(V4, 80), "127.0.0.1:80")],
+            ),
             ("non-loopback v4", vec![l(1, "10.0.0.5", 80, false)], false, vec![]),
-            ("non-loopback v4, opted in", vec![l(1, "10.0.0.5", 80, false)], true, vec![(ep(V4, 80), "10.0.0.5:80")]),
+            (
+                "non-loopback v4, opted in",
+                vec![l(1, "10.0.0.5", 80, false)],
+                true,
+                vec![(ep(V4, 80), "10.0.0.5:80")],
+            ),
             ("non-loopback v6", vec![l(1, "2001:db8::1", 80, false)], false, vec![]),
-            ("non-loopback v6, opted in", vec![l(1, "2001:db8::1", 80, false)], true, vec![(ep(V6, 80), "[2001:db8::1]:80")]),
+            (
+                "non-loopback v6, opted in",
+                vec![l(1, "2001:db8::1", 80, false)],
+                true,
+                vec![(ep(V6, 80), "[2001:db8::1]:80")],
+            ),
             ("link-local never", vec![l(1, "fe80::1", 80, false)], true, vec![]),
             ("unresolved port", vec![l(1, "127.0.0.1", 0, false)], false, vec![]),
             (
@@ -252,7 +317,8 @@ mod tests {
             for x in listeners {
                 t.listen(x);
             }
-            let want: Vec<(Endpoint, String)> = want.into_iter().map(|(e, d)| (e, d.to_string())).collect();
+            let want: Vec<(Endpoint, String)> =
+                want.into_iter().map(|(e, d)| (e, d.to_string())).collect();
             assert_eq!(summary(&t.exposed()), want, "{name}");
         }
     }
@@ -265,7 +331,11 @@ mod tests {
         assert_eq!(t.exposed().len(), 1);
         assert!(matches!(t.unlisten(1), Some(Change::Unlisten(_))));
         assert_eq!(t.exposed().len(), 1, "one listener left: still exposed");
-        assert_eq!(t.exposed()[&ep(Family::V4, 80)].forward.pid, 102, "metadata moves to the survivor");
+        assert_eq!(
+            t.exposed()[&ep(Family::V4, 80)].forward.pid,
+            102,
+            "metadata moves to the survivor"
+        );
         t.unlisten(2);
         assert!(t.exposed().is_empty());
         assert_eq!(t.unlisten(2), None, "unknown cookie changes nothing");
@@ -302,9 +372,19 @@ mod tests {
         assert_eq!(t.get(4).unwrap().pid, 0);
         let ports: Vec<u16> = t.exposed().keys().map(|e| e.port).collect();
         assert_eq!(ports, vec![22, 80, 5555]);
-        let owner_found = t.reconcile(vec![l(1, "127.0.0.1", 80, false), l(2, "127.0.0.1", 5555, false), l(4, "0.0.0.0", 22, false)]);
-        assert!(matches!(&owner_found[..], [Change::Listen(x)] if x.cookie == 4 && x.pid == 104), "{owner_found:?}");
-        assert!(t.reconcile(t.listeners.values().cloned().collect()).is_empty(), "same truth, no change");
+        let owner_found = t.reconcile(vec![
+            l(1, "127.0.0.1", 80, false),
+            l(2, "127.0.0.1", 5555, false),
+            l(4, "0.0.0.0", 22, false),
+        ]);
+        assert!(
+            matches!(&owner_found[..], [Change::Listen(x)] if x.cookie == 4 && x.pid == 104),
+            "{owner_found:?}"
+        );
+        assert!(
+            t.reconcile(t.listeners.values().cloned().collect()).is_empty(),
+            "same truth, no change"
+        );
     }
 
     #[test]
@@ -333,7 +413,46 @@ mod tests {
         b.unlisten(2);
         b.listen(moved);
         let msgs = changes(&new, &b.exposed());
-        assert!(matches!(&msgs[..], [AgentMsg::Removed(e), AgentMsg::Added(f)] if e.family == Family::V6 && f.pid == 1), "{msgs:?}");
+        assert!(
+            matches!(&msgs[..], [AgentMsg::Removed(e), AgentMsg::Added(f)] if e.family == Family::V6 && f.pid == 1),
+            "{msgs:?}"
+        );
         assert!(changes(&Exposed::new(), &Exposed::new()).is_empty());
+    }
+    #[test]
+    fn kernel_events_convert_and_decode_from_ring_buffer_bytes() {
+        let mut ev = ListenEvent::zeroed();
+        ev.kind = hoist_common::EVENT_LISTEN;
+        ev.family = AF_INET;
+        ev.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        ev.port = 8000;
+        ev.pid = 7;
+        ev.cookie = 99;
+        ev.comm[..7].copy_from_slice(b"python3");
+        let l = GuestListener::from_event(&ev).unwrap();
+        assert_eq!(
+            (l.addr.to_string().as_str(), l.port, l.pid, l.comm.as_str(), l.cookie),
+            ("127.0.0.1", 8000, 7, "python3", 99)
+        );
+        ev.family = AF_INET6;
+        ev.addr = Ipv6Addr::LOCALHOST.octets();
+        ev.ipv6only = 1;
+        ev.comm = [b'x'; 16];
+        let l = GuestListener::from_event(&ev).unwrap();
+        assert_eq!((l.addr.to_string().as_str(), l.ipv6only, l.comm.len()), ("::1", true, 16));
+        // The ring buffer's record, byte for byte as the kernel lays it out.
+        let mut rec = [0u8; ListenEvent::SIZE];
+        rec[0] = ev.kind;
+        rec[1] = 1;
+        rec[2..4].copy_from_slice(&AF_INET6.to_ne_bytes());
+        rec[4..6].copy_from_slice(&8000u16.to_ne_bytes());
+        rec[12..16].copy_from_slice(&7u32.to_ne_bytes());
+        rec[20..36].copy_from_slice(&ev.addr);
+        rec[36..52].copy_from_slice(&ev.comm);
+        rec[56..64].copy_from_slice(&99u64.to_ne_bytes());
+        assert_eq!(ListenEvent::from_bytes(&rec), Some(ev));
+        assert_eq!(ListenEvent::from_bytes(&rec[..63]), None, "a short record is refused");
+        ev.family = 1;
+        assert_eq!(GuestListener::from_event(&ev), None);
     }
 }

@@ -2,6 +2,8 @@
 //! type that crosses the ring buffer, and the names of the maps and read-only
 //! globals the agent fills in at load time. `no_std` so both sides share it.
 #![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 /// A socket entered the listening state and `listen()` returned success.
 pub const EVENT_LISTEN: u8 = 1;
@@ -77,11 +79,13 @@ pub struct ListenEvent {
     /// Local port in host byte order; 0 when the kernel had not chosen it yet
     /// (the agent resolves it by `cookie`).
     pub port: u16,
+    /// Padding, zero.
     pub _pad: u16,
     /// Inode of the socket's network namespace.
     pub netns: u32,
     /// Thread-group id of the task that made the change.
     pub pid: u32,
+    /// Padding, zero.
     pub _pad2: u32,
     /// Bound address in network order: IPv4 in the first 4 bytes.
     pub addr: [u8; 16],
@@ -92,6 +96,10 @@ pub struct ListenEvent {
 }
 
 impl ListenEvent {
+    /// Size of the record in the ring buffer.
+    pub const SIZE: usize = core::mem::size_of::<ListenEvent>();
+
+    /// An event with every field zero.
     pub const fn zeroed() -> Self {
         ListenEvent {
             kind: 0,
@@ -107,8 +115,36 @@ impl ListenEvent {
             cookie: 0,
         }
     }
+
+    /// Reads an event from a ring-buffer record (native byte order, the
+    /// `repr(C)` layout), field by field: no unsafe cast, any bytes accepted.
+    /// `None` when the record is shorter than an event; longer records (a
+    /// newer program) are read up to the fields this build knows.
+    pub fn from_bytes(b: &[u8]) -> Option<ListenEvent> {
+        if b.len() < Self::SIZE {
+            return None;
+        }
+        let arr = |o: usize| -> [u8; 16] { b[o..o + 16].try_into().expect("16 bytes") };
+        let u16_at = |o: usize| u16::from_ne_bytes([b[o], b[o + 1]]);
+        let u32_at = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+        Some(ListenEvent {
+            kind: b[0],
+            ipv6only: b[1],
+            family: u16_at(2),
+            port: u16_at(4),
+            _pad: u16_at(6),
+            netns: u32_at(8),
+            pid: u32_at(12),
+            _pad2: u32_at(16),
+            addr: arr(20),
+            comm: arr(36),
+            cookie: u64::from_ne_bytes(b[56..64].try_into().expect("8 bytes")),
+        })
+    }
 }
 
-#[cfg(feature = "user")]
-// SAFETY: repr(C), only integer fields, explicit padding: every bit pattern is valid.
-unsafe impl aya::Pod for ListenEvent {}
+// The layout `from_bytes` reads: a change to the struct must change it too.
+const _: () = assert!(ListenEvent::SIZE == 64);
+const _: () = assert!(core::mem::offset_of!(ListenEvent, addr) == 20);
+const _: () = assert!(core::mem::offset_of!(ListenEvent, comm) == 36);
+const _: () = assert!(core::mem::offset_of!(ListenEvent, cookie) == 56);

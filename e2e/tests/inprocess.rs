@@ -4,14 +4,13 @@
 //! 127.0.0.1, port 0). Waits follow the host's status channel; no sleeps.
 
 use anyhow::Result;
-use hoist_agent::table::Listener;
-use hoist_agent::tracker::{EventSource, Tracker};
+use hoist_agent::{Agent, EventSource, GuestListener, Settings};
 use hoist_common::{ListenEvent, AF_INET, EVENT_LISTEN, EVENT_UNLISTEN};
 use hoist_host::{Config, Status};
-use hoist_proto::transport::{Addr, Listener as Door};
-use hoist_proto::{Endpoint, Family};
+use hoist_net::{Acceptor, Addr};
+use hoist_wire::{Endpoint, Family};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,9 +22,12 @@ use tokio_util::sync::CancellationToken;
 const WAIT: Duration = Duration::from_secs(10);
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
+/// A scripted event source: events from a channel, snapshots from the
+/// guest's truth.
 struct Script {
     rx: mpsc::UnboundedReceiver<ListenEvent>,
     drops: Arc<AtomicU64>,
+    truth: Arc<Mutex<Vec<GuestListener>>>,
 }
 
 impl EventSource for Script {
@@ -39,12 +41,15 @@ impl EventSource for Script {
     fn drops(&self) -> Result<u64> {
         Ok(self.drops.load(Ordering::Relaxed))
     }
+    fn snapshot(&mut self) -> Result<Vec<GuestListener>> {
+        Ok(self.truth.lock().unwrap().clone())
+    }
 }
 
 /// The guest's truth for snapshots, and the event feed.
 #[derive(Clone)]
 struct Guest {
-    truth: Arc<Mutex<Vec<Listener>>>,
+    truth: Arc<Mutex<Vec<GuestListener>>>,
     events: mpsc::UnboundedSender<ListenEvent>,
     drops: Arc<AtomicU64>,
 }
@@ -61,8 +66,15 @@ fn event(kind: u8, cookie: u64, port: u16) -> ListenEvent {
     e
 }
 
-fn listener(cookie: u64, port: u16) -> Listener {
-    Listener { cookie, addr: "127.0.0.1".parse().unwrap(), port, ipv6only: false, pid: 42, comm: "server".into() }
+fn listener(cookie: u64, port: u16) -> GuestListener {
+    GuestListener {
+        cookie,
+        addr: "127.0.0.1".parse().unwrap(),
+        port,
+        ipv6only: false,
+        pid: 42,
+        comm: "server".into(),
+    }
 }
 
 impl Guest {
@@ -76,12 +88,12 @@ impl Guest {
     }
 }
 
-struct Agent {
+struct AgentTask {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Agent {
+impl AgentTask {
     async fn stop(self) {
         self.stop.cancel();
         self.task.await.unwrap();
@@ -92,22 +104,21 @@ fn sock_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("hoist-inproc-{}-{name}.sock", std::process::id()))
 }
 
-async fn start_agent(sock: &PathBuf, truth: Arc<Mutex<Vec<Listener>>>) -> (Agent, Guest) {
+async fn start_agent(sock: &Path, truth: Arc<Mutex<Vec<GuestListener>>>) -> (AgentTask, Guest) {
     let (tx, rx) = mpsc::unbounded_channel();
     let drops = Arc::new(AtomicU64::new(0));
-    let t = truth.clone();
-    let snapshot = Box::new(move || Ok(t.lock().unwrap().clone()));
-    let (tracker, handle) = Tracker::new(Script { rx, drops: drops.clone() }, snapshot, false).unwrap();
-    let door = Door::bind(&Addr::Unix(sock.clone())).await.unwrap();
+    let source = Script { rx, drops: drops.clone(), truth: truth.clone() };
+    let acceptor = Acceptor::bind(&Addr::Unix(sock.to_path_buf())).await.unwrap();
+    let settings = Settings {
+        accept_cid: None,
+        forward_any_address: false,
+        description: "scripted agent".into(),
+    };
+    let agent = Agent::new(source, acceptor, settings).unwrap();
     let stop = CancellationToken::new();
     let s = stop.clone();
-    let task = tokio::spawn(async move {
-        let serving = tokio::spawn(hoist_agent::serve::serve(door, handle, None, s.clone()));
-        let _ = tracker.run(s.clone()).await;
-        s.cancel();
-        serving.await.unwrap();
-    });
-    (Agent { stop, task }, Guest { truth, events: tx, drops })
+    let task = tokio::spawn(async move { agent.run(s).await.unwrap() });
+    (AgentTask { stop, task }, Guest { truth, events: tx, drops })
 }
 
 struct Host {
@@ -117,8 +128,8 @@ struct Host {
 }
 
 impl Host {
-    fn start(sock: &PathBuf) -> Host {
-        let mut config = Config::new(Addr::Unix(sock.clone()));
+    fn start(sock: &Path) -> Host {
+        let mut config = Config::new(Addr::Unix(sock.to_path_buf()));
         config.bind_v4 = HOST_IP;
         let (tx, status) = watch::channel(Status::default());
         let stop = CancellationToken::new();
@@ -128,7 +139,9 @@ impl Host {
     }
 
     async fn wait(&mut self, what: &str, pred: impl Fn(&Status) -> bool) -> Status {
-        let got = tokio::time::timeout(WAIT, self.status.wait_for(|s| pred(s))).await.map(|r| r.unwrap().clone());
+        let got = tokio::time::timeout(WAIT, self.status.wait_for(|s| pred(s)))
+            .await
+            .map(|r| r.unwrap().clone());
         got.unwrap_or_else(|_| panic!("timed out waiting for {what}: {:?}", *self.status.borrow()))
     }
 
@@ -206,7 +219,7 @@ async fn lost_events_are_recovered_from_a_snapshot() {
 #[tokio::test]
 async fn host_and_agent_restarts_resync_to_the_guests_table() {
     let sock = sock_path("restart");
-    let truth: Arc<Mutex<Vec<Listener>>> = Default::default();
+    let truth: Arc<Mutex<Vec<GuestListener>>> = Default::default();
     let (agent, guest) = start_agent(&sock, truth.clone()).await;
     let (a, b, c) = (echo_server().await, echo_server().await, echo_server().await);
     guest.listen(1, a);
@@ -218,7 +231,8 @@ async fn host_and_agent_restarts_resync_to_the_guests_table() {
     guest.unlisten(1, a);
     guest.listen(3, c);
     let mut host = Host::start(&sock);
-    let s = host.wait("resync after host restart", |s| s.connected && s.serving.contains(&v4(c))).await;
+    let s =
+        host.wait("resync after host restart", |s| s.connected && s.serving.contains(&v4(c))).await;
     assert_eq!(s.serving, [v4(b), v4(c)].into_iter().collect());
     // Agent away while the guest changes: the host keeps its forwards, then
     // closes the one that vanished once the new agent's snapshot arrives.

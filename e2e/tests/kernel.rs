@@ -58,7 +58,10 @@ fn non_loopback_guest_listener_is_not_forwarded() {
         l.iter().any(|v| is_event(v, "listen") && port_of(v) == Some(p)).then_some(())
     });
     let _b = lab.barrier();
-    assert!(!serving(&lab.host_logs().snapshot()).iter().any(|(_, q)| *q == p), "192.0.2.10:{p} must not be forwarded");
+    assert!(
+        !serving(&lab.host_logs().snapshot()).iter().any(|(_, q)| *q == p),
+        "192.0.2.10:{p} must not be forwarded"
+    );
 }
 
 #[test]
@@ -91,7 +94,11 @@ fn closed_shut_down_and_killed_listeners_stop_answering() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
     let p: u16 = line.trim().parse().unwrap();
     lab.wait_forwarded("ipv4", p);
     let opened = lab.host_logs().wait("the forward's log line", |l| {
@@ -122,7 +129,10 @@ fn reuseport_listeners_unlisten_with_the_last() {
     lab.wait_forwarded("ipv4", p);
     drop(a);
     let _barrier = lab.barrier();
-    assert!(serving(&lab.host_logs().snapshot()).contains(&ep("ipv4", p)), "one listener left: still forwarded");
+    assert!(
+        serving(&lab.host_logs().snapshot()).contains(&ep("ipv4", p)),
+        "one listener left: still forwarded"
+    );
     // Echo one connection by hand: a cloned listener would keep the socket
     // open after `b` is dropped.
     let client = std::thread::spawn(move || echo_ok(&format!("127.0.0.1:{p}")));
@@ -153,16 +163,21 @@ fn autobind_is_forwarded_under_its_real_port_and_a_failed_listen_produces_nothin
     // Two sockets bound to one port with SO_REUSEADDR: the second listen()
     // fails with EADDRINUSE after the kernel already entered LISTEN.
     let (first, err) = lab.guest(hoist_testsupport::listen_then_fail_on_the_same_port).unwrap();
-    assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
+    assert_eq!(err.raw_os_error(), Some(rustix::io::Errno::ADDRINUSE.raw_os_error()));
     let pf = port(&first);
     lab.wait_forwarded("ipv4", pf);
     let _b = lab.barrier();
     let agent = lab.agent_logs().snapshot();
     let listens = agent.iter().filter(|v| is_event(v, "listen") && port_of(v) == Some(pf)).count();
-    let unlistens = agent.iter().filter(|v| is_event(v, "unlisten") && port_of(v) == Some(pf)).count();
+    let unlistens =
+        agent.iter().filter(|v| is_event(v, "unlisten") && port_of(v) == Some(pf)).count();
     assert_eq!((listens, unlistens), (1, 0), "the failed listen must produce no event");
     let host = lab.host_logs().snapshot();
-    assert_eq!(host.iter().filter(|v| port_of(v) == Some(pf)).count(), 1, "one forward_opened, nothing else");
+    assert_eq!(
+        host.iter().filter(|v| port_of(v) == Some(pf)).count(),
+        1,
+        "one forward_opened, nothing else"
+    );
 }
 
 #[test]
@@ -192,7 +207,8 @@ fn restarted_host_or_agent_ends_with_exactly_the_guests_table() {
     let c = lab.listen("127.0.0.1:0");
     let d = lab.guest(|| listen_socket("[::1]:0".parse().unwrap(), Some(true)).unwrap());
     lab.start_host(&[]);
-    let want = [ep("ipv4", port(&b)), ep("ipv4", port(&c)), ep("ipv6", port(&d))].into_iter().collect();
+    let want =
+        [ep("ipv4", port(&b)), ep("ipv4", port(&c)), ep("ipv6", port(&d))].into_iter().collect();
     let got = lab.wait_serving("the host to hold the guest's table", |s| *s == want);
     assert_eq!(got, want);
     refused(&format!("127.0.0.1:{pa}"));
@@ -203,8 +219,11 @@ fn restarted_host_or_agent_ends_with_exactly_the_guests_table() {
     drop(b);
     let e = lab.listen("0.0.0.0:0");
     lab.start_agent(&[]);
-    let want = [ep("ipv4", port(&c)), ep("ipv6", port(&d)), ep("ipv4", port(&e))].into_iter().collect();
-    lab.host_logs().wait("the host to reconnect", |l| (l.iter().filter(|v| is_event(v, "connected")).count() == 2).then_some(()));
+    let want =
+        [ep("ipv4", port(&c)), ep("ipv6", port(&d)), ep("ipv4", port(&e))].into_iter().collect();
+    lab.host_logs().wait("the host to reconnect", |l| {
+        (l.iter().filter(|v| is_event(v, "connected")).count() == 2).then_some(())
+    });
     let got = serving(&lab.host_logs().snapshot());
     assert_eq!(got, want, "the host resynced to the guest's table after the agent restart");
     refused(&format!("127.0.0.1:{pb}"));
@@ -351,7 +370,8 @@ fn two_hundred_concurrent_connections_all_complete() {
     serve_echo(l);
     lab.wait_forwarded("ipv4", p);
     // Open all 200 before any finishes, so they are truly concurrent.
-    let conns: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect(("127.0.0.1", p)).unwrap()).collect();
+    let conns: Vec<TcpStream> =
+        (0..200).map(|_| TcpStream::connect(("127.0.0.1", p)).unwrap()).collect();
     let threads: Vec<_> = conns
         .into_iter()
         .enumerate()
@@ -406,33 +426,40 @@ fn data_connection_to_a_port_not_listening_is_refused_and_a_bad_frame_closes_onl
     serve_echo(l);
     lab.wait_forwarded("ipv4", p);
     rt.block_on(async {
-        use hoist_proto::frame::{read_frame_timeout, write_frame};
-        use hoist_proto::transport::{connect, Addr};
-        use hoist_proto::{AgentMsg, Endpoint, Family, HostMsg, PROTOCOL_VERSION};
+        use hoist_net::{connect, Addr};
+        use hoist_wire::{
+            AgentMsg, Conn, Endpoint, Family, HostMsg, Message, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION,
+        };
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = Addr::Unix(sock);
         // A port nobody listens on in the guest.
-        let closed = lab.guest(|| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
-        let mut s = connect(&addr).await.unwrap();
-        let hello = HostMsg::Data { version: PROTOCOL_VERSION, endpoint: Endpoint { family: Family::V4, port: closed } };
-        write_frame(&mut s, &hello.encode()).await.unwrap();
-        let reply = AgentMsg::decode(&read_frame_timeout(&mut s).await.unwrap()).unwrap();
-        assert!(matches!(&reply, AgentMsg::Rejected { reason } if reason.contains("no guest listener")), "{reply:?}");
+        let closed =
+            lab.guest(|| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+        let mut s = Conn::new(connect(&addr).await.unwrap());
+        let hello = HostMsg::Data {
+            version: PROTOCOL_VERSION,
+            endpoint: Endpoint { family: Family::V4, port: closed },
+        };
+        s.send(&hello).await.unwrap();
+        let reply = s.recv_within::<AgentMsg>(HANDSHAKE_TIMEOUT).await.unwrap();
+        assert!(
+            matches!(&reply, AgentMsg::Rejected { reason } if reason.contains("no guest listener")),
+            "{reply:?}"
+        );
         // Garbage, an oversized frame, an unknown version: each closes only
         // its own connection.
-        for wire in [
-            vec![0, 0, 0, 3, 0xde, 0xad, 0xbe],
-            vec![0xff, 0xff, 0xff, 0xff],
-            {
-                let mut v = Vec::new();
-                hoist_proto::frame::encode_frame(&HostMsg::Control { version: 999 }.encode(), &mut v).unwrap();
-                v
-            },
-        ] {
+        for wire in [vec![0, 0, 0, 3, 0xde, 0xad, 0xbe], vec![0xff, 0xff, 0xff, 0xff], {
+            let mut v = Vec::new();
+            HostMsg::Control { version: 999 }.encode_frame(&mut v);
+            v
+        }] {
             let mut s = connect(&addr).await.unwrap();
             s.write_all(&wire).await.unwrap();
             let mut rest = Vec::new();
-            tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await.expect("agent closes the connection").unwrap();
+            tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+                .await
+                .expect("agent closes the connection")
+                .unwrap();
         }
     });
     // The agent and the existing control stream carry on.
@@ -446,7 +473,8 @@ fn a_port_taken_on_the_host_is_reported_and_others_keep_working() {
     let lab = Lab::new();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let pt = port(&taken);
-    let guest = lab.guest(move || listen_socket(SocketAddr::from(([127, 0, 0, 1], pt)), None).unwrap());
+    let guest =
+        lab.guest(move || listen_socket(SocketAddr::from(([127, 0, 0, 1], pt)), None).unwrap());
     let other = lab.listen("127.0.0.1:0");
     let po = port(&other);
     serve_echo(other);
@@ -454,7 +482,10 @@ fn a_port_taken_on_the_host_is_reported_and_others_keep_working() {
         l.iter().find(|v| is_event(v, "host_port_conflict") && port_of(v) == Some(pt)).cloned()
     });
     assert_eq!(conflict["pid"], std::process::id(), "names the guest pid: {conflict}");
-    assert!(conflict["comm"].as_str().is_some_and(|c| !c.is_empty()), "names the guest command: {conflict}");
+    assert!(
+        conflict["comm"].as_str().is_some_and(|c| !c.is_empty()),
+        "names the guest command: {conflict}"
+    );
     lab.wait_forwarded("ipv4", po);
     echo_ok(&format!("127.0.0.1:{po}"));
     // The host program still owns its port: hoist did not share it.
@@ -500,17 +531,24 @@ fn a_reader_that_stops_reading_holds_memory_flat_and_a_vanished_client_hurts_not
                 }
                 Err(e) => panic!("guest server: {e}"),
             }
-            assert!(sent < 1 << 30, "1 GiB went out to a client that reads nothing: no backpressure");
+            assert!(
+                sent < 1 << 30,
+                "1 GiB went out to a client that reads nothing: no backpressure"
+            );
         }
     });
     lab.wait_forwarded("ipv4", p);
-    let (agent_pid, host_pid) = (lab.agent.as_ref().unwrap().pid(), lab.host.as_ref().unwrap().pid());
+    let (agent_pid, host_pid) =
+        (lab.agent.as_ref().unwrap().pid(), lab.host.as_ref().unwrap().pid());
     let before = rss_kib(agent_pid) + rss_kib(host_pid);
     let c = TcpStream::connect(("127.0.0.1", p)).unwrap();
     let in_flight = rx.recv_timeout(WAIT).expect("the guest server's socket filled up");
     let after = rss_kib(agent_pid) + rss_kib(host_pid);
     assert!(in_flight < 64 << 20, "{in_flight} bytes in flight before backpressure");
-    assert!(after < before + 8 * 1024, "relay memory grew from {before} KiB to {after} KiB while the client read nothing");
+    assert!(
+        after < before + 8 * 1024,
+        "relay memory grew from {before} KiB to {after} KiB while the client read nothing"
+    );
     // The client vanishes with a reset while data is pending everywhere: the
     // relay (no SIGPIPE death) and the forward carry on.
     socket2::SockRef::from(&c).set_linger(Some(std::time::Duration::ZERO)).unwrap();

@@ -5,10 +5,11 @@
 
 use crate::forwards::Forwards;
 use crate::{Config, Status};
-use anyhow::{bail, Context, Result};
-use hoist_proto::frame::{read_frame, read_frame_timeout, write_frame};
-use hoist_proto::transport::connect;
-use hoist_proto::{AgentMsg, HostMsg, PROTOCOL_VERSION};
+use anyhow::{Context, Result};
+use hoist_net::{connect, Stream};
+use hoist_wire::{
+    AgentMsg, Conn, HostMsg, Message, WireError, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -19,7 +20,11 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Runs the relay until `shutdown`, publishing its state on `status`.
-pub async fn run(config: Config, status: watch::Sender<Status>, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    config: Config,
+    status: watch::Sender<Status>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let config = Arc::new(config);
     let mut forwards = Forwards::new(config.clone());
     let mut backoff = BACKOFF_MIN;
@@ -66,9 +71,14 @@ struct Session {
     established: bool,
 }
 
-async fn session(config: &Config, forwards: &mut Forwards, status: &watch::Sender<Status>) -> Result<Session, (anyhow::Error, bool)> {
-    let mut s = connect(&config.guest).await.map_err(|e| (e, false))?;
-    let agent = handshake(&mut s, forwards).await.map_err(|e| (e, false))?;
+async fn session(
+    config: &Config,
+    forwards: &mut Forwards,
+    status: &watch::Sender<Status>,
+) -> Result<Session, (anyhow::Error, bool)> {
+    let s = connect(&config.guest).await.map_err(|e| (e, false))?;
+    let mut conn = Conn::new(s);
+    let agent = handshake(&mut conn, forwards).await.map_err(|e| (e, false))?;
     status.send_modify(|st| {
         st.connected = true;
         st.sessions += 1;
@@ -76,40 +86,51 @@ async fn session(config: &Config, forwards: &mut Forwards, status: &watch::Sende
     });
     info!(event = "connected", guest = %config.guest, agent = %agent, "connected to the agent; table in sync");
     loop {
-        let frame = match read_frame(&mut s).await {
-            Ok(Some(f)) => f,
+        let msg = match conn.recv::<AgentMsg>().await {
+            Ok(Some(m)) => m,
             Ok(None) => return Ok(Session { established: true }),
-            Err(e) => return Err((e.context("reading the control stream"), true)),
+            Err(e) => {
+                return Err((anyhow::Error::new(e).context("reading the control stream"), true))
+            }
         };
-        match AgentMsg::decode(&frame) {
-            Ok(AgentMsg::Added(f)) => forwards.add(f),
-            Ok(AgentMsg::Removed(e)) => forwards.remove(e),
-            Ok(other) => return Err((anyhow::anyhow!("unexpected control message {other:?}"), true)),
-            Err(e) => return Err((e.context("malformed control frame"), true)),
+        match msg {
+            AgentMsg::Added(f) => forwards.add(f),
+            AgentMsg::Removed(e) => forwards.remove(e),
+            other => {
+                let e = WireError::Unexpected { wanted: "Added or Removed", got: other.name() };
+                return Err((e.into(), true));
+            }
         }
         status.send_modify(|st| forwards.fill_status(st));
     }
 }
 
 /// Hello, welcome, and the full snapshot, each read under the handshake timeout.
-async fn handshake(s: &mut hoist_proto::transport::Stream, forwards: &mut Forwards) -> Result<String> {
-    write_frame(s, &HostMsg::Control { version: PROTOCOL_VERSION }.encode()).await?;
-    let agent = match AgentMsg::decode(&read_frame_timeout(s).await.context("waiting for the welcome")?)? {
-        AgentMsg::Welcome { version, agent } if version == PROTOCOL_VERSION => agent,
-        AgentMsg::Welcome { version, .. } => bail!("agent speaks protocol {version}, this host {PROTOCOL_VERSION}"),
-        AgentMsg::Rejected { reason } => bail!("agent refused the control stream: {reason}"),
-        other => bail!("expected a welcome, got {other:?}"),
-    };
+async fn handshake(conn: &mut Conn<Stream>, forwards: &mut Forwards) -> Result<String> {
+    conn.send(&HostMsg::Control { version: PROTOCOL_VERSION }).await?;
+    let agent =
+        match conn.recv_within(HANDSHAKE_TIMEOUT).await.context("waiting for the welcome")? {
+            AgentMsg::Welcome { version, agent } if version == PROTOCOL_VERSION => agent,
+            AgentMsg::Welcome { version, .. } => {
+                return Err(WireError::Version { ours: PROTOCOL_VERSION, theirs: version }.into())
+            }
+            AgentMsg::Rejected { reason } => return Err(WireError::Refused(reason).into()),
+            other => {
+                return Err(WireError::Unexpected { wanted: "Welcome", got: other.name() }.into())
+            }
+        };
     let mut table = Vec::new();
     loop {
-        match AgentMsg::decode(&read_frame_timeout(s).await.context("waiting for the snapshot")?)? {
+        match conn.recv_within(HANDSHAKE_TIMEOUT).await.context("waiting for the snapshot")? {
             AgentMsg::Snapshot { forwards: part, last } => {
                 table.extend(part);
                 if last {
                     break;
                 }
             }
-            other => bail!("expected a snapshot, got {other:?}"),
+            other => {
+                return Err(WireError::Unexpected { wanted: "Snapshot", got: other.name() }.into())
+            }
         }
     }
     forwards.resync(table);

@@ -4,12 +4,11 @@
 //! port a host program already holds is reported once and skipped; hoist
 //! never shares or steals it.
 
-use crate::listener::{bind, accept_loop};
+use crate::listener::{accept_loop, bind_host_port};
 use crate::{Config, Status};
-use hoist_proto::{Endpoint, Family, Forward};
+use hoist_wire::{Endpoint, Family, Forward};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -18,8 +17,8 @@ use tracing::{info, warn};
 pub struct ForwardHandle {
     forward: Forward,
     task: JoinHandle<()>,
-    /// The listening socket, owned by `task`.
-    fd: RawFd,
+    /// A second descriptor for the listening socket `task` accepts on.
+    socket: socket2::Socket,
 }
 
 impl Drop for ForwardHandle {
@@ -27,27 +26,17 @@ impl Drop for ForwardHandle {
         // Aborting the task drops its listener only when the runtime next
         // gets to it; shutting the socket down refuses new connections now,
         // so the port is closed by the time "forward_closed" is logged.
-        // SAFETY: the task still owns the descriptor (it is dropped after
-        // the abort below), so it is valid here.
-        unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
         self.task.abort();
     }
 }
 
-/// What a resync must do: endpoints to close, forwards to open or refresh.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Plan {
-    pub close: Vec<Endpoint>,
-    pub open: Vec<Forward>,
-}
-
-/// Compares what the host has (`have`) with the guest's full table. Pure.
-pub fn plan(have: &BTreeSet<Endpoint>, want: &[Forward]) -> Plan {
+/// The endpoints the host serves (`have`) that the guest's full table
+/// (`want`) no longer has: a resync closes them and opens or refreshes
+/// everything in `want`. Pure.
+pub fn stale(have: &BTreeSet<Endpoint>, want: &[Forward]) -> Vec<Endpoint> {
     let wanted: BTreeSet<Endpoint> = want.iter().map(|f| f.endpoint).collect();
-    Plan {
-        close: have.difference(&wanted).copied().collect(),
-        open: want.to_vec(),
-    }
+    have.difference(&wanted).copied().collect()
 }
 
 pub struct Forwards {
@@ -57,18 +46,19 @@ pub struct Forwards {
 }
 
 impl Forwards {
+    /// No forwards yet.
     pub fn new(config: Arc<Config>) -> Forwards {
         Forwards { config, open: BTreeMap::new(), conflicts: BTreeMap::new() }
     }
 
     /// Makes the forwards equal to the guest's full table.
     pub fn resync(&mut self, table: Vec<Forward>) {
-        let have: BTreeSet<Endpoint> = self.open.keys().chain(self.conflicts.keys()).copied().collect();
-        let p = plan(&have, &table);
-        for e in p.close {
+        let have: BTreeSet<Endpoint> =
+            self.open.keys().chain(self.conflicts.keys()).copied().collect();
+        for e in stale(&have, &table) {
             self.remove(e);
         }
-        for f in p.open {
+        for f in table {
             // A port that conflicted before gets another try on every resync.
             self.conflicts.remove(&f.endpoint);
             self.add(f);
@@ -86,16 +76,19 @@ impl Forwards {
             return;
         }
         let addr = self.host_addr(f.endpoint);
-        match bind(addr) {
-            Ok(listener) => {
-                let fd = listener.as_raw_fd();
+        match bind_host_port(addr).and_then(|l| Ok((socket2::SockRef::from(&l).try_clone()?, l))) {
+            Ok((socket, listener)) => {
                 info!(event = "forward_opened", port = f.endpoint.port, family = %f.endpoint.family, host = %addr, guest_address = %f.guest_addr, pid = f.pid, comm = %f.comm, "forwarding {addr} to the guest");
                 let task = tokio::spawn(accept_loop(listener, f.endpoint, self.config.clone()));
-                self.open.insert(f.endpoint, ForwardHandle { forward: f, task, fd });
+                self.open.insert(f.endpoint, ForwardHandle { forward: f, task, socket });
             }
             Err(e) => {
                 let taken = e.kind() == std::io::ErrorKind::AddrInUse;
-                let why = if taken { "already in use on the host".to_string() } else { format!("cannot be bound: {e}") };
+                let why = if taken {
+                    "already in use on the host".to_string()
+                } else {
+                    format!("cannot be bound: {e}")
+                };
                 warn!(event = "host_port_conflict", port = f.endpoint.port, family = %f.endpoint.family, host = %addr, pid = f.pid, comm = %f.comm, "host port {addr} {why}; guest listener of pid {} ({}) is not forwarded", f.pid, f.comm);
                 self.conflicts.insert(f.endpoint, f);
             }
@@ -134,7 +127,12 @@ mod tests {
     use super::*;
 
     fn f(family: Family, port: u16) -> Forward {
-        Forward { endpoint: Endpoint { family, port }, guest_addr: "127.0.0.1".parse().unwrap(), pid: 1, comm: "x".into() }
+        Forward {
+            endpoint: Endpoint { family, port },
+            guest_addr: "127.0.0.1".parse().unwrap(),
+            pid: 1,
+            comm: "x".into(),
+        }
     }
 
     /// The port refuses connections as soon as the forward is removed, not
@@ -149,12 +147,13 @@ mod tests {
         assert!(st.serving.contains(&Endpoint { family: Family::V4, port }), "{st:?}");
         std::net::TcpStream::connect(("127.0.0.1", port)).expect("forward accepts");
         fw.remove(Endpoint { family: Family::V4, port });
-        let err = std::net::TcpStream::connect(("127.0.0.1", port)).expect_err("port still open after remove");
+        let err = std::net::TcpStream::connect(("127.0.0.1", port))
+            .expect_err("port still open after remove");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     }
 
     #[test]
-    fn plans_close_what_vanished_and_open_the_rest() {
+    fn stale_endpoints_are_what_the_guest_no_longer_has() {
         use Family::*;
         let e = |fam, port| Endpoint { family: fam, port };
         let cases: Vec<(&str, Vec<Endpoint>, Vec<Forward>, Vec<Endpoint>)> = vec![
@@ -162,12 +161,15 @@ mod tests {
             ("fresh host", vec![], vec![f(V4, 80)], vec![]),
             ("guest emptied", vec![e(V4, 80), e(V6, 80)], vec![], vec![e(V4, 80), e(V6, 80)]),
             ("family matters", vec![e(V4, 80)], vec![f(V6, 80)], vec![e(V4, 80)]),
-            ("kept and changed", vec![e(V4, 80), e(V4, 81)], vec![f(V4, 81), f(V4, 82)], vec![e(V4, 80)]),
+            (
+                "kept and changed",
+                vec![e(V4, 80), e(V4, 81)],
+                vec![f(V4, 81), f(V4, 82)],
+                vec![e(V4, 80)],
+            ),
         ];
         for (name, have, want, close) in cases {
-            let p = plan(&have.into_iter().collect(), &want);
-            assert_eq!(p.close, close, "{name}");
-            assert_eq!(p.open, want, "{name}");
+            assert_eq!(stale(&have.into_iter().collect(), &want), close, "{name}");
         }
     }
 }

@@ -2,14 +2,15 @@
 //! from the agent, reconnecting with backoff) -> `forwards` (one owned handle
 //! per mirrored guest listener) -> `listener` (accepts on the host's loopback)
 //! -> `data` (one data connection to the agent per accepted client, relayed).
+#![forbid(unsafe_code)]
 
-pub mod control;
-pub mod data;
-pub mod forwards;
-pub mod listener;
+mod control;
+mod data;
+mod forwards;
+mod listener;
 
-use hoist_proto::transport::Addr;
-use hoist_proto::Endpoint;
+use hoist_net::Addr;
+use hoist_wire::Endpoint;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -25,6 +26,7 @@ pub struct Config {
 }
 
 impl Config {
+    /// Reaches the agent at `guest`; forwards listen on loopback.
     pub fn new(guest: Addr) -> Config {
         Config { guest, bind_v4: Ipv4Addr::LOCALHOST, bind_v6: Ipv6Addr::LOCALHOST }
     }

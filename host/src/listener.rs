@@ -1,4 +1,4 @@
-//! Host listeners: bind a forward's port on the host without sharing it with
+//! The host listener: bind a forward's port on the host without sharing it with
 //! anyone (no SO_REUSEPORT; SO_REUSEADDR only so a port in TIME_WAIT can be
 //! re-mirrored, which Linux never lets override a live listener), and accept
 //! clients, each carried by its own task. Accept errors are logged and the
@@ -6,7 +6,7 @@
 
 use crate::data::carry;
 use crate::Config;
-use hoist_proto::Endpoint;
+use hoist_wire::Endpoint;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
@@ -17,8 +17,12 @@ use tracing::{debug, warn};
 
 /// Binds and listens on `addr`; IPv6 sockets are v6-only so they never take
 /// the IPv4 port as well.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
+pub fn bind_host_port(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -43,7 +47,7 @@ pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, config: Arc<
                 });
             }
             // The forward's handle shut the listener down: it is closing.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => return,
             Err(e) => {
                 warn!(event = "accept_error", port = endpoint.port, family = %endpoint.family, "accepting: {e}");
                 // Out of descriptors: pause instead of spinning on the error.

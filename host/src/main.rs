@@ -3,8 +3,7 @@
 use anyhow::{bail, Result};
 use clap::Parser;
 use hoist_host::{Config, Status};
-use hoist_proto::logging::LogFormat;
-use hoist_proto::transport::Addr;
+use hoist_net::{Addr, LogFormat};
 use std::net::IpAddr;
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +25,7 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    hoist_proto::sys::run_main("hoist-host", args.log_format, || real_main(args))
+    hoist_net::run_main("hoist-host", args.log_format, || real_main(args))
 }
 
 fn config(args: &Args) -> Result<Config> {
@@ -55,7 +54,7 @@ fn real_main(args: Args) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(hoist_proto::sys::stop_on_signal(shutdown.clone()));
+        tokio::spawn(hoist_net::stop_on_signal(shutdown.clone()));
         let (status, _) = tokio::sync::watch::channel(Status::default());
         hoist_host::run(config, status, shutdown).await
     })

@@ -1,10 +1,11 @@
 //! Test helpers shared by the privileged tests: a throw-away network namespace
 //! that stands in for the guest, and the root check those tests start with.
 //! A namespace is removed when its [`Netns`] is dropped.
+#![forbid(unsafe_code)]
 
 use anyhow::{bail, Context, Result};
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,10 +13,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Fails the calling test with a clear message unless it runs as root with BPF
 /// available: these tests are never skipped silently.
 pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
     assert!(
-        euid == 0,
+        rustix::process::geteuid().is_root(),
         "this test needs root (network namespaces, BPF programs); run it through `cargo xtask test` as root"
     );
     assert!(
@@ -34,7 +33,8 @@ pub struct Netns {
 impl Netns {
     /// Creates `hoist-t<pid>-<n>` with `lo` up.
     pub fn new() -> Result<Netns> {
-        let name = format!("hoist-t{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name =
+            format!("hoist-t{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         run("ip", &["netns", "add", &name])?;
         let ns = Netns { name };
         run("ip", &["-n", &ns.name, "link", "set", "lo", "up"])?;
@@ -53,13 +53,12 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace, so sockets `f`
     /// creates belong to it (a socket keeps its namespace for life).
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-        let file = File::open(self.path()).with_context(|| format!("open {}", self.path().display()))?;
+        let file =
+            File::open(self.path()).with_context(|| format!("open {}", self.path().display()))?;
         std::thread::spawn(move || {
-            // SAFETY: a valid namespace fd; setns changes only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error()).context("setns into test namespace");
-            }
+            use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+            move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))
+                .context("setns into test namespace")?;
             Ok(f())
         })
         .join()
@@ -82,10 +81,8 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
+        let _ =
+            Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
     }
 }
 
@@ -95,7 +92,11 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
         .output()
         .with_context(|| format!("run {program} {}", args.join(" ")))?;
     if !out.status.success() {
-        bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -105,7 +106,8 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
 /// the second's listen() fails with EADDRINUSE after the kernel has already
 /// moved it through LISTEN. Returns the listening one and the second's error.
 /// Call it inside the namespace under test.
-pub fn listen_then_fail_on_the_same_port() -> std::io::Result<(std::net::TcpListener, std::io::Error)> {
+pub fn listen_then_fail_on_the_same_port(
+) -> std::io::Result<(std::net::TcpListener, std::io::Error)> {
     use socket2::{Domain, Socket, Type};
     use std::net::SocketAddr;
     let a = Socket::new(Domain::IPV4, Type::STREAM, None)?;

@@ -68,13 +68,22 @@ impl Rig {
             .spawn()
             .context("starting hoist-host")?;
         // Only what the bench reads: the forward events.
-        let host_log = Lines::follow(host.stderr.take().unwrap(), |l| l.contains("forward_") || l.contains("\"connected\""));
+        let host_log = Lines::follow(host.stderr.take().unwrap(), |l| {
+            l.contains("forward_") || l.contains("\"connected\"")
+        });
         let rig = Rig { ns, dir, agent, host, host_log };
-        rig.wait_host("the host to connect", Duration::from_secs(20), |l| l.iter().any(|x| x.contains("\"connected\"")))?;
+        rig.wait_host("the host to connect", Duration::from_secs(20), |l| {
+            l.iter().any(|x| x.contains("\"connected\""))
+        })?;
         Ok(rig)
     }
 
-    pub fn wait_host(&self, what: &str, timeout: Duration, pred: impl Fn(&[String]) -> bool) -> Result<()> {
+    pub fn wait_host(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[String]) -> bool,
+    ) -> Result<()> {
         self.host_log.wait(what, timeout, pred)
     }
 
@@ -96,7 +105,13 @@ impl Drop for Rig {
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     require_root("cargo xtask bench")?;
-    apt(&[("iperf3", "iperf3"), ("wrk", "wrk"), ("socat", "socat"), ("nginx", "nginx-light"), ("ip", "iproute2")])?;
+    apt(&[
+        ("iperf3", "iperf3"),
+        ("wrk", "wrk"),
+        ("socat", "socat"),
+        ("nginx", "nginx-light"),
+        ("ip", "iproute2"),
+    ])?;
     let built = build()?;
     let rig = Rig::start(&built.agent, &built.host)?;
     let q = args.quick;
@@ -116,11 +131,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     if want("storm") {
         say("measuring a listen storm and the agent's CPU per event");
-        results.storm = Some(measure::storm(&rig, if q { 500 } else { 10_000 }, if q { 1 } else { 3 })?);
+        results.storm =
+            Some(measure::storm(&rig, if q { 500 } else { 10_000 }, if q { 1 } else { 3 })?);
     }
     if want("idle") {
         say("measuring idle cost (100 forwarded ports, 100 open connections)");
-        results.idle = Some(measure::idle(&rig, if q { Duration::from_secs(1) } else { Duration::from_secs(10) })?);
+        results.idle = Some(measure::idle(
+            &rig,
+            if q { Duration::from_secs(1) } else { Duration::from_secs(10) },
+        )?);
     }
     drop(rig);
     let table = report::markdown(&results);

@@ -29,30 +29,42 @@ pub fn ebpf_object() -> PathBuf {
     root().join("agent-ebpf/target/bpfel-unknown-none/release/hoist-agent-ebpf")
 }
 
+/// `cargo +nightly <verb>` for agent-ebpf: the BPF target, core built from
+/// source, our bpf-linker first on PATH, and none of the host build's
+/// settings.
+pub fn ebpf_cargo(verb: &str) -> Command {
+    // rustc finds the linker by name on PATH: ours first.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path = std::env::join_paths(
+        std::iter::once(bpf_linker_root().join("bin")).chain(std::env::split_paths(&path)),
+    )
+    .expect("PATH entries hold no separator");
+    let mut cmd = Command::new("cargo");
+    cmd.args(["+nightly", verb, "--locked", "--release", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core"])
+        .current_dir(root().join("agent-ebpf"))
+        .env("PATH", path)
+        // What is meant for the host build must not reach the BPF one: its
+        // flags, a stable rustc, a shared target folder (agent/build.rs
+        // expects the object inside agent-ebpf/target).
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTC")
+        .env_remove("CARGO_TARGET_DIR");
+    cmd
+}
+
 /// Compiles agent-ebpf; returns the object's path.
 pub fn build_ebpf() -> Result<PathBuf> {
     setup()?;
     say("building the eBPF object (agent-ebpf: nightly, bpfel-unknown-none, -Z build-std=core)");
-    // rustc finds the linker by name on PATH: ours first.
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let path = std::env::join_paths(std::iter::once(bpf_linker_root().join("bin")).chain(std::env::split_paths(&path)))
-        .context("composing PATH for the eBPF build")?;
-    run(
-        Command::new("cargo")
-            .args(["+nightly", "build", "--locked", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-            .current_dir(root().join("agent-ebpf"))
-            .env("PATH", path)
-            // What is meant for the host build must not reach the BPF one: its
-            // flags, a stable rustc, a shared target folder (agent/build.rs
-            // expects the object inside agent-ebpf/target).
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("RUSTC")
-            .env_remove("CARGO_TARGET_DIR"),
-        "running cargo +nightly build for agent-ebpf",
-    )?;
+    run(&mut ebpf_cargo("build"), "running cargo +nightly build for agent-ebpf")?;
     let object = ebpf_object();
-    anyhow::ensure!(object.is_file(), "the eBPF build succeeded but left no object at {}", object.display());
+    anyhow::ensure!(
+        object.is_file(),
+        "the eBPF build succeeded but left no object at {}",
+        object.display()
+    );
     Ok(object)
 }
 

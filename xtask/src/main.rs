@@ -1,13 +1,15 @@
 //! `cargo xtask`: the project's entry points, one module per subcommand.
 //! `setup` installs what the build needs, `build` compiles the eBPF object and
-//! both binaries, `run` is the local demo, `test` runs every test, `vm-test`
-//! the VM lab, `bench` the benchmarks. A failure ends xtask with the failing
+//! both binaries, `lint` is the style gate, `run` is the local demo, `test`
+//! runs the lint and every test, `vm-test` the VM lab, `bench` the benchmarks. A failure ends xtask with the failing
 //! command's own exit code where there is one.
 
 mod bench;
 mod build;
+mod lint;
 mod run;
 mod setup;
+mod sys;
 mod test;
 mod util;
 mod vmtest;
@@ -30,7 +32,9 @@ enum Cmd {
     Build(build::BuildArgs),
     /// Local demo: a network namespace as the guest, agent inside, host outside.
     Run(run::RunArgs),
-    /// Run every test (needs root).
+    /// Check formatting and lint everything (clippy, -D warnings).
+    Lint,
+    /// Run every test, after the lint (needs root).
     Test(test::TestArgs),
     /// The VM lab: a QEMU guest on real vsock with another kernel (needs root).
     VmTest,
@@ -43,8 +47,14 @@ fn main() {
     let r: Result<()> = match cli.cmd {
         Cmd::Setup => setup::setup_command(),
         Cmd::Build(a) => build::build_profile(a.debug).map(|b| {
-            util::say(format!("built {} and {} (eBPF object {})", b.agent.display(), b.host.display(), b.ebpf.display()))
+            util::say(format!(
+                "built {} and {} (eBPF object {})",
+                b.agent.display(),
+                b.host.display(),
+                b.ebpf.display()
+            ))
         }),
+        Cmd::Lint => lint::lint(),
         Cmd::Run(a) => run::run(a),
         Cmd::Test(a) => test::test(a),
         Cmd::VmTest => vmtest::vm_test(),

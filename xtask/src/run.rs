@@ -6,6 +6,7 @@
 //! xtask exits with that process's status.
 
 use crate::build::build;
+use crate::sys::Signal;
 use crate::util::{exit_code, have, require_root, run as run_cmd, say, Exit};
 use anyhow::{Context, Result};
 use std::io::{BufRead, BufReader};
@@ -13,6 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,25 +30,19 @@ pub struct RunArgs {
     pub extra: Vec<String>,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
+/// Set by SIGINT or SIGTERM.
+static STOP: std::sync::LazyLock<Arc<AtomicBool>> = std::sync::LazyLock::new(Default::default);
 
 pub fn run(args: RunArgs) -> Result<()> {
     require_root("cargo xtask run")?;
     let built = build()?;
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    crate::sys::flag_on_stop_signals(STOP.clone()).context("installing the signal handlers")?;
     let mut demo = Demo::default();
-    let outcome = demo.start(&built.agent, &built.host, &args.extra).and_then(|started| match started {
-        true => demo.supervise(),
-        false => Ok(()),
-    });
+    let outcome =
+        demo.start(&built.agent, &built.host, &args.extra).and_then(|started| match started {
+            true => demo.supervise(),
+            false => Ok(()),
+        });
     say("stopping hoist-host and hoist-agent, removing the namespace and the socket folder");
     drop(demo);
     outcome
@@ -72,7 +68,10 @@ impl Demo {
         say(format!("creating the network namespace {NS} (the guest) with lo up"));
         run_cmd(Command::new("ip").args(["netns", "add", NS]), &format!("ip netns add {NS}"))?;
         self.ns_created = true;
-        run_cmd(Command::new("ip").args(["-n", NS, "link", "set", "lo", "up"]), "bringing lo up in the demo namespace")?;
+        run_cmd(
+            Command::new("ip").args(["-n", NS, "link", "set", "lo", "up"]),
+            "bringing lo up in the demo namespace",
+        )?;
         std::fs::create_dir_all(DIR).with_context(|| format!("creating {DIR}"))?;
         let sock = PathBuf::from(DIR).join("agent.sock");
         let listen = format!("unix:{}", sock.display());
@@ -87,7 +86,11 @@ impl Demo {
                 return Ok(false);
             }
             self.check_children()?;
-            anyhow::ensure!(Instant::now() < deadline, "hoist-agent did not create {} within {START_TIMEOUT:?}", sock.display());
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "hoist-agent did not create {} within {START_TIMEOUT:?}",
+                sock.display()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
 
@@ -121,7 +124,11 @@ impl Demo {
     fn check_children(&mut self) -> Result<()> {
         for (name, child) in self.children.iter_mut() {
             if let Some(status) = child.try_wait().context("checking on the demo's processes")? {
-                return Err(Exit { what: format!("{name} exited ({status})"), code: exit_code(status) }.into());
+                return Err(Exit {
+                    what: format!("{name} exited ({status})"),
+                    code: exit_code(status),
+                }
+                .into());
             }
         }
         Ok(())
@@ -131,18 +138,8 @@ impl Demo {
     /// only xtask, which then stops the processes in order; its output is
     /// printed with `prefix`.
     fn spawn(&mut self, prefix: &'static str, name: &'static str, cmd: &mut Command) -> Result<()> {
-        let parent = std::process::id();
-        // SAFETY: prctl and getppid are async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                // If xtask is killed outright, the demo does not outlive it.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                if libc::getppid() as u32 != parent {
-                    return Err(std::io::Error::other("xtask exited during start-up"));
-                }
-                Ok(())
-            });
-        }
+        // If xtask is killed outright, the demo does not outlive it.
+        crate::sys::die_with_parent(cmd);
         let mut child = cmd
             .process_group(0)
             .stdin(Stdio::null())
@@ -188,9 +185,7 @@ fn stop(child: &mut Child) {
     if matches!(child.try_wait(), Ok(Some(_))) {
         return;
     }
-    let group = -(child.id() as i32);
-    // SAFETY: signalling a process group we created.
-    unsafe { libc::kill(group, libc::SIGTERM) };
+    crate::sys::signal_group(child, Signal::TERM);
     let deadline = Instant::now() + STOP_TIMEOUT;
     while Instant::now() < deadline {
         if matches!(child.try_wait(), Ok(Some(_))) {
@@ -199,7 +194,6 @@ fn stop(child: &mut Child) {
         std::thread::sleep(Duration::from_millis(20));
     }
     say(format!("process {} ignored SIGTERM for {STOP_TIMEOUT:?}; killing it", child.id()));
-    // SAFETY: as above.
-    unsafe { libc::kill(group, libc::SIGKILL) };
+    crate::sys::signal_group(child, Signal::KILL);
     let _ = child.wait();
 }

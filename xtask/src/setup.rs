@@ -24,7 +24,7 @@ pub fn setup() -> Result<bool> {
         return Ok(false);
     }
     let mut acted = nightly()?;
-    acted |= rust_src()?;
+    acted |= components()?;
     acted |= bpf_linker()?;
     acted |= apt(DEBIAN)?;
     DONE.store(true, Ordering::Relaxed);
@@ -36,7 +36,7 @@ pub fn setup_command() -> Result<()> {
     if !setup()? {
         let llvm = nightly_llvm()?;
         say(format!(
-            "nothing to install: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} for the nightly's LLVM {}, {} are present",
+            "nothing to install: nightly rust-src, clippy and rustfmt, bpf-linker {BPF_LINKER_VERSION} for the nightly's LLVM {}, {} are present",
             llvm.version,
             DEBIAN.iter().map(|(cmd, _)| *cmd).collect::<Vec<_>>().join(", ")
         ));
@@ -46,36 +46,71 @@ pub fn setup_command() -> Result<()> {
 
 /// The machines come with a nightly; this is for one that lost it.
 fn nightly() -> Result<bool> {
-    let list = output(Command::new("rustup").args(["toolchain", "list"]), "listing rustup toolchains")?;
+    let list =
+        output(Command::new("rustup").args(["toolchain", "list"]), "listing rustup toolchains")?;
     // `nightly-<host>` is what `+nightly` means; a dated nightly is another toolchain.
     let present = list.lines().filter_map(|l| l.split_whitespace().next()).any(|t| {
-        t.strip_prefix("nightly-").is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+        t.strip_prefix("nightly-")
+            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
     });
     if present {
         return Ok(false);
     }
     say("installing the nightly toolchain with rust-src (the eBPF crate needs nightly's -Z build-std)");
     run(
-        Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]),
+        Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]),
         "rustup toolchain install nightly",
     )?;
     Ok(true)
 }
 
-fn rust_src() -> Result<bool> {
-    let installed = output(
-        Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]),
-        "listing the nightly's installed components (rustup component list)",
-    )?;
-    if installed.lines().any(|l| l.trim() == "rust-src" || l.starts_with("rust-src-")) {
-        return Ok(false);
+/// Components each toolchain needs: the nightly builds core for the BPF
+/// target from source and lints the eBPF crate; stable formats and lints the
+/// workspace.
+const COMPONENTS: &[(&str, &[&str])] =
+    &[("nightly", &["rust-src", "clippy", "rustfmt"]), ("stable", &["clippy", "rustfmt"])];
+
+fn components() -> Result<bool> {
+    let mut acted = false;
+    for (toolchain, wanted) in COMPONENTS {
+        let installed = output(
+            Command::new("rustup").args([
+                "component",
+                "list",
+                "--toolchain",
+                toolchain,
+                "--installed",
+            ]),
+            &format!(
+                "listing the {toolchain} toolchain's installed components (rustup component list)"
+            ),
+        )?;
+        // Listed as `<name>` or `<name>-<target triple>`.
+        let has = |c: &str| {
+            installed.lines().map(str::trim).any(|l| l == c || l.starts_with(&format!("{c}-")))
+        };
+        let missing: Vec<&str> = wanted.iter().copied().filter(|c| !has(c)).collect();
+        if missing.is_empty() {
+            continue;
+        }
+        say(format!("installing the {toolchain} toolchain's {}", missing.join(", ")));
+        run(
+            Command::new("rustup")
+                .args(["component", "add", "--toolchain", toolchain])
+                .args(&missing),
+            &format!("rustup component add --toolchain {toolchain} {}", missing.join(" ")),
+        )?;
+        acted = true;
     }
-    say("installing the nightly toolchain's rust-src (for -Z build-std=core)");
-    run(
-        Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
-        "rustup component add rust-src --toolchain nightly",
-    )?;
-    Ok(true)
+    Ok(acted)
 }
 
 /// The LLVM that the nightly's rustc carries.
@@ -92,7 +127,10 @@ pub fn nightly_llvm() -> Result<&'static Llvm> {
     if let Some(l) = LLVM.get() {
         return Ok(l);
     }
-    let vv = output(Command::new("rustc").args(["+nightly", "-vV"]), "asking the nightly rustc its LLVM version (rustc +nightly -vV)")?;
+    let vv = output(
+        Command::new("rustc").args(["+nightly", "-vV"]),
+        "asking the nightly rustc its LLVM version (rustc +nightly -vV)",
+    )?;
     let version = vv
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
@@ -100,7 +138,10 @@ pub fn nightly_llvm() -> Result<&'static Llvm> {
         .trim()
         .to_string();
     let major = version.split('.').next().unwrap_or_default().to_string();
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]), "rustc +nightly --print sysroot")?;
+    let sysroot = output(
+        Command::new("rustc").args(["+nightly", "--print", "sysroot"]),
+        "rustc +nightly --print sysroot",
+    )?;
     let lib = Path::new(sysroot.trim()).join("lib");
     // Toolchains ship libLLVM.so.<ver>-rust-<release> and, in older ones,
     // libLLVM-<major>-rust-<release>.so; one of them may be a linker script,
@@ -108,13 +149,18 @@ pub fn nightly_llvm() -> Result<&'static Llvm> {
     let is_elf = |p: &Path| {
         use std::io::Read;
         let mut magic = [0u8; 4];
-        std::fs::File::open(p).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"\x7fELF"
+        std::fs::File::open(p).and_then(|mut f| f.read_exact(&mut magic)).is_ok()
+            && &magic == b"\x7fELF"
     };
     let so = std::fs::read_dir(&lib)
         .with_context(|| format!("listing the nightly's {}", lib.display()))?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM") && n.contains(".so")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM") && n.contains(".so"))
+        })
         .find(|p| is_elf(p))
         .with_context(|| format!("no libLLVM shared library in {}", lib.display()))?;
     Ok(LLVM.get_or_init(|| Llvm { version, major, so }))
@@ -130,11 +176,11 @@ pub fn bpf_linker_root() -> PathBuf {
 /// its rpath must find the nightly's libLLVM. A nightly update that removed
 /// that library makes this fail, and `setup` rebuilds.
 fn bpf_linker_runs(bin: &Path) -> bool {
-    Command::new(bin)
-        .arg("--version")
-        .env_remove("LD_LIBRARY_PATH")
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(&format!("bpf-linker {BPF_LINKER_VERSION}")))
+    Command::new(bin).arg("--version").env_remove("LD_LIBRARY_PATH").output().is_ok_and(|o| {
+        o.status.success()
+            && String::from_utf8_lossy(&o.stdout)
+                .contains(&format!("bpf-linker {BPF_LINKER_VERSION}"))
+    })
 }
 
 fn bpf_linker() -> Result<bool> {
@@ -156,17 +202,27 @@ fn bpf_linker() -> Result<bool> {
     // there; the soname-named link is what the loader looks for at run time.
     let prefix = target_dir().join("xtask/llvm-prefix");
     let lib = prefix.join("lib");
-    std::fs::create_dir_all(&lib).with_context(|| format!("creating the LLVM prefix {}", lib.display()))?;
+    std::fs::create_dir_all(&lib)
+        .with_context(|| format!("creating the LLVM prefix {}", lib.display()))?;
     let soname = llvm.so.file_name().unwrap().to_string_lossy().into_owned();
     for name in ["libLLVM.so".to_string(), soname] {
         let link = lib.join(name);
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&llvm.so, &link).with_context(|| format!("linking {} to the nightly's libLLVM", link.display()))?;
+        std::os::unix::fs::symlink(&llvm.so, &link)
+            .with_context(|| format!("linking {} to the nightly's libLLVM", link.display()))?;
     }
     let _ = std::fs::remove_file(&stamp);
     run(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--locked", "--force", "--version", BPF_LINKER_VERSION, "--no-default-features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--force",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+            ])
             .args(["--features", &format!("llvm-{}", llvm.major)])
             .arg("--root")
             .arg(&install_root)
@@ -181,7 +237,8 @@ fn bpf_linker() -> Result<bool> {
     if !bpf_linker_runs(&bin) {
         bail!("bpf-linker was built but does not run: {} --version", bin.display());
     }
-    std::fs::write(&stamp, llvm.so.display().to_string()).with_context(|| format!("writing {}", stamp.display()))?;
+    std::fs::write(&stamp, llvm.so.display().to_string())
+        .with_context(|| format!("writing {}", stamp.display()))?;
     Ok(true)
 }
 
@@ -192,7 +249,10 @@ pub fn apt_update() -> Result<()> {
         return Ok(());
     }
     say("updating the Debian package lists (apt-get update)");
-    run(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"), "apt-get update")?;
+    run(
+        Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get update",
+    )?;
     UPDATED.store(true, Ordering::Relaxed);
     Ok(())
 }
@@ -200,7 +260,8 @@ pub fn apt_update() -> Result<()> {
 /// Installs the Debian packages whose commands are missing; returns whether
 /// it installed any.
 pub fn apt(needs: &[(&str, &str)]) -> Result<bool> {
-    let mut missing: Vec<&str> = needs.iter().filter(|(cmd, _)| !have(cmd)).map(|(_, pkg)| *pkg).collect();
+    let mut missing: Vec<&str> =
+        needs.iter().filter(|(cmd, _)| !have(cmd)).map(|(_, pkg)| *pkg).collect();
     missing.dedup();
     if missing.is_empty() {
         return Ok(false);

@@ -20,6 +20,10 @@ pub struct TestArgs {
 
 pub fn test(args: TestArgs) -> Result<()> {
     require_root("cargo xtask test")?;
+    // The style gate first: a formatting slip fails in seconds, not after
+    // the whole suite.
+    crate::lint::format()?;
+    crate::lint::clippy()?;
     let built = build()?;
     say("running the workspace's tests (one test thread: kernel tests share the kernel)");
     let mut cmd = Command::new("cargo");
@@ -49,7 +53,9 @@ pub fn test(args: TestArgs) -> Result<()> {
     }
     passed += 1;
     say("running the benchmark's quick mode (each measurement must produce numbers)");
-    if let Err(e) = crate::bench::bench(crate::bench::BenchArgs { quick: true, write: false, only: None }) {
+    if let Err(e) =
+        crate::bench::bench(crate::bench::BenchArgs { quick: true, write: false, only: None })
+    {
         summary(passed, failed + 1);
         return Err(e.context("the benchmark's quick mode"));
     }
@@ -61,13 +67,24 @@ pub fn test(args: TestArgs) -> Result<()> {
 /// "test result" lines.
 fn run_counting(cmd: &mut Command) -> Result<(u64, u64, std::process::ExitStatus)> {
     use std::io::{BufRead, BufReader};
-    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().context("starting cargo test")?;
+    let mut child =
+        cmd.stdout(std::process::Stdio::piped()).spawn().context("starting cargo test")?;
     let (mut passed, mut failed) = (0, 0);
     for line in BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok) {
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
             let count = |word: &str| -> u64 {
-                rest.split(';').find_map(|p| p.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word)?.trim().parse().ok()).unwrap_or(0)
+                rest.split(';')
+                    .find_map(|p| {
+                        p.trim()
+                            .trim_start_matches("ok. ")
+                            .trim_start_matches("FAILED. ")
+                            .strip_suffix(word)?
+                            .trim()
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
             };
             passed += count("passed");
             failed += count("failed");

@@ -77,13 +77,13 @@ pub fn have(program: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path).any(|dir| {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        std::fs::metadata(dir.join(program))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     })
 }
 
 pub fn require_root(what: &str) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::sys::is_root() {
         // sudo resets PATH, which would lose rustup's cargo: keep the caller's.
         bail!("{what} needs root (network namespaces, BPF programs): run it as root, e.g. sudo -E env \"PATH=$PATH\" {what}");
     }
@@ -116,7 +116,12 @@ impl Lines {
     }
 
     /// Waits until `pred` holds over the lines so far.
-    pub fn wait(&self, what: &str, timeout: std::time::Duration, pred: impl Fn(&[String]) -> bool) -> Result<()> {
+    pub fn wait(
+        &self,
+        what: &str,
+        timeout: std::time::Duration,
+        pred: impl Fn(&[String]) -> bool,
+    ) -> Result<()> {
         let deadline = std::time::Instant::now() + timeout;
         let mut lines = self.0 .0.lock().unwrap();
         loop {
@@ -168,7 +173,8 @@ pub fn listening_ports(proc_net_tcp: &str) -> std::collections::BTreeSet<u16> {
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 3 && f[3] == "0A").then(|| u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok())?
+            (f.len() > 3 && f[3] == "0A")
+                .then(|| u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok())?
         })
         .collect()
 }

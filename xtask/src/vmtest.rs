@@ -13,7 +13,6 @@ use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,7 +38,8 @@ const CHURN_COUNT: u16 = 8;
 /// watchdog kills QEMU and the daemon, so every wait fails fast and the logs
 /// are printed instead of CI hanging. HOIST_VMLAB_WATCHDOG_SECS overrides it.
 fn watchdog() -> Duration {
-    let secs = std::env::var("HOIST_VMLAB_WATCHDOG_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let secs =
+        std::env::var("HOIST_VMLAB_WATCHDOG_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
     Duration::from_secs(secs)
 }
 const MODULES: &[&str] = &[
@@ -61,7 +61,11 @@ fn lab_dir() -> PathBuf {
 
 pub fn vm_test() -> Result<()> {
     require_root("cargo xtask vm-test")?;
-    apt(&[("qemu-system-x86_64", "qemu-system-x86"), ("busybox", "busybox-static"), ("cpio", "cpio")])?;
+    apt(&[
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("busybox", "busybox-static"),
+        ("cpio", "cpio"),
+    ])?;
     let built = build()?;
     let _lock = lock()?;
     let statics = build_static(&built.ebpf)?;
@@ -76,7 +80,8 @@ pub fn vm_test() -> Result<()> {
     let result = (|| -> Result<()> {
         vm.wait_for_guest()?;
         for (flag, want) in [(None, "trampoline"), (Some("tracepoint"), "tracepoint")] {
-            scenarios(&mut vm, &built.host, flag, want).with_context(|| format!("scenarios with the {want} hooks"))?;
+            scenarios(&mut vm, &built.host, flag, want)
+                .with_context(|| format!("scenarios with the {want} hooks"))?;
         }
         Ok(())
     })();
@@ -102,10 +107,13 @@ fn lock() -> Result<std::fs::File> {
     let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut said = false;
-    // SAFETY: flock on a descriptor we own; released when the file closes.
-    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    // Released when the file closes.
+    while !crate::sys::try_lock(&f) {
         if !said {
-            say(format!("another vm-test holds {}; waiting for it (at most 15 min)", path.display()));
+            say(format!(
+                "another vm-test holds {}; waiting for it (at most 15 min)",
+                path.display()
+            ));
             said = true;
         }
         if Instant::now() > deadline {
@@ -127,7 +135,17 @@ fn build_static(ebpf: &Path) -> Result<Statics> {
     let target_dir = lab_dir().join("static");
     run(
         Command::new("cargo")
-            .args(["build", "--locked", "--release", "--target", "x86_64-unknown-linux-gnu", "-p", "hoist-agent", "-p", "hoist-vmlab-guest"])
+            .args([
+                "build",
+                "--locked",
+                "--release",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+                "-p",
+                "hoist-agent",
+                "-p",
+                "hoist-vmlab-guest",
+            ])
             .arg("--target-dir")
             .arg(&target_dir)
             .current_dir(root())
@@ -148,7 +166,14 @@ fn vhost_device_vsock() -> Result<PathBuf> {
     say(format!("installing vhost-device-vsock {VHOST_DEVICE_VSOCK} (the guest's vsock device, Unix sockets on this side)"));
     run(
         Command::new("cargo")
-            .args(["install", "--locked", "vhost-device-vsock", "--version", VHOST_DEVICE_VSOCK, "--root"])
+            .args([
+                "install",
+                "--locked",
+                "vhost-device-vsock",
+                "--version",
+                VHOST_DEVICE_VSOCK,
+                "--root",
+            ])
             .arg(&tools),
         "cargo install vhost-device-vsock",
     )?;
@@ -165,7 +190,9 @@ fn kernel() -> Result<Kernel> {
     let dir = lab_dir().join("kernel");
     let find = |dir: &Path| -> Option<Kernel> {
         let boot = std::fs::read_dir(dir.join("x/boot")).ok()?;
-        let vmlinuz = boot.flatten().map(|e| e.path()).find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))?;
+        let vmlinuz = boot.flatten().map(|e| e.path()).find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-"))
+        })?;
         let release = vmlinuz.file_name()?.to_str()?.strip_prefix("vmlinuz-")?.to_string();
         Some(Kernel { modules: dir.join("x/lib/modules").join(release).join("kernel"), vmlinuz })
     };
@@ -175,7 +202,11 @@ fn kernel() -> Result<Kernel> {
     // Fresh lists: an old list can name a kernel build the mirror has dropped.
     crate::setup::apt_update()?;
     let found = output(
-        Command::new("apt-cache").args(["search", "--names-only", r"^linux-image-6\.1\.0-[0-9]+-amd64$"]),
+        Command::new("apt-cache").args([
+            "search",
+            "--names-only",
+            r"^linux-image-6\.1\.0-[0-9]+-amd64$",
+        ]),
         "apt-cache search",
     )?;
     let package = found
@@ -187,7 +218,10 @@ fn kernel() -> Result<Kernel> {
     say(format!("downloading {package} for the guest (unpacked, not installed)"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    run(Command::new("apt-get").args(["download", &package]).current_dir(&dir), "apt-get download")?;
+    run(
+        Command::new("apt-get").args(["download", &package]).current_dir(&dir),
+        "apt-get download",
+    )?;
     let deb = std::fs::read_dir(&dir)?
         .flatten()
         .map(|e| e.path())
@@ -204,17 +238,23 @@ fn initramfs(kernel: &Kernel, statics: &Statics, run_dir: &Path) -> Result<PathB
     for d in ["bin", "dev", "proc", "sys", "tmp", "lib/modules"] {
         std::fs::create_dir_all(tree.join(d))?;
     }
-    let busybox = output(Command::new("sh").args(["-c", "command -v busybox"]), "locating busybox")?;
+    let busybox =
+        output(Command::new("sh").args(["-c", "command -v busybox"]), "locating busybox")?;
     std::fs::copy(busybox.trim(), tree.join("bin/busybox")).context("copying busybox")?;
     std::fs::copy(&statics.agent, tree.join("bin/hoist-agent")).context("copying hoist-agent")?;
-    std::fs::copy(&statics.guest, tree.join("bin/hoist-vmlab-guest")).context("copying hoist-vmlab-guest")?;
+    std::fs::copy(&statics.guest, tree.join("bin/hoist-vmlab-guest"))
+        .context("copying hoist-vmlab-guest")?;
     std::fs::copy(root().join("vmlab/init"), tree.join("init")).context("copying init")?;
     for m in MODULES {
         let src = kernel.modules.join(format!("{m}.ko"));
         let name = Path::new(m).file_name().unwrap().to_string_lossy().into_owned();
-        std::fs::copy(&src, tree.join(format!("lib/modules/{name}.ko"))).with_context(|| format!("copying {}", src.display()))?;
+        std::fs::copy(&src, tree.join(format!("lib/modules/{name}.ko")))
+            .with_context(|| format!("copying {}", src.display()))?;
     }
-    run(Command::new("mknod").arg(tree.join("dev/console")).args(["c", "5", "1"]), "mknod /dev/console")?;
+    run(
+        Command::new("mknod").arg(tree.join("dev/console")).args(["c", "5", "1"]),
+        "mknod /dev/console",
+    )?;
     let out = run_dir.join("initramfs.cpio.gz");
     run(
         Command::new("sh")
@@ -234,12 +274,18 @@ struct Logged {
 
 impl Logged {
     fn spawn(cmd: &mut Command) -> Result<Logged> {
-        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        let mut child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
         let lines = Lines::follow(child.stderr.take().unwrap(), |_| true);
         Ok(Logged { child, lines })
     }
 
-    fn wait_line(&self, what: &str, timeout: Duration, pred: impl Fn(&[String]) -> bool) -> Result<()> {
+    fn wait_line(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[String]) -> bool,
+    ) -> Result<()> {
         self.lines.wait(what, timeout, pred)
     }
 
@@ -249,8 +295,7 @@ impl Logged {
 
     /// SIGTERM, then SIGKILL if it has not exited within 10 s.
     fn stop(&mut self) {
-        // SAFETY: signalling our own, not yet reaped child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        crate::sys::signal(&self.child, crate::sys::Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -288,7 +333,11 @@ impl Vm {
         let vhost = dir.join("vhost.sock");
         let daemon = Command::new(daemon)
             .arg("--vm")
-            .arg(format!("guest-cid={GUEST_CID},socket={},uds-path={}", vhost.display(), dir.join("vm.vsock").display()))
+            .arg(format!(
+                "guest-cid={GUEST_CID},socket={},uds-path={}",
+                vhost.display(),
+                dir.join("vm.vsock").display()
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::from(std::fs::File::create(dir.join("vhost-device-vsock.log"))?))
             .stderr(Stdio::from(std::fs::File::create(dir.join("vhost-device-vsock.err"))?))
@@ -303,7 +352,12 @@ impl Vm {
         }
         let qemu = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-M", "q35", "-cpu", "max", "-smp", "1", "-m", "512M"])
-            .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-machine", "memory-backend=mem"])
+            .args([
+                "-object",
+                "memory-backend-memfd,id=mem,size=512M,share=on",
+                "-machine",
+                "memory-backend=mem",
+            ])
             .args(["-display", "none", "-monitor", "none", "-no-reboot", "-nodefaults"])
             .arg("-serial")
             .arg(format!("file:{}", dir.join("console.log").display()))
@@ -335,8 +389,8 @@ impl Vm {
             if *armed {
                 f.store(true, Ordering::SeqCst);
                 for pid in pids {
-                    // SAFETY: armed means neither child has been reaped, so the pids are still theirs.
-                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    // Armed means neither child has been reaped, so the pids are still theirs.
+                    crate::sys::signal_pid(pid, crate::sys::Signal::KILL);
                 }
             }
         });
@@ -357,7 +411,8 @@ impl Vm {
     }
 
     fn cmd_within(&self, line: &str, timeout: Duration) -> Result<String> {
-        let mut s = UnixStream::connect(self.mux()).context("connecting to the vsock multiplexer")?;
+        let mut s =
+            UnixStream::connect(self.mux()).context("connecting to the vsock multiplexer")?;
         s.set_read_timeout(Some(timeout))?;
         s.set_write_timeout(Some(timeout))?;
         s.write_all(format!("CONNECT {CMD_PORT}\n").as_bytes())?;
@@ -367,7 +422,10 @@ impl Vm {
             reply.push(b[0]);
         }
         if !reply.starts_with(b"OK ") {
-            bail!("guest command channel not answering (reply {:?})", String::from_utf8_lossy(&reply));
+            bail!(
+                "guest command channel not answering (reply {:?})",
+                String::from_utf8_lossy(&reply)
+            );
         }
         s.write_all(format!("{line}\n").as_bytes())?;
         let mut answer = String::new();
@@ -406,11 +464,16 @@ impl Vm {
 
     fn start_agent(&self, hooks: Option<&str>) -> Result<()> {
         let flag = hooks.map(|h| format!(" --hooks {h}")).unwrap_or_default();
-        self.cmd(&format!("spawn agent /bin/hoist-agent --listen vsock:any:{AGENT_PORT} --log-format json{flag}"))?;
+        self.cmd(&format!(
+            "spawn agent /bin/hoist-agent --listen vsock:any:{AGENT_PORT} --log-format json{flag}"
+        ))?;
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.sh("cat /tmp/agent.log")?.contains("agent_ready") {
             if Instant::now() > deadline {
-                bail!("the agent did not become ready: {}", self.sh("cat /tmp/agent.log").unwrap_or_default());
+                bail!(
+                    "the agent did not become ready: {}",
+                    self.sh("cat /tmp/agent.log").unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -425,7 +488,9 @@ impl Vm {
                 .args(["--log-format", "json"]),
         )
         .context("starting hoist-host")?;
-        host.wait_line("hoist-host to connect", Duration::from_secs(30), |l| l.iter().any(|x| x.contains("\"event\":\"connected\"")))?;
+        host.wait_line("hoist-host to connect", Duration::from_secs(30), |l| {
+            l.iter().any(|x| x.contains("\"event\":\"connected\""))
+        })?;
         self.host = Some(host);
         Ok(())
     }
@@ -452,7 +517,9 @@ impl Vm {
     /// the guest kernel shows it listening.
     fn hold(&self, name: &str, port: u16) -> Result<()> {
         self.cmd(&format!("spawn {name} /bin/hoist-vmlab-guest hold {port}"))?;
-        self.sh(&format!("while ! grep -q ':{port:04X} 00000000:0000 0A' /proc/net/tcp; do sleep 0.05; done"))?;
+        self.sh(&format!(
+            "while ! grep -q ':{port:04X} 00000000:0000 0A' /proc/net/tcp; do sleep 0.05; done"
+        ))?;
         Ok(())
     }
 
@@ -470,7 +537,10 @@ impl Vm {
                 return Ok(truth);
             }
             if Instant::now() > deadline {
-                bail!("{what}: the host serves {:?}, the guest listens on {truth:?}", self.serving());
+                bail!(
+                    "{what}: the host serves {:?}, the guest listens on {truth:?}",
+                    self.serving()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -491,7 +561,10 @@ impl Vm {
             eprintln!("----- hoist-host log (current) -----\n{}", h.text());
         }
         for f in ["qemu.err", "vhost-device-vsock.err"] {
-            eprintln!("----- {f} -----\n{}", std::fs::read_to_string(self.dir.join(f)).unwrap_or_default());
+            eprintln!(
+                "----- {f} -----\n{}",
+                std::fs::read_to_string(self.dir.join(f)).unwrap_or_default()
+            );
         }
     }
 
@@ -519,8 +592,10 @@ impl Vm {
 /// shutdown on its Unix side into a full close of the vsock connection, so
 /// FIN cannot cross this transport (real vhost-vsock carries it).
 fn echo_check(port: u16, n: usize) -> Result<()> {
-    let data: Vec<u8> = (0..n).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1]).collect();
-    let mut c = TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    let data: Vec<u8> =
+        (0..n).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1]).collect();
+    let mut c = TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
     c.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut w = c.try_clone()?;
     let sent = data.clone();
@@ -536,7 +611,13 @@ fn echo_check(port: u16, n: usize) -> Result<()> {
     back.truncate(got);
     writer.join().unwrap().context("sending")?;
     if back != data {
-        bail!("echo through 127.0.0.1:{port} differs: sent {} bytes (fnv {:x}), got {} (fnv {:x})", n, fnv(&data), back.len(), fnv(&back));
+        bail!(
+            "echo through 127.0.0.1:{port} differs: sent {} bytes (fnv {:x}), got {} (fnv {:x})",
+            n,
+            fnv(&data),
+            back.len(),
+            fnv(&back)
+        );
     }
     Ok(())
 }
@@ -598,7 +679,12 @@ fn scenarios(vm: &mut Vm, hoist_host: &Path, hooks: Option<&str>, want: &str) ->
     let settled = loop {
         let log = vm.sh("cat /tmp/churn.log")?;
         if let Some(ports) = log.lines().find_map(|l| l.strip_prefix("settled")) {
-            break ports.trim().split(',').filter(|p| !p.is_empty()).map(|p| p.parse::<u16>()).collect::<Result<Vec<u16>, _>>()?;
+            break ports
+                .trim()
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(|p| p.parse::<u16>())
+                .collect::<Result<Vec<u16>, _>>()?;
         }
         if Instant::now() > deadline {
             bail!("the guest's churn did not settle: {log}");

@@ -1,207 +1,155 @@
-//! The snapshot: every TCP listener of the calling thread's network namespace,
-//! from one `NETLINK_SOCK_DIAG` dump per family, and the owners of their
-//! sockets from `/proc`. Taken at start and on resync, never periodically.
-//! Parsing is pure and strict: a truncated message is an error, not a guess.
+//! The snapshot's first half: every listening TCP socket of the calling
+//! thread's network namespace, from one `NETLINK_SOCK_DIAG` dump per family.
+//! Taken at start and on resync, never periodically. The messages are
+//! modelled by `netlink-packet-sock-diag`; parsing a reply is a pure function
+//! and strict: a malformed message is an error, not a guess.
 
 use anyhow::{bail, Context, Result};
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::inet::{
+    nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags,
+};
+use netlink_packet_sock_diag::{SockDiagMessage, AF_INET, AF_INET6, IPPROTO_TCP};
+use std::net::IpAddr;
 
 /// One listening TCP socket as sock_diag reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DiagListener {
+pub struct DiagSocket {
     /// Bound address (IPv4 for AF_INET, IPv6 for AF_INET6, as bound).
     pub addr: IpAddr,
+    /// Bound port.
     pub port: u16,
     /// `IPV6_V6ONLY` of an AF_INET6 socket.
     pub ipv6only: bool,
     /// The kernel's socket cookie (what the eBPF program reports).
     pub cookie: u64,
+    /// The socket's inode, to find its owner in /proc.
     pub inode: u64,
+    /// The owner's uid.
     pub uid: u32,
 }
 
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const TCP_LISTEN: u32 = 10;
-const INET_DIAG_SKV6ONLY: u16 = 11;
-const NLMSG_HDR: usize = 16;
-/// struct inet_diag_msg
-const DIAG_MSG: usize = 72;
-
 /// Every TCP socket in LISTEN state, both families.
-pub fn listeners() -> Result<Vec<DiagListener>> {
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("opening a NETLINK_SOCK_DIAG socket");
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+pub fn listening_tcp() -> Result<Vec<DiagSocket>> {
+    let fd = crate::sys::sock_diag_socket().context("opening a NETLINK_SOCK_DIAG socket")?;
     let mut out = Vec::new();
-    for (family, seq) in [(libc::AF_INET as u8, 1u32), (libc::AF_INET6 as u8, 2)] {
-        send_request(&fd, family, seq)?;
-        let mut buf = vec![0u8; 32 * 1024];
-        'recv: loop {
-            // SAFETY: buf is valid for its length.
-            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e).context("receiving sock_diag replies");
-            }
-            match parse_replies(&buf[..n as usize], &mut out).context("parsing sock_diag replies")? {
-                Parsed::More => {}
-                Parsed::Done => break 'recv,
+    let mut buf = vec![0u8; 32 * 1024];
+    for (family, seq) in [(AF_INET, 1u32), (AF_INET6, 2)] {
+        crate::sys::netlink_send(&fd, &request(family, seq))
+            .context("sending the sock_diag request")?;
+        loop {
+            let n =
+                crate::sys::netlink_recv(&fd, &mut buf).context("receiving sock_diag replies")?;
+            if parse_replies(&buf[..n], &mut out).context("parsing sock_diag replies")?
+                == Parsed::Done
+            {
+                break;
             }
         }
     }
     Ok(out)
 }
 
-fn send_request(fd: &OwnedFd, family: u8, seq: u32) -> Result<()> {
-    let mut req = Vec::with_capacity(NLMSG_HDR + 56);
-    let len = (NLMSG_HDR + 56) as u32;
-    req.extend_from_slice(&len.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    req.extend_from_slice(&seq.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    // struct inet_diag_req_v2: family, protocol, ext, pad, states, then a
-    // zeroed inet_diag_sockid (48 bytes).
-    req.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
-    req.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
-    req.extend_from_slice(&[0u8; 48]);
-    // SAFETY: req is valid for its length; the kernel is the destination by default.
-    let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error()).context("sending the sock_diag request");
-    }
-    Ok(())
+/// The dump request for listening TCP sockets of `family`.
+fn request(family: u8, seq: u32) -> Vec<u8> {
+    let socket_id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
+    let req = InetRequest {
+        family,
+        protocol: IPPROTO_TCP,
+        extensions: ExtensionFlags::empty(),
+        states: StateFlags::LISTEN,
+        socket_id,
+    };
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = seq;
+    let mut msg = NetlinkMessage::new(header, SockDiagMessage::InetRequest(req).into());
+    msg.finalize();
+    let mut bytes = vec![0u8; msg.buffer_len()];
+    msg.serialize(&mut bytes);
+    bytes
 }
 
+/// Whether a dump is complete.
 #[derive(Debug, PartialEq, Eq)]
-enum Parsed {
+pub enum Parsed {
+    /// More datagrams follow.
     More,
+    /// The dump ended.
     Done,
 }
 
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    u16::from_ne_bytes([b[o], b[o + 1]])
-}
-
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_ne_bytes(b[o..o + 4].try_into().unwrap())
-}
-
-/// Parses one datagram of netlink messages, appending listeners.
-fn parse_replies(mut buf: &[u8], out: &mut Vec<DiagListener>) -> Result<Parsed> {
+/// Parses one datagram of netlink messages, appending sockets.
+pub fn parse_replies(mut buf: &[u8], out: &mut Vec<DiagSocket>) -> Result<Parsed> {
     while !buf.is_empty() {
-        if buf.len() < NLMSG_HDR {
-            bail!("netlink header truncated ({} bytes)", buf.len());
-        }
-        let len = u32_at(buf, 0) as usize;
-        let kind = u16_at(buf, 4);
-        if len < NLMSG_HDR || len > buf.len() {
-            bail!("netlink message length {len} out of bounds ({} bytes left)", buf.len());
-        }
-        let body = &buf[NLMSG_HDR..len];
-        match kind {
-            NLMSG_DONE => return Ok(Parsed::Done),
-            NLMSG_ERROR => {
-                if body.len() < 4 {
-                    bail!("netlink error message truncated");
+        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(buf)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("malformed netlink message")?;
+        let len = msg.header.length as usize;
+        match msg.payload {
+            NetlinkPayload::Done(_) => return Ok(Parsed::Done),
+            NetlinkPayload::Error(e) => match e.code {
+                None => return Ok(Parsed::Done),
+                Some(code) => {
+                    return Err(std::io::Error::from_raw_os_error(-code.get()))
+                        .context("the kernel refused the sock_diag request")
                 }
-                let errno = -(u32_at(body, 0) as i32);
-                if errno == 0 {
-                    return Ok(Parsed::Done);
-                }
-                return Err(std::io::Error::from_raw_os_error(errno)).context("kernel refused the sock_diag request");
-            }
-            SOCK_DIAG_BY_FAMILY => out.push(parse_msg(body)?),
+            },
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => out.push(socket(&r)?),
             _ => {}
         }
+        if len == 0 {
+            bail!("netlink message of length 0");
+        }
         // Messages are 4-byte aligned.
-        let step = (len + 3) & !3;
-        buf = &buf[step.min(buf.len())..];
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
     }
     Ok(Parsed::More)
 }
 
-/// Parses a struct inet_diag_msg and its attributes.
-fn parse_msg(b: &[u8]) -> Result<DiagListener> {
-    if b.len() < DIAG_MSG {
-        bail!("inet_diag_msg truncated ({} bytes)", b.len());
+fn socket(r: &InetResponse) -> Result<DiagSocket> {
+    let id = &r.header.socket_id;
+    match (r.header.family, id.source_address) {
+        (AF_INET, IpAddr::V4(_)) | (AF_INET6, IpAddr::V6(_)) => {}
+        (f, _) => bail!("unexpected address family {f} in a sock_diag reply"),
     }
-    let family = b[0];
-    // inet_diag_sockid at 4: sport, dport (be16), src[16], dst[16], if, cookie[2].
-    let port = u16::from_be_bytes([b[4], b[5]]);
-    let src: [u8; 16] = b[8..24].try_into().unwrap();
-    let cookie = u32_at(b, 44) as u64 | (u32_at(b, 48) as u64) << 32;
-    let uid = u32_at(b, 64);
-    let inode = u32_at(b, 68) as u64;
-    let addr = match family as i32 {
-        libc::AF_INET => IpAddr::V4(Ipv4Addr::new(src[0], src[1], src[2], src[3])),
-        libc::AF_INET6 => IpAddr::V6(Ipv6Addr::from(src)),
-        f => bail!("unexpected address family {f} in a sock_diag reply"),
-    };
-    let mut ipv6only = false;
-    let mut attrs = &b[DIAG_MSG..];
-    while attrs.len() >= 4 {
-        let alen = u16_at(attrs, 0) as usize;
-        let atype = u16_at(attrs, 2);
-        if alen < 4 || alen > attrs.len() {
-            bail!("sock_diag attribute length {alen} out of bounds");
-        }
-        if atype == INET_DIAG_SKV6ONLY && alen >= 5 {
-            ipv6only = attrs[4] != 0;
-        }
-        attrs = &attrs[((alen + 3) & !3).min(attrs.len())..];
-    }
-    Ok(DiagListener { addr, port, ipv6only, cookie, inode, uid })
-}
-
-/// Maps socket inodes to their owning process (pid, comm) from /proc. Only
-/// the inodes asked for; processes that vanish mid-scan are skipped.
-pub fn owners(inodes: &[u64]) -> HashMap<u64, (u32, String)> {
-    let mut found = HashMap::new();
-    if inodes.is_empty() {
-        return found;
-    }
-    let Ok(procs) = std::fs::read_dir("/proc") else { return found };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
-        for fd in fds.flatten() {
-            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
-            let Some(inode) = target.to_str().and_then(|t| t.strip_prefix("socket:[")).and_then(|t| t.strip_suffix(']')).and_then(|t| t.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if inodes.contains(&inode) && !found.contains_key(&inode) {
-                let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default().trim_end().to_string();
-                found.insert(inode, (pid, comm));
-            }
-        }
-        if found.len() == inodes.len() {
-            break;
-        }
-    }
-    found
+    Ok(DiagSocket {
+        addr: id.source_address,
+        port: id.source_port,
+        ipv6only: r.nlas.iter().any(|n| matches!(n, Nla::SkV6Only(true))),
+        cookie: u64::from_ne_bytes(id.cookie),
+        inode: r.header.inode.into(),
+        uid: r.header.uid,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv6Addr;
 
-    fn msg(family: u8, port: u16, src: [u8; 16], cookie: u64, inode: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+    /// Byte offsets of `struct inet_diag_msg` (linux/inet_diag.h), written out
+    /// here independently of the crate that parses them.
+    const DIAG_MSG: usize = 72;
+    const NLMSG_HDR: usize = 16;
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    const INET_DIAG_SKV6ONLY: u16 = 11;
+
+    fn msg(
+        family: u8,
+        port: u16,
+        src: [u8; 16],
+        cookie: u64,
+        inode: u32,
+        attrs: &[(u16, &[u8])],
+    ) -> Vec<u8> {
         let mut b = vec![0u8; DIAG_MSG];
         b[0] = family;
-        b[1] = TCP_LISTEN as u8;
+        b[1] = 10; // TCP_LISTEN
         b[4..6].copy_from_slice(&port.to_be_bytes());
         b[8..24].copy_from_slice(&src);
         b[44..48].copy_from_slice(&(cookie as u32).to_ne_bytes());
@@ -209,8 +157,7 @@ mod tests {
         b[64..68].copy_from_slice(&1000u32.to_ne_bytes());
         b[68..72].copy_from_slice(&inode.to_ne_bytes());
         for (t, v) in attrs {
-            let len = 4 + v.len();
-            b.extend_from_slice(&(len as u16).to_ne_bytes());
+            b.extend_from_slice(&((4 + v.len()) as u16).to_ne_bytes());
             b.extend_from_slice(&t.to_ne_bytes());
             b.extend_from_slice(v);
             b.resize((b.len() + 3) & !3, 0);
@@ -236,37 +183,50 @@ mod tests {
 
     #[test]
     fn replies_parse_strictly() {
-        let v4msg = nl(SOCK_DIAG_BY_FAMILY, &msg(libc::AF_INET as u8, 8080, v4([127, 0, 0, 1]), 0x1_0000_0002, 77, &[]));
+        let v4msg = nl(
+            SOCK_DIAG_BY_FAMILY,
+            &msg(AF_INET, 8080, v4([127, 0, 0, 1]), 0x1_0000_0002, 77, &[]),
+        );
         let v6msg = nl(
             SOCK_DIAG_BY_FAMILY,
-            &msg(libc::AF_INET6 as u8, 443, Ipv6Addr::LOCALHOST.octets(), 5, 78, &[(99, &[1, 2, 3]), (INET_DIAG_SKV6ONLY, &[1])]),
+            &msg(
+                AF_INET6,
+                443,
+                Ipv6Addr::LOCALHOST.octets(),
+                5,
+                78,
+                &[(99, &[1, 2, 3]), (INET_DIAG_SKV6ONLY, &[1])],
+            ),
         );
         let done = nl(NLMSG_DONE, &[0, 0, 0, 0]);
-        let err = nl(NLMSG_ERROR, &(-libc::EPERM).to_ne_bytes());
+        let mut err_body = (-libc_eperm()).to_ne_bytes().to_vec();
+        err_body.extend_from_slice(&[0u8; NLMSG_HDR]);
+        let err = nl(NLMSG_ERROR, &err_body);
         let both = [v4msg.clone(), v6msg.clone()].concat();
-        struct Case {
-            name: &'static str,
-            wire: Vec<u8>,
-            want: std::result::Result<(Parsed, usize), &'static str>,
-        }
-        let cases = [
-            Case { name: "one v4", wire: v4msg.clone(), want: Ok((Parsed::More, 1)) },
-            Case { name: "two then done", wire: [both.clone(), done.clone()].concat(), want: Ok((Parsed::Done, 2)) },
-            Case { name: "done only", wire: done.clone(), want: Ok((Parsed::Done, 0)) },
-            Case { name: "error", wire: err, want: Err("refused") },
-            Case { name: "short header", wire: v4msg[..8].to_vec(), want: Err("header truncated") },
-            Case { name: "length beyond data", wire: v4msg[..40].to_vec(), want: Err("out of bounds") },
-            Case { name: "short body", wire: nl(SOCK_DIAG_BY_FAMILY, &[0u8; 20]), want: Err("inet_diag_msg truncated") },
+        type Want = std::result::Result<(Parsed, usize), &'static str>;
+        let cases: Vec<(&str, Vec<u8>, Want)> = vec![
+            ("one v4", v4msg.clone(), Ok((Parsed::More, 1))),
+            ("two then done", [both.clone(), done.clone()].concat(), Ok((Parsed::Done, 2))),
+            ("done only", done.clone(), Ok((Parsed::Done, 0))),
+            ("error", err, Err("refused")),
+            ("short header", v4msg[..8].to_vec(), Err("malformed")),
+            ("length beyond data", v4msg[..40].to_vec(), Err("malformed")),
+            ("short body", nl(SOCK_DIAG_BY_FAMILY, &[0u8; 20]), Err("malformed")),
+            (
+                "bad family",
+                nl(SOCK_DIAG_BY_FAMILY, &msg(1, 80, v4([1, 2, 3, 4]), 1, 1, &[])),
+                Err("malformed"),
+            ),
         ];
-        for c in cases {
+        for (name, wire, want) in cases {
             let mut out = Vec::new();
-            match (parse_replies(&c.wire, &mut out), c.want) {
+            match (parse_replies(&wire, &mut out), want) {
                 (Ok(p), Ok((wp, n))) => {
-                    assert_eq!(p, wp, "{}", c.name);
-                    assert_eq!(out.len(), n, "{}", c.name);
+                    assert_eq!(p, wp, "{name}");
+                    assert_eq!(out.len(), n, "{name}");
                 }
-                (Err(e), Err(w)) => assert!(format!("{e:#}").contains(w), "{}: {e:#}", c.name),
-                (got, want) => panic!("{}: got {got:?} want {want:?}", c.name),
+                (Err(e), Err(w)) => assert!(format!("{e:#}").contains(w), "{name}: {e:#}"),
+                (got, want) => panic!("{name}: got {got:?} want {want:?}"),
             }
         }
         let mut out = Vec::new();
@@ -274,9 +234,40 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                DiagListener { addr: "127.0.0.1".parse().unwrap(), port: 8080, ipv6only: false, cookie: 0x1_0000_0002, inode: 77, uid: 1000 },
-                DiagListener { addr: "::1".parse().unwrap(), port: 443, ipv6only: true, cookie: 5, inode: 78, uid: 1000 },
+                DiagSocket {
+                    addr: "127.0.0.1".parse().unwrap(),
+                    port: 8080,
+                    ipv6only: false,
+                    cookie: 0x1_0000_0002,
+                    inode: 77,
+                    uid: 1000
+                },
+                DiagSocket {
+                    addr: "::1".parse().unwrap(),
+                    port: 443,
+                    ipv6only: true,
+                    cookie: 5,
+                    inode: 78,
+                    uid: 1000
+                },
             ]
         );
+    }
+
+    #[test]
+    fn requests_ask_for_listening_tcp_sockets() {
+        let r = request(AF_INET6, 7);
+        // nlmsghdr: len, type SOCK_DIAG_BY_FAMILY, flags REQUEST|DUMP, seq 7.
+        assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()) as usize, r.len());
+        assert_eq!(u16::from_ne_bytes([r[4], r[5]]), SOCK_DIAG_BY_FAMILY);
+        assert_eq!(u16::from_ne_bytes([r[6], r[7]]), NLM_F_REQUEST | NLM_F_DUMP);
+        assert_eq!(u32::from_ne_bytes(r[8..12].try_into().unwrap()), 7);
+        // inet_diag_req_v2: family, protocol, ext, pad, states.
+        assert_eq!(&r[16..20], &[AF_INET6, IPPROTO_TCP, 0, 0]);
+        assert_eq!(u32::from_ne_bytes(r[20..24].try_into().unwrap()), 1 << 10);
+    }
+
+    fn libc_eperm() -> i32 {
+        1
     }
 }

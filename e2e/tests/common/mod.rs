@@ -47,7 +47,11 @@ impl Logs {
     }
 
     /// Waits until `pred` holds over all lines so far.
-    pub fn wait<T>(&self, what: &str, mut pred: impl FnMut(&[serde_json::Value]) -> Option<T>) -> T {
+    pub fn wait<T>(
+        &self,
+        what: &str,
+        mut pred: impl FnMut(&[serde_json::Value]) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + WAIT;
         let (m, c) = &*self.inner;
         let mut lines = m.lock().unwrap();
@@ -102,7 +106,10 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(name: &'static str, mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).env("RUST_LOG", "info");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info");
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
         let logs = Logs::follow(name, child.stderr.take().unwrap());
         Proc { child, logs }
@@ -119,8 +126,7 @@ impl Proc {
 
     /// SIGTERM and wait: a clean stop.
     pub fn stop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        terminate(&self.child);
         let _ = self.child.wait();
     }
 }
@@ -163,17 +169,23 @@ impl Lab {
 
     pub fn start_agent(&mut self, extra: &[&str]) {
         let mut cmd = self.ns.command(bin("HOIST_AGENT_BIN").to_str().unwrap());
-        cmd.args(["--listen", &format!("unix:{}", self.sock().display()), "--log-format", "json"]).args(extra);
+        cmd.args(["--listen", &format!("unix:{}", self.sock().display()), "--log-format", "json"])
+            .args(extra);
         let p = Proc::spawn("agent", cmd);
-        p.logs.wait("the agent to be ready", |l| l.iter().any(|v| is_event(v, "agent_ready")).then_some(()));
+        p.logs.wait("the agent to be ready", |l| {
+            l.iter().any(|v| is_event(v, "agent_ready")).then_some(())
+        });
         self.agent = Some(p);
     }
 
     pub fn start_host(&mut self, extra: &[&str]) {
         let mut cmd = Command::new(bin("HOIST_HOST_BIN"));
-        cmd.args(["--guest", &format!("unix:{}", self.sock().display()), "--log-format", "json"]).args(extra);
+        cmd.args(["--guest", &format!("unix:{}", self.sock().display()), "--log-format", "json"])
+            .args(extra);
         let p = Proc::spawn("host", cmd);
-        p.logs.wait("the host to connect", |l| l.iter().any(|v| is_event(v, "connected")).then_some(()));
+        p.logs.wait("the host to connect", |l| {
+            l.iter().any(|v| is_event(v, "connected")).then_some(())
+        });
         self.host = Some(p);
     }
 
@@ -194,11 +206,15 @@ impl Lab {
     }
 
     pub fn wait_forwarded(&self, family: &str, port: u16) {
-        self.wait_serving(&format!("{family}/{port} to be forwarded"), |s| s.contains(&ep(family, port)));
+        self.wait_serving(&format!("{family}/{port} to be forwarded"), |s| {
+            s.contains(&ep(family, port))
+        });
     }
 
     pub fn wait_unforwarded(&self, family: &str, port: u16) {
-        self.wait_serving(&format!("{family}/{port} to be closed"), |s| !s.contains(&ep(family, port)));
+        self.wait_serving(&format!("{family}/{port} to be closed"), |s| {
+            !s.contains(&ep(family, port))
+        });
     }
 
     /// Runs `f` inside the guest namespace (sockets it makes live there).
@@ -273,5 +289,13 @@ pub fn refused(addr: &str) {
     match TcpStream::connect(addr) {
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{addr}: {e}"),
         Ok(_) => panic!("{addr} still accepts connections"),
+    }
+}
+
+/// Sends SIGTERM to a child process.
+pub fn terminate(child: &Child) {
+    use rustix::process::{kill_process, Pid, Signal};
+    if let Some(pid) = Pid::from_raw(child.id() as i32) {
+        let _ = kill_process(pid, Signal::TERM);
     }
 }

@@ -14,16 +14,18 @@
 //! `open P` / `close P`), until /tmp/churn.stop exists; then prints
 //! `settled P,P,...` (the ports left open) and holds them until killed.
 
+mod sys;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener};
-use std::os::fd::FromRawFd;
 use std::process::{Child, Command, Stdio};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let port = |i: usize| -> u32 { args.get(i).and_then(|p| p.parse().ok()).unwrap_or_else(|| usage()) };
+    let port =
+        |i: usize| -> u32 { args.get(i).and_then(|p| p.parse().ok()).unwrap_or_else(|| usage()) };
     match args.get(1).map(String::as_str) {
         Some("serve") => serve(port(2)),
         Some("echo") => echo(port(2) as u16),
@@ -75,7 +77,10 @@ fn churn(first: u16, count: u16, interval_ms: u64) {
         }
         std::thread::sleep(std::time::Duration::from_millis(interval_ms));
     }
-    let left: Vec<String> = (0..count).filter(|&i| open[i as usize].is_some()).map(|i| (first + i).to_string()).collect();
+    let left: Vec<String> = (0..count)
+        .filter(|&i| open[i as usize].is_some())
+        .map(|i| (first + i).to_string())
+        .collect();
     let _ = writeln!(out, "settled {}", left.join(","));
     let _ = out.flush();
     loop {
@@ -84,29 +89,12 @@ fn churn(first: u16, count: u16, interval_ms: u64) {
 }
 
 fn serve(port: u32) {
-    // SAFETY: plain socket calls on a fresh descriptor we own.
-    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0, "vsock socket: {}", std::io::Error::last_os_error());
-    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as u16;
-    addr.svm_port = port;
-    addr.svm_cid = libc::VMADDR_CID_ANY;
-    let len = std::mem::size_of::<libc::sockaddr_vm>() as u32;
-    // SAFETY: addr is a valid sockaddr_vm of that length.
-    unsafe {
-        assert!(libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len) == 0, "vsock bind: {}", std::io::Error::last_os_error());
-        assert!(libc::listen(fd, 16) == 0, "vsock listen");
-    }
+    let listener =
+        sys::vsock_listen(port).unwrap_or_else(|e| panic!("vsock listen on port {port}: {e}"));
     eprintln!("vmlab-guest: serving commands on vsock port {port}");
     let mut children: HashMap<String, Child> = HashMap::new();
     loop {
-        // SAFETY: accept on our listening descriptor.
-        let c = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
-        if c < 0 {
-            continue;
-        }
-        // SAFETY: c is a fresh connected descriptor we now own.
-        let mut conn = unsafe { File::from_raw_fd(c) };
+        let Ok(mut conn) = sys::accept(&listener) else { continue };
         let mut line = String::new();
         if BufReader::new(&mut conn).read_line(&mut line).is_err() {
             continue;
@@ -121,13 +109,7 @@ fn serve(port: u32) {
 fn tee(name: &str) -> std::io::Result<(Stdio, Stdio)> {
     let mut log = File::create(format!("/tmp/{name}.log"))?;
     let mut console = std::fs::OpenOptions::new().write(true).open("/dev/console")?;
-    let mut fds = [0; 2];
-    // SAFETY: fds has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are fresh and owned here from now on.
-    let (r, w) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    let (r, w) = std::io::pipe()?;
     let w2 = w.try_clone()?;
     let prefix = format!("{name}| ");
     std::thread::spawn(move || {
@@ -143,7 +125,9 @@ fn handle(line: &str, children: &mut HashMap<String, Child>) -> String {
     let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
     match verb {
         "run" => match Command::new("/bin/sh").args(["-c", &format!("{rest} 2>&1")]).output() {
-            Ok(o) => format!("{}\n{}", o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout)),
+            Ok(o) => {
+                format!("{}\n{}", o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout))
+            }
             Err(e) => format!("-1\n{e}"),
         },
         "spawn" => {
@@ -152,7 +136,13 @@ fn handle(line: &str, children: &mut HashMap<String, Child>) -> String {
                 Ok(pair) => pair,
                 Err(e) => return format!("error {e}"),
             };
-            match Command::new("/bin/sh").args(["-c", &format!("exec {cmd}")]).stdin(Stdio::null()).stdout(out).stderr(err).spawn() {
+            match Command::new("/bin/sh")
+                .args(["-c", &format!("exec {cmd}")])
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+            {
                 Ok(child) => {
                     let pid = child.id();
                     if let Some(mut old) = children.insert(name.to_string(), child) {
@@ -166,9 +156,7 @@ fn handle(line: &str, children: &mut HashMap<String, Child>) -> String {
         }
         "kill" | "term" => match children.remove(rest) {
             Some(mut child) => {
-                let sig = if verb == "kill" { libc::SIGKILL } else { libc::SIGTERM };
-                // SAFETY: signalling our own child.
-                unsafe { libc::kill(child.id() as i32, sig) };
+                sys::signal(&child, if verb == "kill" { libc::SIGKILL } else { libc::SIGTERM });
                 let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
                 format!("ok {status}")
             }

@@ -27,7 +27,11 @@ fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
             sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
             sin_zero: [0; 8],
         };
-        if libc::bind(fd, &sin as *const _ as *const libc::sockaddr, std::mem::size_of_val(&sin) as u32) != 0
+        if libc::bind(
+            fd,
+            &sin as *const _ as *const libc::sockaddr,
+            std::mem::size_of_val(&sin) as u32,
+        ) != 0
             || libc::listen(fd, 128) != 0
         {
             return Err(std::io::Error::last_os_error());
@@ -52,7 +56,10 @@ fn spin_until(port: u16, want_open: bool) -> Result<Instant> {
     loop {
         // A SYN that meets a listener as it closes can be dropped, and the
         // kernel would retry it only after 1 s: bound each probe instead.
-        let probe = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(5));
+        let probe = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_millis(5),
+        );
         let now = Instant::now();
         let open = match probe {
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
@@ -63,7 +70,13 @@ fn spin_until(port: u16, want_open: bool) -> Result<Instant> {
                 // SAFETY: setsockopt on the probe's own descriptor.
                 unsafe {
                     use std::os::fd::AsRawFd;
-                    libc::setsockopt(c.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &l as *const _ as *const _, std::mem::size_of_val(&l) as u32)
+                    libc::setsockopt(
+                        c.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        &l as *const _ as *const _,
+                        std::mem::size_of_val(&l) as u32,
+                    )
                 };
                 true
             }
@@ -73,7 +86,10 @@ fn spin_until(port: u16, want_open: bool) -> Result<Instant> {
             return Ok(now);
         }
         if now > deadline {
-            bail!("127.0.0.1:{port} did not {} within 5 s", if want_open { "open" } else { "close" });
+            bail!(
+                "127.0.0.1:{port} did not {} within 5 s",
+                if want_open { "open" } else { "close" }
+            );
         }
         // Probe every 20 µs: a tighter spin would take the CPU from the
         // agent and relay whose latency it measures (2 cores here).
@@ -84,7 +100,8 @@ fn spin_until(port: u16, want_open: bool) -> Result<Instant> {
 pub fn detection(rig: &Rig, cycles: usize) -> Result<Latency> {
     // A port free both in the guest and on the host.
     let port = port_of(&TcpListener::bind("127.0.0.1:0")?);
-    let mut lat = Latency { listen_us: Vec::with_capacity(cycles), close_us: Vec::with_capacity(cycles) };
+    let mut lat =
+        Latency { listen_us: Vec::with_capacity(cycles), close_us: Vec::with_capacity(cycles) };
     for _ in 0..cycles {
         let (l, t0) = rig.ns.run(move || {
             let l = listener(SocketAddr::from(([127, 0, 0, 1], port)));
@@ -122,11 +139,16 @@ fn iperf(cmd: &mut Command, quick: bool, streams: u32, reverse: bool, port: u16)
         cmd.arg("-R");
     }
     let out = cmd.stderr(Stdio::inherit()).output().context("running iperf3")?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing iperf3 -J output")?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing iperf3 -J output")?;
     let bps = v["end"]["sum_received"]["bits_per_second"].as_f64();
     match bps {
         Some(b) if out.status.success() => Ok(b / 1e9),
-        _ => bail!("iperf3 -P {streams}{} to port {port} failed: {}", if reverse { " -R" } else { "" }, v["error"]),
+        _ => bail!(
+            "iperf3 -P {streams}{} to port {port} failed: {}",
+            if reverse { " -R" } else { "" },
+            v["error"]
+        ),
     }
 }
 
@@ -160,9 +182,15 @@ pub fn throughput(rig: &Rig, quick: bool) -> Result<Vec<Tput>> {
             for reverse in [false, true] {
                 let mut t = Tput { streams, reverse, direct: vec![], hoist: vec![], socat: vec![] };
                 for _ in 0..reps {
-                    t.direct.push(with_server(rig, PORT, || iperf(&mut rig.ns.command("iperf3"), quick, streams, reverse, PORT))?);
-                    t.hoist.push(with_server(rig, PORT, || iperf(&mut Command::new("iperf3"), quick, streams, reverse, PORT))?);
-                    t.socat.push(with_server(rig, PORT, || iperf(&mut Command::new("iperf3"), quick, streams, reverse, SOCAT_PORT))?);
+                    t.direct.push(with_server(rig, PORT, || {
+                        iperf(&mut rig.ns.command("iperf3"), quick, streams, reverse, PORT)
+                    })?);
+                    t.hoist.push(with_server(rig, PORT, || {
+                        iperf(&mut Command::new("iperf3"), quick, streams, reverse, PORT)
+                    })?);
+                    t.socat.push(with_server(rig, PORT, || {
+                        iperf(&mut Command::new("iperf3"), quick, streams, reverse, SOCAT_PORT)
+                    })?);
                 }
                 all.push(t);
             }
@@ -181,20 +209,32 @@ pub fn throughput(rig: &Rig, quick: bool) -> Result<Vec<Tput>> {
 fn guest_listening(rig: &Rig) -> Result<BTreeSet<u16>> {
     let text = rig.ns.run(|| {
         // thread-self: /proc/net would show the thread group leader's namespace.
-        ["tcp", "tcp6"].iter().map(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap_or_default()).collect::<String>()
+        ["tcp", "tcp6"]
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap_or_default()
+            })
+            .collect::<String>()
     })?;
     Ok(crate::util::listening_ports(&text))
 }
 
 fn host_listening(port: u16) -> bool {
-    std::fs::read_to_string("/proc/net/tcp").map(|t| crate::util::listening_ports(&t).contains(&port)).unwrap_or(false)
+    std::fs::read_to_string("/proc/net/tcp")
+        .map(|t| crate::util::listening_ports(&t).contains(&port))
+        .unwrap_or(false)
 }
 
 /// Runs `client` against a fresh one-off iperf3 server in the guest, once
 /// the guest listens and the host forwards it: a long-lived server carries
 /// state from one test to the next (and reopens its socket after each).
 fn with_server(rig: &Rig, port: u16, client: impl FnOnce() -> Result<f64>) -> Result<f64> {
-    let mut server = rig.ns.command("iperf3").args(["-s", "-1", "-p", &port.to_string()]).stdout(Stdio::null()).spawn()?;
+    let mut server = rig
+        .ns
+        .command("iperf3")
+        .args(["-s", "-1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .spawn()?;
     let r = (|| {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !(guest_listening(rig)?.contains(&port) && rig.serving().contains(&port)) {
@@ -245,7 +285,18 @@ fn parse_duration_us(s: &str) -> Option<f64> {
 fn wrk(cmd: &mut Command, quick: bool) -> Result<Wrk> {
     let d = if quick { "1s" } else { "10s" };
     let out = cmd
-        .args(["-t", "2", "-c", "32", "-d", d, "--latency", "-H", "Connection: close", "http://127.0.0.1:18080/"])
+        .args([
+            "-t",
+            "2",
+            "-c",
+            "32",
+            "-d",
+            d,
+            "--latency",
+            "-H",
+            "Connection: close",
+            "http://127.0.0.1:18080/",
+        ])
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -276,7 +327,15 @@ pub fn connections(rig: &Rig, quick: bool) -> Result<Conn> {
             dir = rig.dir.display()
         ),
     )?;
-    let mut nginx = rig.ns.command("nginx").arg("-c").arg(&conf).arg("-p").arg(&rig.dir).stdout(Stdio::null()).spawn()?;
+    let mut nginx = rig
+        .ns
+        .command("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(&rig.dir)
+        .stdout(Stdio::null())
+        .spawn()?;
     let result = (|| {
         rig.wait_host("nginx's port to be forwarded", Duration::from_secs(10), |l| {
             l.iter().any(|x| x.contains("forward_opened") && x.contains("\"port\":18080,"))
@@ -397,7 +456,9 @@ fn switches(pid: u32) -> Result<u64> {
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let status = std::fs::read_to_string(t?.path().join("status"))?;
         for line in status.lines() {
-            if line.starts_with("voluntary_ctxt_switches:") || line.starts_with("nonvoluntary_ctxt_switches:") {
+            if line.starts_with("voluntary_ctxt_switches:")
+                || line.starts_with("nonvoluntary_ctxt_switches:")
+            {
                 total += line.split_whitespace().nth(1).unwrap_or("0").parse::<u64>()?;
             }
         }
@@ -427,8 +488,11 @@ pub struct Idle {
 
 pub fn idle(rig: &Rig, window: Duration) -> Result<Idle> {
     let (agent, host) = (rig.agent.id(), rig.host.id());
-    let listeners: Vec<TcpListener> =
-        rig.ns.run(|| (0..100).map(|_| listener(SocketAddr::from(([127, 0, 0, 1], 0)))).collect::<std::io::Result<Vec<_>>>())??;
+    let listeners: Vec<TcpListener> = rig.ns.run(|| {
+        (0..100)
+            .map(|_| listener(SocketAddr::from(([127, 0, 0, 1], 0))))
+            .collect::<std::io::Result<Vec<_>>>()
+    })??;
     let want: BTreeSet<u16> = listeners.iter().map(port_of).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !want.is_subset(&rig.serving()) {
@@ -440,8 +504,12 @@ pub fn idle(rig: &Rig, window: Duration) -> Result<Idle> {
     let (agent_rss0, host_rss0) = (rss_kib(agent)?, rss_kib(host)?);
     // 100 idle connections through the first port; the guest holds them.
     let first = listeners[0].try_clone()?;
-    let held = std::thread::spawn(move || (0..100).map(|_| first.accept().map(|c| c.0)).collect::<std::io::Result<Vec<_>>>());
-    let clients: Vec<TcpStream> = (0..100).map(|_| TcpStream::connect(("127.0.0.1", port_of(&listeners[0])))).collect::<std::io::Result<_>>()?;
+    let held = std::thread::spawn(move || {
+        (0..100).map(|_| first.accept().map(|c| c.0)).collect::<std::io::Result<Vec<_>>>()
+    });
+    let clients: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(("127.0.0.1", port_of(&listeners[0]))))
+        .collect::<std::io::Result<_>>()?;
     let guest_side = held.join().unwrap()?;
     // Every connection is relayed end to end once the guest accepted it and a
     // byte made the round trip through the relays.
@@ -462,7 +530,8 @@ pub fn idle(rig: &Rig, window: Duration) -> Result<Idle> {
     // that was cancelled can still end one sleep of the runtime when its
     // deadline passes. Wait those out, then count.
     std::thread::sleep(SETTLE);
-    let (s_a, s_h, c_a, c_h) = (switches(agent)?, switches(host)?, cpu_seconds(agent)?, cpu_seconds(host)?);
+    let (s_a, s_h, c_a, c_h) =
+        (switches(agent)?, switches(host)?, cpu_seconds(agent)?, cpu_seconds(host)?);
     std::thread::sleep(window);
     let idle = Idle {
         window_s: window.as_secs_f64(),
@@ -472,7 +541,8 @@ pub fn idle(rig: &Rig, window: Duration) -> Result<Idle> {
         host_cpu_s: cpu_seconds(host)? - c_h,
         agent_rss_kib: agent_rss,
         host_rss_kib: host_rss,
-        per_conn_bytes: ((agent_rss + host_rss) as f64 - (agent_rss0 + host_rss0) as f64) * 1024.0 / 100.0,
+        per_conn_bytes: ((agent_rss + host_rss) as f64 - (agent_rss0 + host_rss0) as f64) * 1024.0
+            / 100.0,
     };
     drop(clients);
     drop(guest_side);

@@ -57,7 +57,10 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(t, "| measurement | hoist | baseline | ratio | target |");
     let _ = writeln!(t, "|---|---|---|---|---|");
     if let Some(l) = &r.latency {
-        for (what, v) in [("listen() -> host port accepts", &l.listen_us), ("close() -> host port refuses", &l.close_us)] {
+        for (what, v) in [
+            ("listen() -> host port accepts", &l.listen_us),
+            ("close() -> host port refuses", &l.close_us),
+        ] {
             let (p50, p99, max) = (q(v, 0.5), q(v, 0.99), q(v, 1.0));
             let _ = writeln!(
                 t,
@@ -75,7 +78,11 @@ pub fn markdown(r: &Results) -> String {
         let dir = if x.reverse { "guest -> host" } else { "host -> guest" };
         let (h, d, s) = (median(&x.hoist), median(&x.direct), median(&x.socat));
         let target = if x.streams == 1 {
-            format!(">= 1.5x socat: {}; >= 60% of direct: {}", mark(h >= 1.5 * s), mark(h >= 0.6 * d))
+            format!(
+                ">= 1.5x socat: {}; >= 60% of direct: {}",
+                mark(h >= 1.5 * s),
+                mark(h >= 0.6 * d)
+            )
         } else {
             "reported".to_string()
         };
@@ -94,7 +101,9 @@ pub fn markdown(r: &Results) -> String {
     if let Some(c) = &r.conn {
         let rps = |v: &[super::measure::Wrk]| v.iter().map(|w| w.rps).collect::<Vec<_>>();
         let (h, d) = (median(&rps(&c.hoist)), median(&rps(&c.direct)));
-        let p = |v: &[super::measure::Wrk], f: fn(&super::measure::Wrk) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+        let p = |v: &[super::measure::Wrk], f: fn(&super::measure::Wrk) -> f64| {
+            median(&v.iter().map(f).collect::<Vec<_>>())
+        };
         let _ = writeln!(
             t,
             "| new connections per second (wrk, Connection: close) | {} | direct {} | {:.0}% of direct | >= 50%: {} |",
@@ -164,16 +173,24 @@ impl Results {
     /// Every measurement ran and produced finite numbers.
     pub fn check_complete(&self) -> Result<()> {
         let Some(l) = &self.latency else { bail!("no detection latency") };
-        if l.listen_us.is_empty() || l.close_us.is_empty() || l.listen_us.iter().chain(&l.close_us).any(|v| !v.is_finite() || *v <= 0.0) {
+        if l.listen_us.is_empty()
+            || l.close_us.is_empty()
+            || l.listen_us.iter().chain(&l.close_us).any(|v| !v.is_finite() || *v <= 0.0)
+        {
             bail!("detection latency produced no numbers");
         }
         if self.throughput.len() != 4
-            || self.throughput.iter().any(|x| x.hoist.iter().chain(&x.direct).chain(&x.socat).any(|v| !v.is_finite() || *v <= 0.0) || x.hoist.is_empty())
+            || self.throughput.iter().any(|x| {
+                x.hoist.iter().chain(&x.direct).chain(&x.socat).any(|v| !v.is_finite() || *v <= 0.0)
+                    || x.hoist.is_empty()
+            })
         {
             bail!("throughput produced no numbers");
         }
         let Some(c) = &self.conn else { bail!("no connection cost") };
-        if c.hoist.iter().chain(&c.direct).any(|w| w.rps <= 0.0 || w.p50_us <= 0.0) || c.hoist.is_empty() {
+        if c.hoist.iter().chain(&c.direct).any(|w| w.rps <= 0.0 || w.p50_us <= 0.0)
+            || c.hoist.is_empty()
+        {
             bail!("connection cost produced no numbers");
         }
         let Some(s) = &self.storm else { bail!("no listen storm") };
@@ -194,7 +211,11 @@ impl Results {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     // SAFETY: sysconf has no preconditions.
@@ -209,7 +230,8 @@ pub fn write(r: &Results, table: &str) -> Result<()> {
         std::fs::write(dir.join("latency.svg"), latency_svg(l))?;
     }
     std::fs::write(dir.join("throughput.svg"), throughput_svg(&r.throughput))?;
-    let date = crate::util::output(std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d"), "date")?;
+    let date =
+        crate::util::output(std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d"), "date")?;
     let doc = format!(
         "# Benchmarks\n\nMeasured by `cargo xtask bench --write` on {} ({}), guest = a network namespace, \
          agent inside, relay outside, Unix-socket transport. Every baseline is measured in the same run; \
@@ -228,15 +250,29 @@ fn latency_svg(l: &Latency) -> String {
     let max = q(&l.listen_us, 0.999).max(q(&l.close_us, 0.999)).max(1.0);
     let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n");
     let _ = writeln!(s, "<text x='{pad}' y='20'>hoist detection latency (CDF, µs; x axis to the 99.9th percentile)</text>");
-    let _ = writeln!(s, "<line x1='{pad}' y1='{}' x2='{}' y2='{}' stroke='black'/>", h - pad, w - 20.0, h - pad);
+    let _ = writeln!(
+        s,
+        "<line x1='{pad}' y1='{}' x2='{}' y2='{}' stroke='black'/>",
+        h - pad,
+        w - 20.0,
+        h - pad
+    );
     let _ = writeln!(s, "<line x1='{pad}' y1='30' x2='{pad}' y2='{}' stroke='black'/>", h - pad);
     for i in 0..=4 {
         let x = pad + (w - 20.0 - pad) * i as f64 / 4.0;
-        let _ = writeln!(s, "<text x='{x}' y='{}' text-anchor='middle'>{:.0}</text>", h - pad + 16.0, max * i as f64 / 4.0);
+        let _ = writeln!(
+            s,
+            "<text x='{x}' y='{}' text-anchor='middle'>{:.0}</text>",
+            h - pad + 16.0,
+            max * i as f64 / 4.0
+        );
         let y = h - pad - (h - pad - 30.0) * i as f64 / 4.0;
         let _ = writeln!(s, "<text x='{}' y='{y}' text-anchor='end'>{}%</text>", pad - 4.0, 25 * i);
     }
-    for (v, color, name, ly) in [(&l.listen_us, "#1f77b4", "listen -> accepts", 40.0), (&l.close_us, "#d62728", "close -> refuses", 56.0)] {
+    for (v, color, name, ly) in [
+        (&l.listen_us, "#1f77b4", "listen -> accepts", 40.0),
+        (&l.close_us, "#d62728", "close -> refuses", 56.0),
+    ] {
         let sv = sorted(v);
         let pts: Vec<String> = sv
             .iter()
@@ -247,8 +283,18 @@ fn latency_svg(l: &Latency) -> String {
                 format!("{px:.1},{py:.1}")
             })
             .collect();
-        let _ = writeln!(s, "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>", pts.join(" "));
-        let _ = writeln!(s, "<text x='{}' y='{ly}' fill='{color}'>{name}: p50 {:.0} µs, p99 {:.0} µs</text>", w - 300.0, q(v, 0.5), q(v, 0.99));
+        let _ = writeln!(
+            s,
+            "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
+            pts.join(" ")
+        );
+        let _ = writeln!(
+            s,
+            "<text x='{}' y='{ly}' fill='{color}'>{name}: p50 {:.0} µs, p99 {:.0} µs</text>",
+            w - 300.0,
+            q(v, 0.5),
+            q(v, 0.99)
+        );
     }
     s.push_str("</svg>\n");
     s
@@ -257,23 +303,66 @@ fn latency_svg(l: &Latency) -> String {
 /// Grouped bars: direct, hoist and the socat chain for each case.
 fn throughput_svg(t: &[Tput]) -> String {
     let (w, h, pad) = (640.0, 360.0, 50.0);
-    let max = t.iter().flat_map(|x| [median(&x.direct), median(&x.hoist), median(&x.socat)]).fold(1.0, f64::max);
+    let max = t
+        .iter()
+        .flat_map(|x| [median(&x.direct), median(&x.hoist), median(&x.socat)])
+        .fold(1.0, f64::max);
     let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n");
     let _ = writeln!(s, "<text x='{pad}' y='20'>throughput, Gbit/s (median of repetitions)</text>");
-    let _ = writeln!(s, "<line x1='{pad}' y1='{}' x2='{}' y2='{}' stroke='black'/>", h - pad, w - 20.0, h - pad);
+    let _ = writeln!(
+        s,
+        "<line x1='{pad}' y1='{}' x2='{}' y2='{}' stroke='black'/>",
+        h - pad,
+        w - 20.0,
+        h - pad
+    );
     let group = (w - 20.0 - pad) / t.len().max(1) as f64;
     for (gi, x) in t.iter().enumerate() {
         let gx = pad + group * gi as f64;
-        for (bi, (v, color)) in [(median(&x.direct), "#7f7f7f"), (median(&x.hoist), "#1f77b4"), (median(&x.socat), "#ff7f0e")].iter().enumerate() {
+        for (bi, (v, color)) in [
+            (median(&x.direct), "#7f7f7f"),
+            (median(&x.hoist), "#1f77b4"),
+            (median(&x.socat), "#ff7f0e"),
+        ]
+        .iter()
+        .enumerate()
+        {
             let bh = (h - pad - 40.0) * v / max;
             let bx = gx + 10.0 + bi as f64 * (group - 20.0) / 3.0;
-            let _ = writeln!(s, "<rect x='{bx:.1}' y='{:.1}' width='{:.1}' height='{bh:.1}' fill='{color}'/>", h - pad - bh, (group - 20.0) / 3.0 - 4.0);
-            let _ = writeln!(s, "<text x='{:.1}' y='{:.1}' font-size='10' text-anchor='middle'>{v:.1}</text>", bx + (group - 20.0) / 6.0, h - pad - bh - 3.0);
+            let _ = writeln!(
+                s,
+                "<rect x='{bx:.1}' y='{:.1}' width='{:.1}' height='{bh:.1}' fill='{color}'/>",
+                h - pad - bh,
+                (group - 20.0) / 3.0 - 4.0
+            );
+            let _ = writeln!(
+                s,
+                "<text x='{:.1}' y='{:.1}' font-size='10' text-anchor='middle'>{v:.1}</text>",
+                bx + (group - 20.0) / 6.0,
+                h - pad - bh - 3.0
+            );
         }
-        let label = format!("{} stream{}, {}", x.streams, if x.streams == 1 { "" } else { "s" }, if x.reverse { "guest->host" } else { "host->guest" });
-        let _ = writeln!(s, "<text x='{:.1}' y='{}' text-anchor='middle' font-size='11'>{label}</text>", gx + group / 2.0, h - pad + 16.0);
+        let label = format!(
+            "{} stream{}, {}",
+            x.streams,
+            if x.streams == 1 { "" } else { "s" },
+            if x.reverse { "guest->host" } else { "host->guest" }
+        );
+        let _ = writeln!(
+            s,
+            "<text x='{:.1}' y='{}' text-anchor='middle' font-size='11'>{label}</text>",
+            gx + group / 2.0,
+            h - pad + 16.0
+        );
     }
-    for (i, (name, color)) in [("direct loopback in the guest", "#7f7f7f"), ("hoist", "#1f77b4"), ("socat chain over a Unix socket", "#ff7f0e")].iter().enumerate() {
+    for (i, (name, color)) in [
+        ("direct loopback in the guest", "#7f7f7f"),
+        ("hoist", "#1f77b4"),
+        ("socat chain over a Unix socket", "#ff7f0e"),
+    ]
+    .iter()
+    .enumerate()
+    {
         let y = 36.0 + 14.0 * i as f64;
         let _ = writeln!(s, "<rect x='{}' y='{}' width='10' height='10' fill='{color}'/><text x='{}' y='{}'>{name}</text>", w - 260.0, y - 9.0, w - 245.0, y);
     }

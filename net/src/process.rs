@@ -11,7 +11,9 @@ pub fn run_main(name: &str, format: LogFormat, body: impl FnOnce() -> anyhow::Re
         eprintln!("{name}: {e:#}");
         std::process::exit(2);
     }
-    raise_fd_limit();
+    if let Some((from, to)) = crate::sys::raise_fd_limit() {
+        debug!(from, to, "raised the open-file limit");
+    }
     match body() {
         Ok(()) => std::process::exit(0),
         Err(e) => {
@@ -21,27 +23,12 @@ pub fn run_main(name: &str, format: LogFormat, body: impl FnOnce() -> anyhow::Re
     }
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit; the default soft limit
-/// of 1024 would cap a relay at a few hundred connections.
-pub fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit with a valid pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
-            return;
-        }
-        let old = lim.rlim_cur;
-        lim.rlim_cur = lim.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
-            debug!(from = old, to = lim.rlim_cur, "raised the open-file limit");
-        }
-    }
-}
-
 /// Cancels `shutdown` on the first SIGINT or SIGTERM.
 pub async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         return;
     };
     tokio::select! {

@@ -1,0 +1,258 @@
+//! The kernel event source: loads the embedded eBPF object with struct
+//! offsets from the running kernel's BTF, attaches the best hook set the
+//! kernel allows (trampoline, else tracepoint), forwards the programs' aya-log
+//! records to the agent's log, and reads the `EVENTS` ring buffer through
+//! tokio's `AsyncFd`: the agent sleeps until the kernel has something to say.
+
+use super::btf::Offsets;
+use super::EventSource;
+use crate::table::GuestListener;
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{Array, MapData, RingBuf};
+use aya::programs::{BtfTracePoint, FEntry, FExit, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader};
+use hoist_common::{global, prog, ListenEvent, MAP_DROPS, MAP_EVENTS};
+use std::fmt;
+use std::future::Future;
+use tokio::io::unix::AsyncFd;
+use tracing::{info, warn};
+
+/// Which hooks to use, from the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookMode {
+    /// Trampolines where the kernel allows them, else tracepoints.
+    Auto,
+    /// fexit on inet_csk_listen_start, fentry on inet_csk_listen_stop.
+    Trampoline,
+    /// tp_btf/inet_sock_set_state with syscalls/sys_exit_listen.
+    Tracepoint,
+}
+
+/// The hook set attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hooks {
+    Trampoline,
+    Tracepoint,
+}
+
+impl fmt::Display for Hooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Hooks::Trampoline => "trampoline",
+            Hooks::Tracepoint => "tracepoint",
+        })
+    }
+}
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("HOIST_EBPF_OBJECT_PATH"));
+
+/// The attached eBPF programs and the ring buffer they write to. Dropping it
+/// detaches the programs and stops the log forwarding task.
+pub struct KernelSource {
+    ring: AsyncFd<RingBuf<MapData>>,
+    drops: Array<MapData, u64>,
+    hooks: Hooks,
+    log_task: Option<tokio::task::JoinHandle<()>>,
+    // Holds the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+}
+
+impl Drop for KernelSource {
+    fn drop(&mut self) {
+        if let Some(t) = self.log_task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl KernelSource {
+    /// Loads the embedded object with offsets from the running kernel's BTF
+    /// and attaches the best hook set `mode` allows; only sockets of network
+    /// namespace `netns_inum` are reported (0: all). Must run inside a tokio
+    /// runtime: the ring buffer and the log forwarding are driven by it.
+    pub fn load(mode: HookMode, netns_inum: u32) -> Result<KernelSource> {
+        tokio::runtime::Handle::try_current()
+            .context("KernelSource::load must run inside a tokio runtime")?;
+        let offsets = Offsets::from_running_kernel()?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(global::NETNS_INUM, &netns_inum, true)
+            .override_global(global::OFF_FAMILY, &offsets.family, true)
+            .override_global(global::OFF_NUM, &offsets.num, true)
+            .override_global(global::OFF_RCV_SADDR, &offsets.rcv_saddr, true)
+            .override_global(global::OFF_V6_RCV_SADDR, &offsets.v6_rcv_saddr, true)
+            .override_global(global::OFF_IPV6ONLY_BYTE, &offsets.ipv6only_byte, true)
+            .override_global(global::IPV6ONLY_BIT, &offsets.ipv6only_bit, true)
+            .override_global(global::OFF_NET, &offsets.net, true)
+            .override_global(global::OFF_NET_INUM, &offsets.net_inum, true)
+            .override_global(global::OFF_INET_SPORT, &offsets.inet_sport, true)
+            .override_global(global::LISTEN_START_NARGS, &offsets.listen_start_nargs, true)
+            .load(OBJECT)
+            .context("loading the eBPF object")?;
+        // Before any program runs, so no log record is missed.
+        let log_task = start_ebpf_log(&mut ebpf);
+        let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        let hooks = match mode {
+            HookMode::Trampoline => {
+                attach_trampolines(&mut ebpf, &btf, &offsets)
+                    .context("attaching the trampoline hooks (fexit/fentry)")?;
+                Hooks::Trampoline
+            }
+            HookMode::Tracepoint => {
+                attach_tracepoints(&mut ebpf, &btf).context("attaching the tracepoint hooks")?;
+                Hooks::Tracepoint
+            }
+            HookMode::Auto => match attach_trampolines(&mut ebpf, &btf, &offsets) {
+                Ok(()) => Hooks::Trampoline,
+                Err(e) => {
+                    info!("trampoline hooks refused by this kernel ({e:#}); using tracepoints");
+                    detach_trampolines(&mut ebpf);
+                    attach_tracepoints(&mut ebpf, &btf)
+                        .context("attaching the tracepoint hooks")?;
+                    Hooks::Tracepoint
+                }
+            },
+        };
+        info!(hooks = %hooks, "kernel hooks attached");
+        let ring = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("map EVENTS missing")?)
+            .context("opening map EVENTS")?;
+        let drops = Array::try_from(ebpf.take_map(MAP_DROPS).context("map DROPS missing")?)
+            .context("opening map DROPS")?;
+        let ring = crate::sys::async_fd(ring).context("registering the ring buffer")?;
+        Ok(KernelSource { ring, drops, hooks, log_task, _ebpf: ebpf })
+    }
+
+    /// The hook set attached.
+    pub fn hooks(&self) -> Hooks {
+        self.hooks
+    }
+
+    /// Waits until events are available, then appends every available one.
+    /// Cancel-safe: nothing is consumed before the wait completes.
+    pub async fn next_batch(&mut self, out: &mut Vec<ListenEvent>) -> Result<()> {
+        let start = out.len();
+        loop {
+            let mut guard = self.ring.readable_mut().await.context("waiting on the ring buffer")?;
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                match ListenEvent::from_bytes(&item) {
+                    Some(ev) => out.push(ev),
+                    None => warn!(len = item.len(), "short record in the ring buffer"),
+                }
+            }
+            guard.clear_ready();
+            if out.len() > start {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Events lost so far because the ring buffer was full.
+    pub fn drops(&self) -> Result<u64> {
+        self.drops.get(&0, 0).context("reading the drop counter (map DROPS)")
+    }
+}
+
+impl EventSource for KernelSource {
+    fn next_batch<'a>(
+        &'a mut self,
+        out: &'a mut Vec<ListenEvent>,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        KernelSource::next_batch(self, out)
+    }
+    fn drops(&self) -> Result<u64> {
+        KernelSource::drops(self)
+    }
+    fn snapshot(&mut self) -> Result<Vec<GuestListener>> {
+        super::snapshot()
+    }
+}
+
+fn attach_trampolines(ebpf: &mut Ebpf, btf: &Btf, offsets: &Offsets) -> Result<()> {
+    // The fexit program reads the return value after one or two parameters
+    // (the kernels it knows); any other prototype would make it report
+    // nothing, so refuse rather than attach a blind hook.
+    if !matches!(offsets.listen_start_nargs, 1 | 2) {
+        bail!(
+            "inet_csk_listen_start has {} parameters in the kernel's BTF (expected 1 or 2)",
+            offsets.listen_start_nargs
+        );
+    }
+    let p: &mut FExit = program(ebpf, prog::LISTEN_START)?.try_into()?;
+    p.load("inet_csk_listen_start", btf).context("loading fexit/inet_csk_listen_start")?;
+    p.attach().context("attaching fexit/inet_csk_listen_start")?;
+    let p: &mut FEntry = program(ebpf, prog::LISTEN_STOP)?.try_into()?;
+    p.load("inet_csk_listen_stop", btf).context("loading fentry/inet_csk_listen_stop")?;
+    p.attach().context("attaching fentry/inet_csk_listen_stop")?;
+    Ok(())
+}
+
+/// Undoes a half-done trampoline attach before falling back.
+fn detach_trampolines(ebpf: &mut Ebpf) {
+    if let Some(p) = ebpf.program_mut(prog::LISTEN_START) {
+        if let Ok(p) = <&mut FExit>::try_from(p) {
+            let _ = p.unload();
+        }
+    }
+    if let Some(p) = ebpf.program_mut(prog::LISTEN_STOP) {
+        if let Ok(p) = <&mut FEntry>::try_from(p) {
+            let _ = p.unload();
+        }
+    }
+}
+
+fn attach_tracepoints(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
+    ensure_tracefs()?;
+    // The confirming hook first: a LISTEN stashed before it is attached would
+    // never be confirmed (the startup snapshot covers that window).
+    let p: &mut TracePoint = program(ebpf, prog::SYS_EXIT_LISTEN)?.try_into()?;
+    p.load().context("loading tracepoint/syscalls/sys_exit_listen")?;
+    p.attach("syscalls", "sys_exit_listen")
+        .context("attaching tracepoint/syscalls/sys_exit_listen")?;
+    let p: &mut BtfTracePoint = program(ebpf, prog::STATE)?.try_into()?;
+    p.load("inet_sock_set_state", btf).context("loading tp_btf/inet_sock_set_state")?;
+    p.attach().context("attaching tp_btf/inet_sock_set_state")?;
+    Ok(())
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))
+}
+
+/// Classic tracepoints are found through tracefs, which many VMs (and `ip
+/// netns exec`, which remounts /sys) leave unmounted: mount it if needed.
+fn ensure_tracefs() -> Result<()> {
+    let candidates = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+    if candidates.iter().any(|p| std::path::Path::new(p).join("events").exists()) {
+        return Ok(());
+    }
+    if let Err(e) = crate::sys::mount_tracefs("/sys/kernel/tracing") {
+        bail!("tracefs is not mounted and mounting it on /sys/kernel/tracing failed: {e}");
+    }
+    info!("mounted tracefs on /sys/kernel/tracing");
+    Ok(())
+}
+
+/// Forwards the eBPF programs' aya-log records to the `log` facade.
+fn start_ebpf_log(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("eBPF logging unavailable: {e}");
+            return None;
+        }
+    };
+    let mut fd = match crate::sys::async_fd(logger) {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("eBPF logging unavailable: {e}");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else { return };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
+}

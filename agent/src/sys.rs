@@ -1,0 +1,60 @@
+//! The agent's system calls, as safe wrappers, and its one `unsafe` block:
+//! registering an eBPF map's descriptor with tokio. Everything goes through
+//! rustix (setns, mount, netlink sockets) except what aya and tokio own.
+
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// Registers an eBPF map (ring buffer, log buffer) with tokio's reactor for
+/// readability.
+pub fn async_fd<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: `inner` owns its descriptor (aya's maps close it on drop) and
+    // moves into the AsyncFd, which deregisters before dropping it, so the
+    // descriptor stays open and the same for as long as it is registered.
+    Ok(unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }?)
+}
+
+/// Moves the calling thread into the network namespace of `file` (a file
+/// such as /run/netns/NAME). Threads spawned afterwards inherit it.
+pub fn enter_netns(file: &std::fs::File) -> io::Result<()> {
+    use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+    Ok(move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))?)
+}
+
+/// Mounts tracefs at `target`.
+pub fn mount_tracefs(target: &str) -> io::Result<()> {
+    use rustix::mount::{mount, MountFlags};
+    Ok(mount("tracefs", Path::new(target), "tracefs", MountFlags::empty(), None)?)
+}
+
+/// A `NETLINK_SOCK_DIAG` socket in the calling thread's network namespace.
+pub fn sock_diag_socket() -> io::Result<OwnedFd> {
+    let proto = rustix::net::netlink::SOCK_DIAG;
+    Ok(rustix::net::socket_with(
+        AddressFamily::NETLINK,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        Some(proto),
+    )?)
+}
+
+/// Sends one netlink request to the kernel.
+pub fn netlink_send(fd: &OwnedFd, req: &[u8]) -> io::Result<()> {
+    rustix::net::send(fd, req, SendFlags::empty())?;
+    Ok(())
+}
+
+/// Receives one netlink datagram, retrying on EINTR.
+pub fn netlink_recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match rustix::net::recv(fd, &mut *buf, RecvFlags::empty()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => return Ok(r?.0),
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The system calls this crate makes directly, as safe wrappers (rustix):
+//! the relay's pipes and splice(2), reads and writes on raw descriptors that
+//! never raise SIGPIPE, write shutdowns, and the open-file limit. Everything
+//! else goes through tokio or socket2.
+
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use std::io;
+
+/// A non-blocking pipe (read end, write end), asking for `size` bytes of
+/// capacity; a refused size keeps the kernel's default.
+pub fn pipe(size: usize) -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+    // Best effort: a larger pipe means fewer system calls per byte.
+    let _ = rustix::pipe::fcntl_setpipe_size(&w, size);
+    Ok((r, w))
+}
+
+/// Moves up to `len` bytes from `from` to `to` inside the kernel, without
+/// blocking.
+pub fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
+    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+    Ok(rustix::pipe::splice(from, None, to, None, len, flags)?)
+}
+
+/// read(2) on a non-blocking descriptor.
+pub fn read(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
+    Ok(rustix::io::read(fd, buf)?)
+}
+
+/// send(2) with `MSG_NOSIGNAL`: a peer that went away is an error, never a
+/// SIGPIPE that kills the process.
+pub fn send(fd: impl AsFd, buf: &[u8]) -> io::Result<usize> {
+    Ok(rustix::net::send(fd, buf, rustix::net::SendFlags::NOSIGNAL)?)
+}
+
+/// Shuts the write side down (sends FIN). A socket whose peer is already
+/// gone (ENOTCONN) has nothing left to shut.
+pub fn shutdown_write(fd: impl AsFd) -> io::Result<()> {
+    match rustix::net::shutdown(fd, rustix::net::Shutdown::Write) {
+        Err(rustix::io::Errno::NOTCONN) => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+/// Raises the soft open-file limit to the hard one; returns (old, new) when
+/// it changed. The default soft limit of 1024 would cap a relay at a few
+/// hundred connections.
+pub fn raise_fd_limit() -> Option<(u64, u64)> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    let (old, max) = (lim.current?, lim.maximum);
+    if max.is_some_and(|m| m <= old) {
+        return None;
+    }
+    lim.current = max;
+    setrlimit(Resource::Nofile, lim).ok()?;
+    Some((old, max.unwrap_or(u64::MAX)))
+}

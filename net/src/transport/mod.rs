@@ -1,0 +1,345 @@
+//! Transports between host and agent: the only place that opens sockets to
+//! the peer. `vsock:` is production (a Linux host with vhost-vsock, or inside
+//! the guest), `vsock-mux:` is the hybrid-vsock Unix socket of Firecracker,
+//! Cloud Hypervisor and vhost-device-vsock, and `unix:` / `tcp:` serve tests
+//! and the local demo. Every transport yields the same [`Stream`]; the agent
+//! listens with an [`Acceptor`].
+
+mod tcp;
+mod unix;
+mod vsock;
+mod vsock_mux;
+
+use anyhow::{bail, Context, Result};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::task::{Context as TaskContext, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio_vsock::{VsockListener, VsockStream};
+
+pub use vsock_mux::parse_reply as parse_mux_reply;
+
+/// `VMADDR_CID_ANY`: bind on every CID the guest has.
+pub const CID_ANY: u32 = u32::MAX;
+/// `VMADDR_CID_HOST`: the hypervisor's host.
+pub const CID_HOST: u32 = 2;
+
+const SCHEMES: &str = "unix:<path>, vsock:<cid>:<port>, vsock-mux:<path>:<port>, tcp:<ip>:<port>";
+
+/// Where a peer is reached or listened for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Addr {
+    /// `unix:<path>`
+    Unix(PathBuf),
+    /// `vsock:<cid>:<port>`; cid may be `any` or `host`.
+    Vsock {
+        /// The context id (`CID_ANY` to listen on every one).
+        cid: u32,
+        /// The vsock port.
+        port: u32,
+    },
+    /// `vsock-mux:<path>:<port>`: a hybrid-vsock Unix socket and the guest port.
+    VsockMux {
+        /// The multiplexer's Unix socket.
+        path: PathBuf,
+        /// The guest's vsock port.
+        port: u32,
+    },
+    /// `tcp:<ip>:<port>`
+    Tcp(SocketAddr),
+}
+
+impl FromStr for Addr {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Addr> {
+        let Some((scheme, rest)) = s.split_once(':') else {
+            bail!("address {s:?} has no scheme: expected one of {SCHEMES}");
+        };
+        let addr = match scheme {
+            "unix" if rest.is_empty() => bail!("{s:?}: expected unix:<path>, the path is missing"),
+            "unix" => Addr::Unix(rest.into()),
+            "vsock" => {
+                let (cid, port) = rest
+                    .split_once(':')
+                    .with_context(|| format!("{s:?}: expected vsock:<cid>:<port>"))?;
+                let cid = match cid {
+                    "any" | "-1" => CID_ANY,
+                    "host" => CID_HOST,
+                    n => n.parse().with_context(|| format!("{s:?}: bad vsock CID {n:?}"))?,
+                };
+                Addr::Vsock { cid, port: parse_port(s, port)? }
+            }
+            "vsock-mux" => {
+                let (path, port) = rest
+                    .rsplit_once(':')
+                    .with_context(|| format!("{s:?}: expected vsock-mux:<path>:<port>"))?;
+                if path.is_empty() {
+                    bail!("{s:?}: empty socket path");
+                }
+                Addr::VsockMux { path: path.into(), port: parse_port(s, port)? }
+            }
+            "tcp" => {
+                Addr::Tcp(rest.parse().with_context(|| format!("{s:?}: expected tcp:<ip>:<port>"))?)
+            }
+            _ => bail!("address {s:?}: unknown scheme {scheme:?}: expected one of {SCHEMES}"),
+        };
+        Ok(addr)
+    }
+}
+
+fn parse_port(whole: &str, port: &str) -> Result<u32> {
+    port.parse().with_context(|| format!("{whole:?}: bad port {port:?}"))
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
+            Addr::Vsock { cid: CID_ANY, port } => write!(f, "vsock:any:{port}"),
+            Addr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+            Addr::VsockMux { path, port } => write!(f, "vsock-mux:{}:{port}", path.display()),
+            Addr::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+/// Connects to `addr`.
+pub async fn connect(addr: &Addr) -> Result<Stream> {
+    let stream = match addr {
+        Addr::Unix(path) => unix::connect(path).await.map(Stream::Unix),
+        Addr::Tcp(sa) => tcp::connect(*sa).await.map(Stream::Tcp),
+        Addr::Vsock { cid, port } => vsock::connect(*cid, *port).await.map(Stream::Vsock),
+        Addr::VsockMux { path, port } => vsock_mux::connect(path, *port).await.map(Stream::Unix),
+    };
+    stream.with_context(|| format!("connecting to {addr}"))
+}
+
+/// A connected byte stream over any transport.
+#[derive(Debug)]
+pub enum Stream {
+    /// A Unix socket (also the host side of hybrid vsock).
+    Unix(UnixStream),
+    /// A TCP socket.
+    Tcp(TcpStream),
+    /// A kernel vsock socket.
+    Vsock(VsockStream),
+}
+
+impl Stream {
+    /// The socket's descriptor where the relay can drive readiness itself
+    /// (TCP and Unix); `None` for vsock, which the relay copies instead.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Stream::Unix(s) => Some(s.as_fd()),
+            Stream::Tcp(s) => Some(s.as_fd()),
+            Stream::Vsock(_) => None,
+        }
+    }
+
+    /// Waits for readiness (TCP and Unix only).
+    pub async fn ready(&self, interest: Interest) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.ready(interest).await.map(|_| ()),
+            Stream::Tcp(s) => s.ready(interest).await.map(|_| ()),
+            Stream::Vsock(_) => {
+                Err(io::Error::new(io::ErrorKind::Unsupported, "no readiness for vsock"))
+            }
+        }
+    }
+
+    /// Runs a non-blocking operation, clearing readiness on `WouldBlock`.
+    pub fn try_io<R>(
+        &self,
+        interest: Interest,
+        f: impl FnOnce() -> io::Result<R>,
+    ) -> io::Result<R> {
+        match self {
+            Stream::Unix(s) => s.try_io(interest, f),
+            Stream::Tcp(s) => s.try_io(interest, f),
+            Stream::Vsock(_) => {
+                Err(io::Error::new(io::ErrorKind::Unsupported, "no readiness for vsock"))
+            }
+        }
+    }
+
+    /// Makes the next close a reset where the transport has one, so a peer's
+    /// reset is passed on as a reset.
+    pub fn set_reset_on_close(&self) {
+        if let Stream::Tcp(s) = self {
+            tcp::reset_on_close(s);
+        }
+    }
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Stream::Unix($s) => $e,
+            Stream::Tcp($s) => $e,
+            Stream::Vsock($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// Who connected to an [`Acceptor`].
+#[derive(Clone, Debug)]
+pub enum Peer {
+    /// A Unix-socket peer.
+    Unix,
+    /// A TCP peer and its address.
+    Tcp(SocketAddr),
+    /// A vsock peer.
+    Vsock {
+        /// The peer's context id (2 is the host).
+        cid: u32,
+        /// The peer's port.
+        port: u32,
+    },
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Unix => f.write_str("unix peer"),
+            Peer::Tcp(a) => write!(f, "tcp:{a}"),
+            Peer::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+        }
+    }
+}
+
+/// The agent's listening side of a transport.
+#[derive(Debug)]
+pub enum Acceptor {
+    /// A Unix socket and its path (removed when the acceptor is dropped).
+    Unix(UnixListener, PathBuf),
+    /// A TCP listener.
+    Tcp(TcpListener),
+    /// A vsock listener.
+    Vsock(VsockListener),
+}
+
+impl Acceptor {
+    /// Binds `addr`. A Unix socket file left behind by a dead agent is
+    /// replaced; one a live agent still answers on is an error.
+    pub async fn bind(addr: &Addr) -> Result<Acceptor> {
+        let acceptor = match addr {
+            Addr::Unix(path) => unix::bind(path).await.map(|l| Acceptor::Unix(l, path.clone())),
+            Addr::Tcp(sa) => TcpListener::bind(sa).await.map_err(Into::into).map(Acceptor::Tcp),
+            Addr::Vsock { cid, port } => vsock::bind(*cid, *port).map(Acceptor::Vsock),
+            Addr::VsockMux { .. } => {
+                bail!("{addr}: vsock-mux is a host-side address; the agent listens on vsock:")
+            }
+        };
+        acceptor.with_context(|| format!("listening on {addr}"))
+    }
+
+    /// The bound address (with the real port for `tcp:…:0`).
+    pub fn local_addr(&self) -> Result<Addr> {
+        Ok(match self {
+            Acceptor::Unix(_, p) => Addr::Unix(p.clone()),
+            Acceptor::Tcp(l) => Addr::Tcp(l.local_addr()?),
+            Acceptor::Vsock(l) => {
+                let a = l.local_addr()?;
+                Addr::Vsock { cid: a.cid(), port: a.port() }
+            }
+        })
+    }
+
+    /// Waits for the next connection.
+    pub async fn accept(&self) -> io::Result<(Stream, Peer)> {
+        Ok(match self {
+            Acceptor::Unix(l, _) => (Stream::Unix(l.accept().await?.0), Peer::Unix),
+            Acceptor::Tcp(l) => {
+                let (s, a) = l.accept().await?;
+                s.set_nodelay(true).ok();
+                (Stream::Tcp(s), Peer::Tcp(a))
+            }
+            Acceptor::Vsock(l) => {
+                let (s, a) = l.accept().await?;
+                (Stream::Vsock(s), Peer::Vsock { cid: a.cid(), port: a.port() })
+            }
+        })
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        if let Acceptor::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_or_explain() {
+        let ok: &[(&str, Addr)] = &[
+            ("unix:/run/hoist.sock", Addr::Unix("/run/hoist.sock".into())),
+            ("vsock:any:1024", Addr::Vsock { cid: CID_ANY, port: 1024 }),
+            ("vsock:-1:1024", Addr::Vsock { cid: CID_ANY, port: 1024 }),
+            ("vsock:host:5", Addr::Vsock { cid: CID_HOST, port: 5 }),
+            ("vsock:3:1024", Addr::Vsock { cid: 3, port: 1024 }),
+            (
+                "vsock-mux:/tmp/v.sock:1024",
+                Addr::VsockMux { path: "/tmp/v.sock".into(), port: 1024 },
+            ),
+            ("vsock-mux:/a:b/v.sock:7", Addr::VsockMux { path: "/a:b/v.sock".into(), port: 7 }),
+            ("tcp:127.0.0.1:9", Addr::Tcp("127.0.0.1:9".parse().unwrap())),
+            ("tcp:[::1]:9", Addr::Tcp("[::1]:9".parse().unwrap())),
+        ];
+        for (s, want) in ok {
+            assert_eq!(&s.parse::<Addr>().unwrap(), want, "{s}");
+            assert_eq!(s.parse::<Addr>().unwrap().to_string().parse::<Addr>().unwrap(), *want);
+        }
+        let bad: &[(&str, &str)] = &[
+            ("/run/hoist.sock", "has no scheme: expected one of unix:<path>"),
+            ("unix:", "expected unix:<path>, the path is missing"),
+            ("vsock:3", "expected vsock:<cid>:<port>"),
+            ("vsock:x:1", "bad vsock CID"),
+            ("vsock:3:y", "bad port"),
+            ("vsock-mux::5", "empty socket path"),
+            ("tcp:localhost", "expected tcp:<ip>:<port>"),
+            ("http://x", "unknown scheme \"http\""),
+        ];
+        for (s, want) in bad {
+            let err = s.parse::<Addr>().unwrap_err();
+            assert!(format!("{err:#}").contains(want), "{s}: {err:#}");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The guest tool's raw system calls (libc: vsock has no safe wrapper in std),
+//! each behind a safe function.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Child;
+
+/// A vsock stream socket listening on `port` of every CID.
+pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data, for which all zeroes is valid.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as u16;
+    addr.svm_port = port;
+    addr.svm_cid = libc::VMADDR_CID_ANY;
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as u32;
+    // SAFETY: addr is a valid sockaddr_vm of `len` bytes; fd is open.
+    if unsafe { libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: listen(2) on an open, bound socket.
+    if unsafe { libc::listen(fd.as_raw_fd(), 16) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Accepts one connection on `listener`.
+pub fn accept(listener: &OwnedFd) -> io::Result<File> {
+    // SAFETY: accept4 on an open listening socket, not asking for the address.
+    let c = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if c < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: c is a fresh connected descriptor nobody else owns.
+    Ok(unsafe { File::from_raw_fd(c) })
+}
+
+/// Sends `sig` to a child of this process.
+pub fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) on our own child's pid; failure (already gone) is harmless.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
