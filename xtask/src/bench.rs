@@ -7,6 +7,7 @@
 
 mod measure;
 mod report;
+mod servers;
 
 use crate::build::build;
 use crate::setup::apt;
@@ -25,9 +26,19 @@ pub struct BenchArgs {
     /// Also write BENCHMARKS.md and docs/bench/*.svg.
     #[arg(long)]
     pub write: bool,
-    /// Run one measurement only: latency, throughput, connections, storm or idle.
-    #[arg(long, conflicts_with = "write")]
-    pub only: Option<String>,
+    /// Run one measurement only.
+    #[arg(long, value_enum, conflicts_with = "write")]
+    pub only: Option<Only>,
+}
+
+/// The measurements, by the name `--only` takes.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    Latency,
+    Throughput,
+    Connections,
+    Storm,
+    Idle,
 }
 
 /// The bench's guest and the two hoist processes around it.
@@ -78,6 +89,11 @@ impl Rig {
         self.host_log.wait(what, timeout, pred)
     }
 
+    /// Waits until the host forwards `port` (for `what`, in the error).
+    pub fn wait_forwarded(&self, port: u16, what: &str) -> Result<()> {
+        self.wait_host(&format!("{what}'s port {port} to be forwarded"), Duration::from_secs(10), |l| serving_ports(l).contains(&port))
+    }
+
     /// Host ports currently forwarded, from the host's log.
     pub fn serving(&self) -> std::collections::BTreeSet<u16> {
         self.host_log.with(serving_ports)
@@ -101,24 +117,25 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let rig = Rig::start(&built.agent, &built.host)?;
     let q = args.quick;
     let mut results = report::Results::default();
-    let want = |name: &str| args.only.as_deref().is_none_or(|o| o == name);
-    if want("latency") {
+    let want = |m: Only| args.only.is_none_or(|o| o == m);
+    if want(Only::Latency) {
         say("measuring detection latency (listen -> host accepts, close -> host refuses)");
         results.latency = Some(measure::detection(&rig, if q { 50 } else { 1000 })?);
     }
-    if want("throughput") {
+    if want(Only::Throughput) {
         say("measuring throughput (iperf3: direct, hoist, socat chain; 1 and 8 streams; both directions)");
         results.throughput = measure::throughput(&rig, q)?;
     }
-    if want("connections") {
+    if want(Only::Connections) {
+        let nginx = servers::nginx(&rig)?;
         say("measuring connection cost (wrk, Connection: close, nginx in the guest)");
-        results.conn = Some(measure::connections(&rig, q)?);
+        results.conn = Some(measure::connections(&rig, &nginx, q)?);
     }
-    if want("storm") {
+    if want(Only::Storm) {
         say("measuring a listen storm and the agent's CPU per event");
         results.storm = Some(measure::storm(&rig, if q { 500 } else { 10_000 }, if q { 1 } else { 3 })?);
     }
-    if want("idle") {
+    if want(Only::Idle) {
         say("measuring idle cost (100 forwarded ports, 100 open connections)");
         results.idle = Some(measure::idle(&rig, if q { Duration::from_secs(1) } else { Duration::from_secs(10) })?);
     }

@@ -1,5 +1,6 @@
 //! The measurements. Each returns plain numbers; `report` compares them.
 
+use super::servers::{output_within, Server};
 use super::Rig;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
@@ -38,6 +39,11 @@ fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 fn port_of(l: &TcpListener) -> u16 {
     l.local_addr().unwrap().port()
+}
+
+/// A port free on the host now; the guest, a fresh namespace, holds few.
+fn free_port() -> Result<u16> {
+    Ok(port_of(&TcpListener::bind("127.0.0.1:0")?))
 }
 
 /// Detection latencies, in microseconds.
@@ -82,8 +88,7 @@ fn spin_until(port: u16, want_open: bool) -> Result<Instant> {
 }
 
 pub fn detection(rig: &Rig, cycles: usize) -> Result<Latency> {
-    // A port free both in the guest and on the host.
-    let port = port_of(&TcpListener::bind("127.0.0.1:0")?);
+    let port = free_port()?;
     let mut lat = Latency { listen_us: Vec::with_capacity(cycles), close_us: Vec::with_capacity(cycles) };
     for _ in 0..cycles {
         let (l, t0) = rig.ns.run(move || {
@@ -121,11 +126,11 @@ fn iperf(cmd: &mut Command, quick: bool, streams: u32, reverse: bool, port: u16)
     if reverse {
         cmd.arg("-R");
     }
-    let out = cmd.stderr(Stdio::inherit()).output().context("running iperf3")?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing iperf3 -J output")?;
+    let (status, out) = output_within(cmd.stderr(Stdio::inherit()), Duration::from_secs(60), "iperf3")?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing iperf3 -J output")?;
     let bps = v["end"]["sum_received"]["bits_per_second"].as_f64();
     match bps {
-        Some(b) if out.status.success() => Ok(b / 1e9),
+        Some(b) if status.success() => Ok(b / 1e9),
         _ => bail!("iperf3 -P {streams}{} to port {port} failed: {}", if reverse { " -R" } else { "" }, v["error"]),
     }
 }
@@ -242,13 +247,11 @@ fn parse_duration_us(s: &str) -> Option<f64> {
     num.parse::<f64>().ok().map(|v| v * mul)
 }
 
-fn wrk(cmd: &mut Command, quick: bool) -> Result<Wrk> {
+fn wrk(cmd: &mut Command, quick: bool, port: u16) -> Result<Wrk> {
     let d = if quick { "1s" } else { "10s" };
-    let out = cmd
-        .args(["-t", "2", "-c", "32", "-d", d, "--latency", "-H", "Connection: close", "http://127.0.0.1:18080/"])
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let url = format!("http://127.0.0.1:{port}/");
+    let (status, text) =
+        output_within(cmd.args(["-t", "2", "-c", "32", "-d", d, "--latency", "-H", "Connection: close", &url]), Duration::from_secs(60), "wrk")?;
     let mut w = Wrk::default();
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -259,42 +262,22 @@ fn wrk(cmd: &mut Command, quick: bool) -> Result<Wrk> {
             _ => {}
         }
     }
-    if !out.status.success() || w.rps <= 0.0 {
+    if !status.success() || w.rps <= 0.0 {
         bail!("wrk produced no rate: {text}");
     }
     Ok(w)
 }
 
-pub fn connections(rig: &Rig, quick: bool) -> Result<Conn> {
-    let conf = rig.dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx.err;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{ access_log off; server {{ listen 127.0.0.1:18080 backlog=4096; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
-            dir = rig.dir.display()
-        ),
-    )?;
-    let mut nginx = rig.ns.command("nginx").arg("-c").arg(&conf).arg("-p").arg(&rig.dir).stdout(Stdio::null()).spawn()?;
-    let result = (|| {
-        rig.wait_host("nginx's port to be forwarded", Duration::from_secs(10), |l| {
-            l.iter().any(|x| x.contains("forward_opened") && x.contains("\"port\":18080,"))
-        })?;
-        let reps = if quick { 1 } else { 3 };
-        let mut c = Conn { direct: vec![], hoist: vec![] };
-        for _ in 0..reps {
-            c.direct.push(wrk(&mut rig.ns.command("wrk"), quick)?);
-            c.hoist.push(wrk(&mut Command::new("wrk"), quick)?);
-        }
-        Ok(c)
-    })();
-    // SIGTERM: the master stops its workers (SIGKILL would orphan them,
-    // still listening).
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
-    let _ = nginx.wait();
-    result
+/// wrk against nginx in the guest, from inside the guest (direct) and
+/// through hoist, alternately.
+pub fn connections(rig: &Rig, nginx: &Server, quick: bool) -> Result<Conn> {
+    let reps = if quick { 1 } else { 3 };
+    let mut c = Conn { direct: vec![], hoist: vec![] };
+    for _ in 0..reps {
+        c.direct.push(wrk(&mut rig.ns.command("wrk"), quick, nginx.port)?);
+        c.hoist.push(wrk(&mut Command::new("wrk"), quick, nginx.port)?);
+    }
+    Ok(c)
 }
 
 /// CPU time (user + system) of a process, in seconds.

@@ -1,0 +1,83 @@
+//! The servers the measurements load, each run in the guest and stopped when
+//! its guard is dropped (also on every error path). Also the time limit
+//! every client command runs under.
+
+use super::Rig;
+use anyhow::{bail, Context, Result};
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A server process in the guest, listening on `port`; stopped on drop.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl Server {
+    /// Guards `child` at once, then waits until hoist forwards `port`.
+    fn up(rig: &Rig, child: Child, port: u16, what: &str) -> Result<Server> {
+        let server = Server { child, port };
+        rig.wait_forwarded(port, what)?;
+        Ok(server)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM first: nginx's master stops its workers (SIGKILL would
+        // orphan them, still listening); redis-server exits at once.
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A no-op when it has exited (and was reaped above).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx answering every request with a 3-byte body, one worker, no logs.
+pub fn nginx(rig: &Rig) -> Result<Server> {
+    const PORT: u16 = 18080;
+    let conf = rig.dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx.err;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; server {{ listen 127.0.0.1:{PORT} backlog=4096; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            dir = rig.dir.display()
+        ),
+    )?;
+    let child = rig.ns.command("nginx").arg("-c").arg(&conf).arg("-p").arg(&rig.dir).stdout(Stdio::null()).spawn().context("starting nginx")?;
+    Server::up(rig, child, PORT, "nginx")
+}
+
+/// Runs `cmd` to its end, killing it after `limit`; its exit status and stdout.
+pub fn output_within(cmd: &mut Command, limit: Duration, what: &str) -> Result<(ExitStatus, String)> {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().with_context(|| format!("starting {what}"))?;
+    let mut out = child.stdout.take().unwrap();
+    // Drained meanwhile, so a full pipe cannot stall the child.
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = reader.join().map_err(|_| anyhow::anyhow!("reading {what}'s output"))?;
+    Ok((status, String::from_utf8_lossy(&stdout).into_owned()))
+}
