@@ -8,6 +8,7 @@
 mod measure;
 mod report;
 mod servers;
+mod small;
 
 use crate::build::build;
 use crate::setup::apt;
@@ -37,6 +38,7 @@ pub enum Only {
     Latency,
     Throughput,
     Connections,
+    Sequential,
     Storm,
     Idle,
 }
@@ -126,10 +128,17 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         say("measuring throughput (iperf3: direct, hoist, socat chain; 1 and 8 streams; both directions)");
         results.throughput = measure::throughput(&rig, q)?;
     }
-    if want(Only::Connections) {
+    if want(Only::Connections) || want(Only::Sequential) {
         let nginx = servers::nginx(&rig)?;
-        say("measuring connection cost (wrk, Connection: close, nginx in the guest)");
-        results.conn = Some(measure::connections(&rig, &nginx, q)?);
+        if want(Only::Connections) {
+            say("measuring connection cost (wrk, Connection: close, nginx in the guest)");
+            results.conn = Some(measure::connections(&rig, &nginx, q)?);
+        }
+        if want(Only::Sequential) {
+            say("measuring connect + request + first byte, one connection at a time");
+            let (warmup, n) = if q { (20, 200) } else { (200, 5000) };
+            results.sequential = Some(small::sequential(&rig, &nginx, warmup, n)?);
+        }
     }
     if want(Only::Storm) {
         say("measuring a listen storm and the agent's CPU per event");

@@ -3,6 +3,7 @@
 //! numbers.
 
 use super::measure::{Conn, Idle, Latency, Storm, Tput};
+use super::small::Sequential;
 use crate::util::root;
 use anyhow::{bail, Result};
 use std::fmt::Write as _;
@@ -12,6 +13,7 @@ pub struct Results {
     pub latency: Option<Latency>,
     pub throughput: Vec<Tput>,
     pub conn: Option<Conn>,
+    pub sequential: Option<Sequential>,
     pub storm: Option<Storm>,
     pub idle: Option<Idle>,
 }
@@ -33,6 +35,15 @@ fn q(v: &[f64], q: f64) -> f64 {
 
 fn median(v: &[f64]) -> f64 {
     q(v, 0.5)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Every value finite and positive, and at least one.
+fn positive(v: &[f64]) -> bool {
+    !v.is_empty() && v.iter().all(|x| x.is_finite() && *x > 0.0)
 }
 
 /// "median (min–max)" of repetitions.
@@ -113,6 +124,24 @@ pub fn markdown(r: &Results) -> String {
             p(&c.hoist, |w| w.p50_us) - p(&c.direct, |w| w.p50_us)
         );
     }
+    if let Some(s) = &r.sequential {
+        let (h, d) = (&s.hoist_us, &s.direct_us);
+        let _ = writeln!(
+            t,
+            "| connect + request + first byte, one client, sequential ({} connections) | p50 {:.0} µs, p99 {:.0} µs, mean {:.0} µs | direct p50 {:.0} µs, p99 {:.0} µs, mean {:.0} µs | {:+.0} µs at p50 / {:+.0} µs at p99 | p50 <= direct + 75 µs: {}; p99 <= direct + 250 µs: {} |",
+            h.len(),
+            q(h, 0.5),
+            q(h, 0.99),
+            mean(h),
+            q(d, 0.5),
+            q(d, 0.99),
+            mean(d),
+            q(h, 0.5) - q(d, 0.5),
+            q(h, 0.99) - q(d, 0.99),
+            mark(q(h, 0.5) <= q(d, 0.5) + 75.0),
+            mark(q(h, 0.99) <= q(d, 0.99) + 250.0)
+        );
+    }
     if let Some(s) = &r.storm {
         let _ = writeln!(
             t,
@@ -175,6 +204,10 @@ impl Results {
         let Some(c) = &self.conn else { bail!("no connection cost") };
         if c.hoist.iter().chain(&c.direct).any(|w| w.rps <= 0.0 || w.p50_us <= 0.0) || c.hoist.is_empty() {
             bail!("connection cost produced no numbers");
+        }
+        let Some(s) = &self.sequential else { bail!("no sequential connection latency") };
+        if !positive(&s.direct_us) || !positive(&s.hoist_us) {
+            bail!("sequential connection latency produced no numbers");
         }
         let Some(s) = &self.storm else { bail!("no listen storm") };
         if !s.table_equal {
