@@ -38,9 +38,21 @@ pub enum Only {
     Latency,
     Throughput,
     Connections,
+    /// Measured during the connections runs.
+    CpuPerConnection,
     Sequential,
     Storm,
     Idle,
+}
+
+impl Only {
+    /// The measurement whose runs this one is taken during.
+    fn during(self) -> Option<Only> {
+        match self {
+            Only::CpuPerConnection => Some(Only::Connections),
+            _ => None,
+        }
+    }
 }
 
 /// The bench's guest and the two hoist processes around it.
@@ -119,7 +131,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let rig = Rig::start(&built.agent, &built.host)?;
     let q = args.quick;
     let mut results = report::Results::default();
-    let want = |m: Only| args.only.is_none_or(|o| o == m);
+    let want = |m: Only| args.only.is_none_or(|o| o == m || o.during() == Some(m));
     if want(Only::Latency) {
         say("measuring detection latency (listen -> host accepts, close -> host refuses)");
         results.latency = Some(measure::detection(&rig, if q { 50 } else { 1000 })?);
@@ -131,7 +143,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if want(Only::Connections) || want(Only::Sequential) {
         let nginx = servers::nginx(&rig)?;
         if want(Only::Connections) {
-            say("measuring connection cost (wrk, Connection: close, nginx in the guest)");
+            say("measuring connection cost (wrk, Connection: close, nginx in the guest) and hoist's CPU per connection");
             results.conn = Some(measure::connections(&rig, &nginx, q)?);
         }
         if want(Only::Sequential) {

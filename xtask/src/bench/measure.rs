@@ -220,12 +220,15 @@ fn with_server(rig: &Rig, port: u16, client: impl FnOnce() -> Result<f64>) -> Re
     r
 }
 
-/// wrk figures: requests per second, latency p50 / p99 in microseconds.
+/// wrk figures: requests per second, latency p50 / p99 in microseconds,
+/// requests completed, and the CPU hoist used meanwhile.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Wrk {
     pub rps: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    pub requests: u64,
+    pub cpu: Cpu,
 }
 
 pub struct Conn {
@@ -259,23 +262,31 @@ fn wrk(cmd: &mut Command, quick: bool, port: u16) -> Result<Wrk> {
             ["Requests/sec:", v] => w.rps = v.parse().unwrap_or(0.0),
             ["50%", v] => w.p50_us = parse_duration_us(v).unwrap_or(0.0),
             ["99%", v] => w.p99_us = parse_duration_us(v).unwrap_or(0.0),
+            [n, "requests", "in", ..] => w.requests = n.parse().unwrap_or(0),
             _ => {}
         }
     }
-    if !status.success() || w.rps <= 0.0 {
+    if !status.success() || w.rps <= 0.0 || w.requests == 0 {
         bail!("wrk produced no rate: {text}");
     }
     Ok(w)
 }
 
 /// wrk against nginx in the guest, from inside the guest (direct) and
-/// through hoist, alternately.
+/// through hoist, alternately. Each run also records the CPU the agent and
+/// relay used during it: through hoist that is the forwarding cost of the
+/// connections wrk completed; during the direct run it shows the noise floor
+/// (both should sit idle).
 pub fn connections(rig: &Rig, nginx: &Server, quick: bool) -> Result<Conn> {
     let reps = if quick { 1 } else { 3 };
     let mut c = Conn { direct: vec![], hoist: vec![] };
+    let run = |cmd: &mut Command| -> Result<Wrk> {
+        let (w, cpu) = Cpu::during(rig, || wrk(cmd, quick, nginx.port))?;
+        Ok(Wrk { cpu, ..w })
+    };
     for _ in 0..reps {
-        c.direct.push(wrk(&mut rig.ns.command("wrk"), quick, nginx.port)?);
-        c.hoist.push(wrk(&mut Command::new("wrk"), quick, nginx.port)?);
+        c.direct.push(run(&mut rig.ns.command("wrk"))?);
+        c.hoist.push(run(&mut Command::new("wrk"))?);
     }
     Ok(c)
 }
@@ -290,6 +301,36 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(ticks / hz)
+}
+
+/// CPU time (user + system) hoist's agent and relay used, in seconds, or
+/// per unit once divided.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu {
+    pub agent_s: f64,
+    pub relay_s: f64,
+}
+
+impl Cpu {
+    fn now(rig: &Rig) -> Result<Cpu> {
+        Ok(Cpu { agent_s: cpu_seconds(rig.agent.id())?, relay_s: cpu_seconds(rig.host.id())? })
+    }
+
+    /// Runs `f`; also returns the CPU the agent and relay used meanwhile.
+    fn during<T>(rig: &Rig, f: impl FnOnce() -> Result<T>) -> Result<(T, Cpu)> {
+        let c0 = Cpu::now(rig)?;
+        let t = f()?;
+        let c1 = Cpu::now(rig)?;
+        Ok((t, Cpu { agent_s: c1.agent_s - c0.agent_s, relay_s: c1.relay_s - c0.relay_s }))
+    }
+
+    pub fn per(self, n: f64) -> Cpu {
+        Cpu { agent_s: self.agent_s / n, relay_s: self.relay_s / n }
+    }
+
+    pub fn total_s(self) -> f64 {
+        self.agent_s + self.relay_s
+    }
 }
 
 pub struct Storm {

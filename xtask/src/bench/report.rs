@@ -2,7 +2,7 @@
 //! and two hand-drawn SVG charts; checks that every measurement produced
 //! numbers.
 
-use super::measure::{Conn, Idle, Latency, Storm, Tput};
+use super::measure::{Conn, Cpu, Idle, Latency, Storm, Tput};
 use super::small::Sequential;
 use crate::util::root;
 use anyhow::{bail, Result};
@@ -53,6 +53,10 @@ fn spread(v: &[f64], unit: &str) -> String {
         return format!("{:.2} {unit}", median(v));
     }
     format!("{:.2} {unit} ({:.2}–{:.2})", median(v), s[0], s[s.len() - 1])
+}
+
+fn totals(v: &[Cpu]) -> Vec<f64> {
+    v.iter().map(|c| c.total_s()).collect()
 }
 
 fn mark(ok: bool) -> &'static str {
@@ -122,6 +126,18 @@ pub fn markdown(r: &Results) -> String {
             p(&c.direct, |w| w.p50_us),
             p(&c.direct, |w| w.p99_us),
             p(&c.hoist, |w| w.p50_us) - p(&c.direct, |w| w.p50_us)
+        );
+        // µs of CPU per request (per connection: Connection: close).
+        let per = |v: &[super::measure::Wrk]| v.iter().map(|w| w.cpu.per(w.requests as f64 / 1e6)).collect::<Vec<_>>();
+        let (h, d) = (per(&c.hoist), per(&c.direct));
+        let _ = writeln!(
+            t,
+            "| CPU per forwarded connection (during the wrk runs) | {} (agent {:.1} µs, relay {:.1} µs) | direct runs: agent + relay {:.1} µs (noise floor) | | <= 65 µs (half of ~130 µs): {} |",
+            spread(&totals(&h), "µs"),
+            median(&h.iter().map(|c| c.agent_s).collect::<Vec<_>>()),
+            median(&h.iter().map(|c| c.relay_s).collect::<Vec<_>>()),
+            median(&totals(&d)),
+            mark(median(&totals(&h)) <= 65.0)
         );
     }
     if let Some(s) = &r.sequential {
@@ -202,7 +218,9 @@ impl Results {
             bail!("throughput produced no numbers");
         }
         let Some(c) = &self.conn else { bail!("no connection cost") };
-        if c.hoist.iter().chain(&c.direct).any(|w| w.rps <= 0.0 || w.p50_us <= 0.0) || c.hoist.is_empty() {
+        if c.hoist.iter().chain(&c.direct).any(|w| w.rps <= 0.0 || w.p50_us <= 0.0 || w.requests == 0 || !w.cpu.total_s().is_finite())
+            || c.hoist.is_empty()
+        {
             bail!("connection cost produced no numbers");
         }
         let Some(s) = &self.sequential else { bail!("no sequential connection latency") };
