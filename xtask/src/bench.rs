@@ -41,6 +41,7 @@ pub enum Only {
     /// Measured during the connections runs.
     CpuPerConnection,
     Sequential,
+    Requests,
     Storm,
     Idle,
 }
@@ -126,7 +127,15 @@ impl Drop for Rig {
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     require_root("cargo xtask bench")?;
-    apt(&[("iperf3", "iperf3"), ("wrk", "wrk"), ("socat", "socat"), ("nginx", "nginx-light"), ("ip", "iproute2")])?;
+    apt(&[
+        ("iperf3", "iperf3"),
+        ("wrk", "wrk"),
+        ("socat", "socat"),
+        ("nginx", "nginx-light"),
+        ("redis-server", "redis-server"),
+        ("redis-benchmark", "redis-tools"),
+        ("ip", "iproute2"),
+    ])?;
     let built = build()?;
     let rig = Rig::start(&built.agent, &built.host)?;
     let q = args.quick;
@@ -151,6 +160,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             let (warmup, n) = if q { (20, 200) } else { (200, 5000) };
             results.sequential = Some(small::sequential(&rig, &nginx, warmup, n)?);
         }
+    }
+    if want(Only::Requests) {
+        say("measuring request/response on persistent connections (redis-benchmark, redis-server in the guest)");
+        results.requests = Some(small::requests(&rig, if q { 5_000 } else { 200_000 })?);
     }
     if want(Only::Storm) {
         say("measuring a listen storm and the agent's CPU per event");

@@ -3,7 +3,7 @@
 //! numbers.
 
 use super::measure::{Conn, Cpu, Idle, Latency, Storm, Tput};
-use super::small::Sequential;
+use super::small::{Requests, Sequential};
 use crate::util::root;
 use anyhow::{bail, Result};
 use std::fmt::Write as _;
@@ -14,6 +14,7 @@ pub struct Results {
     pub throughput: Vec<Tput>,
     pub conn: Option<Conn>,
     pub sequential: Option<Sequential>,
+    pub requests: Option<Requests>,
     pub storm: Option<Storm>,
     pub idle: Option<Idle>,
 }
@@ -158,6 +159,18 @@ pub fn markdown(r: &Results) -> String {
             mark(q(h, 0.99) <= q(d, 0.99) + 250.0)
         );
     }
+    if let Some(x) = &r.requests {
+        for (test, h, d) in [("GET", x.hoist.get, x.direct.get), ("SET", x.hoist.set, x.direct.set)] {
+            let _ = writeln!(
+                t,
+                "| request/response on persistent connections (redis-benchmark -c 20, {} {test}) | {h:.0} requests/s | direct {d:.0} requests/s | {:.0}% of direct | >= 60% of direct: {}; goal 75%: {} |",
+                x.n,
+                100.0 * h / d,
+                mark(h >= 0.6 * d),
+                mark(h >= 0.75 * d)
+            );
+        }
+    }
     if let Some(s) = &r.storm {
         let _ = writeln!(
             t,
@@ -226,6 +239,10 @@ impl Results {
         let Some(s) = &self.sequential else { bail!("no sequential connection latency") };
         if !positive(&s.direct_us) || !positive(&s.hoist_us) {
             bail!("sequential connection latency produced no numbers");
+        }
+        let Some(r) = &self.requests else { bail!("no request/response rates") };
+        if !positive(&[r.direct.get, r.direct.set, r.hoist.get, r.hoist.set]) {
+            bail!("request/response produced no numbers");
         }
         let Some(s) = &self.storm else { bail!("no listen storm") };
         if !s.table_equal {

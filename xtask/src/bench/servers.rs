@@ -1,6 +1,6 @@
 //! The servers the measurements load, each run in the guest and stopped when
-//! its guard is dropped (also on every error path). Also the time limit
-//! every client command runs under.
+//! its guard is dropped (also on every error path): nginx and redis-server.
+//! Also the time limit every client command runs under.
 
 use super::Rig;
 use anyhow::{bail, Context, Result};
@@ -60,6 +60,21 @@ pub fn nginx(rig: &Rig) -> Result<Server> {
     )?;
     let child = rig.ns.command("nginx").arg("-c").arg(&conf).arg("-p").arg(&rig.dir).stdout(Stdio::null()).spawn().context("starting nginx")?;
     Server::up(rig, child, PORT, "nginx")
+}
+
+/// redis-server on a fixed loopback port, nothing persisted.
+pub fn redis(rig: &Rig) -> Result<Server> {
+    const PORT: u16 = 16379;
+    let child = rig
+        .ns
+        .command("redis-server")
+        .args(["--port", &PORT.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(&rig.dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting redis-server")?;
+    Server::up(rig, child, PORT, "redis-server")
 }
 
 /// Runs `cmd` to its end, killing it after `limit`; its exit status and stdout.

@@ -2,11 +2,12 @@
 //! each measured through hoist and, as the baseline, with the same client
 //! code run directly inside the guest against the same server.
 
-use super::servers::{Server, IO_TIMEOUT, LOOP_LIMIT};
+use super::servers::{output_within, Server, IO_TIMEOUT, LOOP_LIMIT};
 use super::Rig;
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
 use std::time::Instant;
 
 /// Connect + request + first byte of the answer, one connection after the
@@ -47,4 +48,42 @@ fn first_bytes(port: u16, warmup: usize, n: usize) -> Result<Vec<f64>> {
         }
     }
     Ok(us)
+}
+
+/// Requests per second of redis-benchmark's GET and SET tests.
+#[derive(Clone, Copy, Debug)]
+pub struct Rates {
+    pub get: f64,
+    pub set: f64,
+}
+
+/// Request/response on persistent connections: redis-benchmark, 20 clients,
+/// against redis-server in the guest; many small messages in flight at once.
+pub struct Requests {
+    pub n: usize,
+    pub direct: Rates,
+    pub hoist: Rates,
+}
+
+pub fn requests(rig: &Rig, n: usize) -> Result<Requests> {
+    let redis = super::servers::redis(rig)?;
+    let direct = redis_benchmark(&mut rig.ns.command("redis-benchmark"), redis.port, n)?;
+    let hoist = redis_benchmark(&mut Command::new("redis-benchmark"), redis.port, n)?;
+    Ok(Requests { n, direct, hoist })
+}
+
+fn redis_benchmark(cmd: &mut Command, port: u16, n: usize) -> Result<Rates> {
+    let args = ["-h", "127.0.0.1", "-p", &port.to_string(), "-c", "20", "-n", &n.to_string(), "-t", "get,set", "-q"];
+    let (status, text) = output_within(cmd.args(args), LOOP_LIMIT, "redis-benchmark")?;
+    // Each test ends with "GET: 81234.56 requests per second, p50=...",
+    // after progress lines that end in a carriage return.
+    let rate = |test: &str| {
+        text.split(['\r', '\n'])
+            .filter(|l| l.contains("requests per second"))
+            .find_map(|l| l.strip_prefix(test)?.strip_prefix(": ")?.split_whitespace().next()?.parse::<f64>().ok())
+    };
+    match (rate("GET"), rate("SET")) {
+        (Some(get), Some(set)) if status.success() => Ok(Rates { get, set }),
+        _ => bail!("redis-benchmark to port {port} gave no GET and SET rates ({status}): {text}"),
+    }
 }
