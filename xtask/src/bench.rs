@@ -42,6 +42,7 @@ pub enum Only {
     CpuPerConnection,
     Sequential,
     Requests,
+    Pingpong,
     Storm,
     Idle,
 }
@@ -164,6 +165,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if want(Only::Requests) {
         say("measuring request/response on persistent connections (redis-benchmark, redis-server in the guest)");
         results.requests = Some(small::requests(&rig, if q { 5_000 } else { 200_000 })?);
+    }
+    if want(Only::Pingpong) {
+        say("measuring ping-pong of 64-byte messages on one connection (echo server in the guest)");
+        results.pingpong = Some(small::pingpong(&rig, if q { 500 } else { 20_000 })?);
     }
     if want(Only::Storm) {
         say("measuring a listen storm and the agent's CPU per event");

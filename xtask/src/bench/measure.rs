@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     // A plain std listener with SO_REUSEADDR, so a port cycled 1000 times
     // can be bound again while old connections sit in TIME_WAIT.
     // SAFETY: plain socket calls on descriptors we own.
@@ -42,7 +42,7 @@ fn port_of(l: &TcpListener) -> u16 {
 }
 
 /// A port free on the host now; the guest, a fresh namespace, holds few.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(port_of(&TcpListener::bind("127.0.0.1:0")?))
 }
 

@@ -3,7 +3,7 @@
 //! numbers.
 
 use super::measure::{Conn, Cpu, Idle, Latency, Storm, Tput};
-use super::small::{Requests, Sequential};
+use super::small::{PingPong, Requests, Sequential};
 use crate::util::root;
 use anyhow::{bail, Result};
 use std::fmt::Write as _;
@@ -15,6 +15,7 @@ pub struct Results {
     pub conn: Option<Conn>,
     pub sequential: Option<Sequential>,
     pub requests: Option<Requests>,
+    pub pingpong: Option<PingPong>,
     pub storm: Option<Storm>,
     pub idle: Option<Idle>,
 }
@@ -171,6 +172,22 @@ pub fn markdown(r: &Results) -> String {
             );
         }
     }
+    if let Some(p) = &r.pingpong {
+        let (h, d) = (&p.hoist, &p.direct);
+        let _ = writeln!(
+            t,
+            "| ping-pong, 64 bytes, one persistent connection ({} round trips) | {:.0} round trips/s, p50 {:.0} µs, p99 {:.0} µs | direct {:.0} round trips/s, p50 {:.0} µs, p99 {:.0} µs | {:.0}% of direct, {:+.0} µs at p50 | reported |",
+            h.us.len(),
+            h.per_s,
+            q(&h.us, 0.5),
+            q(&h.us, 0.99),
+            d.per_s,
+            q(&d.us, 0.5),
+            q(&d.us, 0.99),
+            100.0 * h.per_s / d.per_s,
+            q(&h.us, 0.5) - q(&d.us, 0.5)
+        );
+    }
     if let Some(s) = &r.storm {
         let _ = writeln!(
             t,
@@ -243,6 +260,10 @@ impl Results {
         let Some(r) = &self.requests else { bail!("no request/response rates") };
         if !positive(&[r.direct.get, r.direct.set, r.hoist.get, r.hoist.set]) {
             bail!("request/response produced no numbers");
+        }
+        let Some(p) = &self.pingpong else { bail!("no ping-pong") };
+        if !positive(&[p.direct.per_s, p.hoist.per_s]) || !positive(&p.direct.us) || !positive(&p.hoist.us) {
+            bail!("ping-pong produced no numbers");
         }
         let Some(s) = &self.storm else { bail!("no listen storm") };
         if !s.table_equal {

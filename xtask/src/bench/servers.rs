@@ -1,10 +1,13 @@
 //! The servers the measurements load, each run in the guest and stopped when
-//! its guard is dropped (also on every error path): nginx and redis-server.
-//! Also the time limit every client command runs under.
+//! its guard is dropped (also on every error path): nginx, redis-server and a
+//! small TCP echo server on a thread. Also the time limit every client
+//! command runs under.
 
+use super::measure::{free_port, listener};
 use super::Rig;
 use anyhow::{bail, Context, Result};
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -75,6 +78,55 @@ pub fn redis(rig: &Rig) -> Result<Server> {
         .spawn()
         .context("starting redis-server")?;
     Server::up(rig, child, PORT, "redis-server")
+}
+
+/// A TCP echo server on a thread of this process, its listening socket in
+/// the guest; serves one connection at a time. Stopped on drop.
+pub struct Echo {
+    pub port: u16,
+    listener: TcpListener,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    pub fn start(rig: &Rig) -> Result<Echo> {
+        let port = free_port()?;
+        let l = rig.ns.run(move || listener(SocketAddr::from(([127, 0, 0, 1], port))))?.context("the echo server's listener in the guest")?;
+        let stop = l.try_clone()?;
+        // The socket keeps the guest's namespace: any thread may accept.
+        let thread = std::thread::spawn(move || {
+            // Ends when the guard shuts the listener down.
+            while let Ok((c, _)) = l.accept() {
+                let _ = echo(c);
+            }
+        });
+        let e = Echo { port, listener: stop, thread: Some(thread) };
+        rig.wait_forwarded(port, "the echo server")?;
+        Ok(e)
+    }
+}
+
+fn echo(mut c: TcpStream) -> std::io::Result<()> {
+    c.set_nodelay(true)?;
+    c.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf)? {
+            0 => return Ok(()),
+            n => c.write_all(&buf[..n])?,
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        // shutdown() wakes the thread's accept() with an error; close() would not.
+        // SAFETY: shutdown on our own listening socket.
+        unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&self.listener), libc::SHUT_RDWR) };
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Runs `cmd` to its end, killing it after `limit`; its exit status and stdout.

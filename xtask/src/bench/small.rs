@@ -87,3 +87,59 @@ fn redis_benchmark(cmd: &mut Command, port: u16, n: usize) -> Result<Rates> {
         _ => bail!("redis-benchmark to port {port} gave no GET and SET rates ({status}): {text}"),
     }
 }
+
+/// Round trips of one small message on one persistent connection.
+pub struct RoundTrips {
+    pub per_s: f64,
+    pub us: Vec<f64>,
+}
+
+/// One client ping-pongs 64 bytes with an echo server in the guest: the
+/// per-message latency a relay adds when nothing queues behind it.
+pub struct PingPong {
+    pub direct: RoundTrips,
+    pub hoist: RoundTrips,
+}
+
+pub fn pingpong(rig: &Rig, n: usize) -> Result<PingPong> {
+    let echo = super::servers::Echo::start(rig)?;
+    let port = echo.port;
+    let direct = rig.ns.run(move || round_trips(port, n))??;
+    let hoist = round_trips(port, n)?;
+    Ok(PingPong { direct, hoist })
+}
+
+/// Round trips that settle the connection in before any is counted (the
+/// first one through hoist also opens the relay's way into the guest).
+const PINGPONG_WARMUP: usize = 100;
+
+/// Sends 64 bytes and waits for the 64 back, `n` times after the warm-up,
+/// on one connection to 127.0.0.1:`port`.
+fn round_trips(port: u16, n: usize) -> Result<RoundTrips> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut c = TcpStream::connect_timeout(&addr, IO_TIMEOUT).with_context(|| format!("connecting to {addr}"))?;
+    c.set_nodelay(true)?;
+    c.set_read_timeout(Some(IO_TIMEOUT))?;
+    let ping = [0x5a; 64];
+    let mut pong = [0; 64];
+    let mut us = Vec::with_capacity(n);
+    let mut start = Instant::now();
+    for i in 0..PINGPONG_WARMUP + n {
+        if i == PINGPONG_WARMUP {
+            start = Instant::now();
+        }
+        let t0 = Instant::now();
+        c.write_all(&ping)?;
+        c.read_exact(&mut pong).with_context(|| format!("awaiting the echo from {addr}"))?;
+        if pong != ping {
+            bail!("the echo from {addr} differs from what was sent");
+        }
+        if i >= PINGPONG_WARMUP {
+            us.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        if start.elapsed() > LOOP_LIMIT {
+            bail!("{i} round trips with {addr} took longer than {LOOP_LIMIT:?}");
+        }
+    }
+    Ok(RoundTrips { per_s: n as f64 / start.elapsed().as_secs_f64(), us })
+}
