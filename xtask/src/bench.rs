@@ -37,6 +37,8 @@ pub struct BenchArgs {
 pub enum Only {
     Latency,
     Throughput,
+    /// Measured during the 1-stream throughput runs.
+    CpuPerGb,
     Connections,
     /// Measured during the connections runs.
     CpuPerConnection,
@@ -52,6 +54,7 @@ impl Only {
     fn during(self) -> Option<Only> {
         match self {
             Only::CpuPerConnection => Some(Only::Connections),
+            Only::CpuPerGb => Some(Only::Throughput),
             _ => None,
         }
     }
@@ -147,8 +150,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         results.latency = Some(measure::detection(&rig, if q { 50 } else { 1000 })?);
     }
     if want(Only::Throughput) {
-        say("measuring throughput (iperf3: direct, hoist, socat chain; 1 and 8 streams; both directions)");
-        results.throughput = measure::throughput(&rig, q)?;
+        // CPU per GB alone needs only the 1-stream runs it reports.
+        let streams: &[u32] = if args.only == Some(Only::CpuPerGb) { &[1] } else { &[1, 8] };
+        say(format!("measuring throughput and hoist's CPU per GB (iperf3: direct, hoist, socat chain; {streams:?} streams; both directions)"));
+        results.throughput = measure::throughput(&rig, q, streams)?;
     }
     if want(Only::Connections) || want(Only::Sequential) {
         let nginx = servers::nginx(&rig)?;

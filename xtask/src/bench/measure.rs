@@ -106,7 +106,8 @@ pub fn detection(rig: &Rig, cycles: usize) -> Result<Latency> {
     Ok(lat)
 }
 
-/// One throughput figure set, Gbit/s, one value per repetition.
+/// One throughput figure set, Gbit/s, one value per repetition; with the
+/// CPU seconds the agent and relay used per GB moved, per repetition.
 pub struct Tput {
     pub streams: u32,
     /// true: guest to host (iperf3 -R).
@@ -114,9 +115,13 @@ pub struct Tput {
     pub direct: Vec<f64>,
     pub hoist: Vec<f64>,
     pub socat: Vec<f64>,
+    pub hoist_cpu: Vec<Cpu>,
+    /// The same over the direct runs: the noise floor.
+    pub direct_cpu: Vec<Cpu>,
 }
 
-fn iperf(cmd: &mut Command, quick: bool, streams: u32, reverse: bool, port: u16) -> Result<f64> {
+/// Gbit/s and bytes received.
+fn iperf(cmd: &mut Command, quick: bool, streams: u32, reverse: bool, port: u16) -> Result<(f64, f64)> {
     cmd.args(["-c", "127.0.0.1", "-p", &port.to_string(), "-J", "-P", &streams.to_string()]);
     if quick {
         cmd.args(["-n", "64M"]);
@@ -128,14 +133,16 @@ fn iperf(cmd: &mut Command, quick: bool, streams: u32, reverse: bool, port: u16)
     }
     let (status, out) = output_within(cmd.stderr(Stdio::inherit()), Duration::from_secs(60), "iperf3")?;
     let v: serde_json::Value = serde_json::from_str(&out).context("parsing iperf3 -J output")?;
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64();
-    match bps {
-        Some(b) if status.success() => Ok(b / 1e9),
+    let sum = &v["end"]["sum_received"];
+    match (sum["bits_per_second"].as_f64(), sum["bytes"].as_f64()) {
+        (Some(b), Some(bytes)) if status.success() && bytes > 0.0 => Ok((b / 1e9, bytes)),
         _ => bail!("iperf3 -P {streams}{} to port {port} failed: {}", if reverse { " -R" } else { "" }, v["error"]),
     }
 }
 
-pub fn throughput(rig: &Rig, quick: bool) -> Result<Vec<Tput>> {
+/// iperf3 inside the guest (direct), through hoist and through a socat
+/// chain, for each count of `streams`, both directions.
+pub fn throughput(rig: &Rig, quick: bool, streams: &[u32]) -> Result<Vec<Tput>> {
     const PORT: u16 = 15201;
     const SOCAT_PORT: u16 = 15202;
     let sock = rig.dir.join("socat.sock");
@@ -161,13 +168,25 @@ pub fn throughput(rig: &Rig, quick: bool) -> Result<Vec<Tput>> {
         }
         let reps = if quick { 1 } else { 3 };
         let mut all = Vec::new();
-        for streams in [1, 8] {
+        for &streams in streams {
             for reverse in [false, true] {
-                let mut t = Tput { streams, reverse, direct: vec![], hoist: vec![], socat: vec![] };
+                // Gbit/s, and the agent's and relay's CPU per GB meanwhile
+                // (taken around the client alone, not the server's start).
+                let run = |cmd: &mut Command, port: u16| {
+                    with_server(rig, PORT, || {
+                        let ((gbps, bytes), cpu) = Cpu::during(rig, || iperf(cmd, quick, streams, reverse, port))?;
+                        Ok((gbps, cpu.per(bytes / 1e9)))
+                    })
+                };
+                let mut t = Tput { streams, reverse, direct: vec![], hoist: vec![], socat: vec![], hoist_cpu: vec![], direct_cpu: vec![] };
                 for _ in 0..reps {
-                    t.direct.push(with_server(rig, PORT, || iperf(&mut rig.ns.command("iperf3"), quick, streams, reverse, PORT))?);
-                    t.hoist.push(with_server(rig, PORT, || iperf(&mut Command::new("iperf3"), quick, streams, reverse, PORT))?);
-                    t.socat.push(with_server(rig, PORT, || iperf(&mut Command::new("iperf3"), quick, streams, reverse, SOCAT_PORT))?);
+                    let (gbps, cpu) = run(&mut rig.ns.command("iperf3"), PORT)?;
+                    t.direct.push(gbps);
+                    t.direct_cpu.push(cpu);
+                    let (gbps, cpu) = run(&mut Command::new("iperf3"), PORT)?;
+                    t.hoist.push(gbps);
+                    t.hoist_cpu.push(cpu);
+                    t.socat.push(run(&mut Command::new("iperf3"), SOCAT_PORT)?.0);
                 }
                 all.push(t);
             }
@@ -198,7 +217,7 @@ fn host_listening(port: u16) -> bool {
 /// Runs `client` against a fresh one-off iperf3 server in the guest, once
 /// the guest listens and the host forwards it: a long-lived server carries
 /// state from one test to the next (and reopens its socket after each).
-fn with_server(rig: &Rig, port: u16, client: impl FnOnce() -> Result<f64>) -> Result<f64> {
+fn with_server<T>(rig: &Rig, port: u16, client: impl FnOnce() -> Result<T>) -> Result<T> {
     let mut server = rig.ns.command("iperf3").args(["-s", "-1", "-p", &port.to_string()]).stdout(Stdio::null()).spawn()?;
     let r = (|| {
         let deadline = Instant::now() + Duration::from_secs(10);

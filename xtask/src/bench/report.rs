@@ -108,6 +108,17 @@ pub fn markdown(r: &Results) -> String {
             100.0 * h / d
         );
     }
+    for x in r.throughput.iter().filter(|x| x.streams == 1) {
+        let _ = writeln!(
+            t,
+            "| CPU per GB moved, 1 stream, {} (during the iperf3 runs) | {} (agent {:.3} s, relay {:.3} s) | direct runs: agent + relay {:.3} s/GB (noise floor) | | reported |",
+            if x.reverse { "guest -> host" } else { "host -> guest" },
+            spread(&totals(&x.hoist_cpu), "CPU s/GB"),
+            median(&x.hoist_cpu.iter().map(|c| c.agent_s).collect::<Vec<_>>()),
+            median(&x.hoist_cpu.iter().map(|c| c.relay_s).collect::<Vec<_>>()),
+            median(&totals(&x.direct_cpu))
+        );
+    }
     if let Some(c) = &r.conn {
         let rps = |v: &[super::measure::Wrk]| v.iter().map(|w| w.rps).collect::<Vec<_>>();
         let (h, d) = (median(&rps(&c.hoist)), median(&rps(&c.direct)));
@@ -243,7 +254,11 @@ impl Results {
             bail!("detection latency produced no numbers");
         }
         if self.throughput.len() != 4
-            || self.throughput.iter().any(|x| x.hoist.iter().chain(&x.direct).chain(&x.socat).any(|v| !v.is_finite() || *v <= 0.0) || x.hoist.is_empty())
+            || self.throughput.iter().any(|x| {
+                x.hoist.iter().chain(&x.direct).chain(&x.socat).any(|v| !v.is_finite() || *v <= 0.0)
+                    || x.hoist.is_empty()
+                    || x.hoist_cpu.iter().chain(&x.direct_cpu).any(|c| !c.total_s().is_finite() || c.total_s() < 0.0)
+            })
         {
             bail!("throughput produced no numbers");
         }
