@@ -123,10 +123,11 @@ pub struct Tput {
 /// Gbit/s and bytes received.
 fn iperf(cmd: &mut Command, quick: bool, streams: u32, reverse: bool, port: u16) -> Result<(f64, f64)> {
     cmd.args(["-c", "127.0.0.1", "-p", &port.to_string(), "-J", "-P", &streams.to_string()]);
+    // 5 s: 36 runs of it must leave the whole bench within ~6 minutes.
     if quick {
         cmd.args(["-n", "64M"]);
     } else {
-        cmd.args(["-t", "10"]);
+        cmd.args(["-t", "5"]);
     }
     if reverse {
         cmd.arg("-R");
@@ -270,7 +271,7 @@ fn parse_duration_us(s: &str) -> Option<f64> {
 }
 
 fn wrk(cmd: &mut Command, quick: bool, port: u16) -> Result<Wrk> {
-    let d = if quick { "1s" } else { "10s" };
+    let d = if quick { "1s" } else { "5s" };
     let url = format!("http://127.0.0.1:{port}/");
     let (status, text) =
         output_within(cmd.args(["-t", "2", "-c", "32", "-d", d, "--latency", "-H", "Connection: close", &url]), Duration::from_secs(60), "wrk")?;
