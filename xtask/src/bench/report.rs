@@ -61,6 +61,13 @@ fn totals(v: &[Cpu]) -> Vec<f64> {
     v.iter().map(|c| c.total_s()).collect()
 }
 
+/// Per-unit CPU of repetitions: the total's spread, then the medians of the
+/// agent's and the relay's parts.
+fn cpu_cell(v: &[Cpu], unit: &str) -> String {
+    let part = |f: fn(&Cpu) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+    format!("{}; agent {:.2} {unit}, relay {:.2} {unit}", spread(&totals(v), unit), part(|c| c.agent_s), part(|c| c.relay_s))
+}
+
 fn mark(ok: bool) -> &'static str {
     if ok {
         "met"
@@ -111,11 +118,9 @@ pub fn markdown(r: &Results) -> String {
     for x in r.throughput.iter().filter(|x| x.streams == 1) {
         let _ = writeln!(
             t,
-            "| CPU per GB moved, 1 stream, {} (during the iperf3 runs) | {} (agent {:.3} s, relay {:.3} s) | direct runs: agent + relay {:.3} s/GB (noise floor) | | reported |",
+            "| CPU per GB moved, 1 stream, {} (during the iperf3 runs) | {} | direct runs: agent + relay {:.2} CPU s/GB (noise floor) | | reported |",
             if x.reverse { "guest -> host" } else { "host -> guest" },
-            spread(&totals(&x.hoist_cpu), "CPU s/GB"),
-            median(&x.hoist_cpu.iter().map(|c| c.agent_s).collect::<Vec<_>>()),
-            median(&x.hoist_cpu.iter().map(|c| c.relay_s).collect::<Vec<_>>()),
+            cpu_cell(&x.hoist_cpu, "CPU s/GB"),
             median(&totals(&x.direct_cpu))
         );
     }
@@ -145,10 +150,8 @@ pub fn markdown(r: &Results) -> String {
         let (h, d) = (per(&c.hoist), per(&c.direct));
         let _ = writeln!(
             t,
-            "| CPU per forwarded connection (during the wrk runs) | {} (agent {:.1} µs, relay {:.1} µs) | direct runs: agent + relay {:.1} µs (noise floor) | | <= 65 µs (half of ~130 µs): {} |",
-            spread(&totals(&h), "µs"),
-            median(&h.iter().map(|c| c.agent_s).collect::<Vec<_>>()),
-            median(&h.iter().map(|c| c.relay_s).collect::<Vec<_>>()),
+            "| CPU per forwarded connection (during the wrk runs) | {} | direct runs: agent + relay {:.2} µs (noise floor) | | <= 65 µs (half of ~130 µs): {} |",
+            cpu_cell(&h, "µs"),
             median(&totals(&d)),
             mark(median(&totals(&h)) <= 65.0)
         );
