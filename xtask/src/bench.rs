@@ -35,17 +35,25 @@ pub struct BenchArgs {
 /// The measurements, by the name `--only` takes.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Only {
+    /// listen() -> host port accepts, close() -> host port refuses.
     Latency,
+    /// iperf3: direct, hoist, socat chain.
     Throughput,
-    /// Measured during the 1-stream throughput runs.
+    /// hoist's CPU per GB, during the 1-stream throughput runs.
     CpuPerGb,
+    /// wrk with Connection: close against nginx.
     Connections,
-    /// Measured during the connections runs.
+    /// hoist's CPU per connection, during the connections runs.
     CpuPerConnection,
+    /// Connect + request + first byte, one connection at a time.
     Sequential,
+    /// redis-benchmark GET and SET on persistent connections.
     Requests,
+    /// 64-byte round trips on one connection.
     Pingpong,
+    /// 10000 listen/close cycles; agent CPU per event.
     Storm,
+    /// Wake-ups, CPU and memory with nothing to do.
     Idle,
 }
 

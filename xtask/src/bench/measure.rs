@@ -41,7 +41,8 @@ fn port_of(l: &TcpListener) -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// A port free on the host now; the guest, a fresh namespace, holds few.
+/// A port free on the host now, for a guest listener: the guest, a fresh
+/// namespace, holds few ports of its own.
 pub fn free_port() -> Result<u16> {
     Ok(port_of(&TcpListener::bind("127.0.0.1:0")?))
 }

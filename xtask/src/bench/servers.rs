@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 /// How long any single connect or read in a measurement may wait.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long any loop of round trips in a measurement may run in all.
+/// How long one client run (a loop of round trips, a redis-benchmark) may
+/// take in all.
 pub const LOOP_LIMIT: Duration = Duration::from_secs(120);
 
 /// A server process in the guest, listening on `port`; stopped on drop.
