@@ -7,6 +7,8 @@
 
 mod measure;
 mod report;
+mod servers;
+mod small;
 
 use crate::build::build;
 use crate::setup::apt;
@@ -25,9 +27,45 @@ pub struct BenchArgs {
     /// Also write BENCHMARKS.md and docs/bench/*.svg.
     #[arg(long)]
     pub write: bool,
-    /// Run one measurement only: latency, throughput, connections, storm or idle.
-    #[arg(long, conflicts_with = "write")]
-    pub only: Option<String>,
+    /// Run one measurement only.
+    #[arg(long, value_enum, conflicts_with = "write")]
+    pub only: Option<Only>,
+}
+
+/// The measurements, by the name `--only` takes.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// listen() -> host port accepts, close() -> host port refuses.
+    Latency,
+    /// iperf3: direct, hoist, socat chain.
+    Throughput,
+    /// hoist's CPU per GB, during the 1-stream throughput runs.
+    CpuPerGb,
+    /// wrk with Connection: close against nginx.
+    Connections,
+    /// hoist's CPU per connection, during the connections runs.
+    CpuPerConnection,
+    /// Connect + request + first byte, one connection at a time.
+    Sequential,
+    /// redis-benchmark GET and SET on persistent connections.
+    Requests,
+    /// 64-byte round trips on one connection.
+    Pingpong,
+    /// 10000 listen/close cycles; agent CPU per event.
+    Storm,
+    /// Wake-ups, CPU and memory with nothing to do.
+    Idle,
+}
+
+impl Only {
+    /// The measurement whose runs this one is taken during.
+    fn during(self) -> Option<Only> {
+        match self {
+            Only::CpuPerConnection => Some(Only::Connections),
+            Only::CpuPerGb => Some(Only::Throughput),
+            _ => None,
+        }
+    }
 }
 
 /// The bench's guest and the two hoist processes around it.
@@ -87,6 +125,15 @@ impl Rig {
         self.host_log.wait(what, timeout, pred)
     }
 
+    /// Waits until the host forwards `port` (for `what`, in the error).
+    pub fn wait_forwarded(&self, port: u16, what: &str) -> Result<()> {
+        self.wait_host(
+            &format!("{what}'s port {port} to be forwarded"),
+            Duration::from_secs(10),
+            |l| serving_ports(l).contains(&port),
+        )
+    }
+
     /// Host ports currently forwarded, from the host's log.
     pub fn serving(&self) -> std::collections::BTreeSet<u16> {
         self.host_log.with(serving_ports)
@@ -110,31 +157,51 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         ("wrk", "wrk"),
         ("socat", "socat"),
         ("nginx", "nginx-light"),
+        ("redis-server", "redis-server"),
+        ("redis-benchmark", "redis-tools"),
         ("ip", "iproute2"),
     ])?;
     let built = build()?;
     let rig = Rig::start(&built.agent, &built.host)?;
     let q = args.quick;
     let mut results = report::Results::default();
-    let want = |name: &str| args.only.as_deref().is_none_or(|o| o == name);
-    if want("latency") {
+    let want = |m: Only| args.only.is_none_or(|o| o == m || o.during() == Some(m));
+    if want(Only::Latency) {
         say("measuring detection latency (listen -> host accepts, close -> host refuses)");
         results.latency = Some(measure::detection(&rig, if q { 50 } else { 1000 })?);
     }
-    if want("throughput") {
-        say("measuring throughput (iperf3: direct, hoist, socat chain; 1 and 8 streams; both directions)");
-        results.throughput = measure::throughput(&rig, q)?;
+    if want(Only::Throughput) {
+        // CPU per GB alone needs only the 1-stream runs it reports.
+        let streams: &[u32] = if args.only == Some(Only::CpuPerGb) { &[1] } else { &[1, 8] };
+        say(format!("measuring throughput and hoist's CPU per GB (iperf3: direct, hoist, socat chain; {streams:?} streams; both directions)"));
+        results.throughput = measure::throughput(&rig, q, streams)?;
     }
-    if want("connections") {
-        say("measuring connection cost (wrk, Connection: close, nginx in the guest)");
-        results.conn = Some(measure::connections(&rig, q)?);
+    if want(Only::Connections) || want(Only::Sequential) {
+        let nginx = servers::nginx(&rig)?;
+        if want(Only::Connections) {
+            say("measuring connection cost (wrk, Connection: close, nginx in the guest) and hoist's CPU per connection");
+            results.conn = Some(measure::connections(&rig, &nginx, q)?);
+        }
+        if want(Only::Sequential) {
+            say("measuring connect + request + first byte, one connection at a time");
+            let (warmup, n) = if q { (20, 200) } else { (200, 5000) };
+            results.sequential = Some(small::sequential(&rig, &nginx, warmup, n)?);
+        }
     }
-    if want("storm") {
+    if want(Only::Requests) {
+        say("measuring request/response on persistent connections (redis-benchmark, redis-server in the guest)");
+        results.requests = Some(small::requests(&rig, if q { 5_000 } else { 200_000 })?);
+    }
+    if want(Only::Pingpong) {
+        say("measuring ping-pong of 64-byte messages on one connection (echo server in the guest)");
+        results.pingpong = Some(small::pingpong(&rig, if q { 500 } else { 20_000 })?);
+    }
+    if want(Only::Storm) {
         say("measuring a listen storm and the agent's CPU per event");
         results.storm =
             Some(measure::storm(&rig, if q { 500 } else { 10_000 }, if q { 1 } else { 3 })?);
     }
-    if want("idle") {
+    if want(Only::Idle) {
         say("measuring idle cost (100 forwarded ports, 100 open connections)");
         results.idle = Some(measure::idle(
             &rig,

@@ -4,7 +4,7 @@
 
 use crate::setup::{bpf_linker_root, setup};
 use crate::util::{root, run, say, target_dir};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;

@@ -1,5 +1,6 @@
 //! The measurements. Each returns plain numbers; `report` compares them.
 
+use super::servers::{output_within, Server};
 use super::Rig;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
@@ -7,41 +8,25 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    // A plain std listener with SO_REUSEADDR, so a port cycled 1000 times
-    // can be bound again while old connections sit in TIME_WAIT.
-    // SAFETY: plain socket calls on descriptors we own.
-    unsafe {
-        use std::os::fd::FromRawFd;
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let l = TcpListener::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one as *const _ as *const _, 4);
-        let SocketAddr::V4(a) = addr else { unreachable!() };
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: a.port().to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
-            sin_zero: [0; 8],
-        };
-        if libc::bind(
-            fd,
-            &sin as *const _ as *const libc::sockaddr,
-            std::mem::size_of_val(&sin) as u32,
-        ) != 0
-            || libc::listen(fd, 128) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(l)
-    }
+/// A plain std listener with SO_REUSEADDR, so a port cycled 1000 times can
+/// be bound again while old connections sit in TIME_WAIT.
+pub fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    Ok(s.into())
 }
 
 fn port_of(l: &TcpListener) -> u16 {
     l.local_addr().unwrap().port()
+}
+
+/// A port free on the host now, for a guest listener: the guest, a fresh
+/// namespace, holds few ports of its own.
+pub fn free_port() -> Result<u16> {
+    Ok(port_of(&TcpListener::bind("127.0.0.1:0")?))
 }
 
 /// Detection latencies, in microseconds.
@@ -66,18 +51,7 @@ fn spin_until(port: u16, want_open: bool) -> Result<Instant> {
             Ok(c) => {
                 // Reset rather than close: thousands of probes must not
                 // leave TIME_WAIT entries behind to collide with later ones.
-                let l = libc::linger { l_onoff: 1, l_linger: 0 };
-                // SAFETY: setsockopt on the probe's own descriptor.
-                unsafe {
-                    use std::os::fd::AsRawFd;
-                    libc::setsockopt(
-                        c.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_LINGER,
-                        &l as *const _ as *const _,
-                        std::mem::size_of_val(&l) as u32,
-                    )
-                };
+                let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
                 true
             }
             Err(_) => false,
@@ -98,8 +72,7 @@ fn spin_until(port: u16, want_open: bool) -> Result<Instant> {
 }
 
 pub fn detection(rig: &Rig, cycles: usize) -> Result<Latency> {
-    // A port free both in the guest and on the host.
-    let port = port_of(&TcpListener::bind("127.0.0.1:0")?);
+    let port = free_port()?;
     let mut lat =
         Latency { listen_us: Vec::with_capacity(cycles), close_us: Vec::with_capacity(cycles) };
     for _ in 0..cycles {
@@ -118,7 +91,8 @@ pub fn detection(rig: &Rig, cycles: usize) -> Result<Latency> {
     Ok(lat)
 }
 
-/// One throughput figure set, Gbit/s, one value per repetition.
+/// One throughput figure set, Gbit/s, one value per repetition; with the
+/// CPU seconds the agent and relay used per GB moved, per repetition.
 pub struct Tput {
     pub streams: u32,
     /// true: guest to host (iperf3 -R).
@@ -126,24 +100,35 @@ pub struct Tput {
     pub direct: Vec<f64>,
     pub hoist: Vec<f64>,
     pub socat: Vec<f64>,
+    pub hoist_cpu: Vec<Cpu>,
+    /// The same over the direct runs: the noise floor.
+    pub direct_cpu: Vec<Cpu>,
 }
 
-fn iperf(cmd: &mut Command, quick: bool, streams: u32, reverse: bool, port: u16) -> Result<f64> {
+/// Gbit/s and bytes received.
+fn iperf(
+    cmd: &mut Command,
+    quick: bool,
+    streams: u32,
+    reverse: bool,
+    port: u16,
+) -> Result<(f64, f64)> {
     cmd.args(["-c", "127.0.0.1", "-p", &port.to_string(), "-J", "-P", &streams.to_string()]);
+    // 5 s: 36 runs of it must leave the whole bench within ~6 minutes.
     if quick {
         cmd.args(["-n", "64M"]);
     } else {
-        cmd.args(["-t", "10"]);
+        cmd.args(["-t", "5"]);
     }
     if reverse {
         cmd.arg("-R");
     }
-    let out = cmd.stderr(Stdio::inherit()).output().context("running iperf3")?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parsing iperf3 -J output")?;
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64();
-    match bps {
-        Some(b) if out.status.success() => Ok(b / 1e9),
+    let (status, out) =
+        output_within(cmd.stderr(Stdio::inherit()), Duration::from_secs(60), "iperf3")?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing iperf3 -J output")?;
+    let sum = &v["end"]["sum_received"];
+    match (sum["bits_per_second"].as_f64(), sum["bytes"].as_f64()) {
+        (Some(b), Some(bytes)) if status.success() && bytes > 0.0 => Ok((b / 1e9, bytes)),
         _ => bail!(
             "iperf3 -P {streams}{} to port {port} failed: {}",
             if reverse { " -R" } else { "" },
@@ -152,7 +137,9 @@ fn iperf(cmd: &mut Command, quick: bool, streams: u32, reverse: bool, port: u16)
     }
 }
 
-pub fn throughput(rig: &Rig, quick: bool) -> Result<Vec<Tput>> {
+/// iperf3 inside the guest (direct), through hoist and through a socat
+/// chain, for each count of `streams`, both directions.
+pub fn throughput(rig: &Rig, quick: bool, streams: &[u32]) -> Result<Vec<Tput>> {
     const PORT: u16 = 15201;
     const SOCAT_PORT: u16 = 15202;
     let sock = rig.dir.join("socat.sock");
@@ -178,19 +165,34 @@ pub fn throughput(rig: &Rig, quick: bool) -> Result<Vec<Tput>> {
         }
         let reps = if quick { 1 } else { 3 };
         let mut all = Vec::new();
-        for streams in [1, 8] {
+        for &streams in streams {
             for reverse in [false, true] {
-                let mut t = Tput { streams, reverse, direct: vec![], hoist: vec![], socat: vec![] };
+                // Gbit/s, and the agent's and relay's CPU per GB meanwhile
+                // (taken around the client alone, not the server's start).
+                let run = |cmd: &mut Command, port: u16| {
+                    with_server(rig, PORT, || {
+                        let ((gbps, bytes), cpu) =
+                            Cpu::during(rig, || iperf(cmd, quick, streams, reverse, port))?;
+                        Ok((gbps, cpu.per(bytes / 1e9)))
+                    })
+                };
+                let mut t = Tput {
+                    streams,
+                    reverse,
+                    direct: vec![],
+                    hoist: vec![],
+                    socat: vec![],
+                    hoist_cpu: vec![],
+                    direct_cpu: vec![],
+                };
                 for _ in 0..reps {
-                    t.direct.push(with_server(rig, PORT, || {
-                        iperf(&mut rig.ns.command("iperf3"), quick, streams, reverse, PORT)
-                    })?);
-                    t.hoist.push(with_server(rig, PORT, || {
-                        iperf(&mut Command::new("iperf3"), quick, streams, reverse, PORT)
-                    })?);
-                    t.socat.push(with_server(rig, PORT, || {
-                        iperf(&mut Command::new("iperf3"), quick, streams, reverse, SOCAT_PORT)
-                    })?);
+                    let (gbps, cpu) = run(&mut rig.ns.command("iperf3"), PORT)?;
+                    t.direct.push(gbps);
+                    t.direct_cpu.push(cpu);
+                    let (gbps, cpu) = run(&mut Command::new("iperf3"), PORT)?;
+                    t.hoist.push(gbps);
+                    t.hoist_cpu.push(cpu);
+                    t.socat.push(run(&mut Command::new("iperf3"), SOCAT_PORT)?.0);
                 }
                 all.push(t);
             }
@@ -228,7 +230,7 @@ fn host_listening(port: u16) -> bool {
 /// Runs `client` against a fresh one-off iperf3 server in the guest, once
 /// the guest listens and the host forwards it: a long-lived server carries
 /// state from one test to the next (and reopens its socket after each).
-fn with_server(rig: &Rig, port: u16, client: impl FnOnce() -> Result<f64>) -> Result<f64> {
+fn with_server<T>(rig: &Rig, port: u16, client: impl FnOnce() -> Result<T>) -> Result<T> {
     let mut server = rig
         .ns
         .command("iperf3")
@@ -255,12 +257,15 @@ fn with_server(rig: &Rig, port: u16, client: impl FnOnce() -> Result<f64>) -> Re
     r
 }
 
-/// wrk figures: requests per second, latency p50 / p99 in microseconds.
+/// wrk figures: requests per second, latency p50 / p99 in microseconds,
+/// requests completed, and the CPU hoist used meanwhile.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Wrk {
     pub rps: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    pub requests: u64,
+    pub cpu: Cpu,
 }
 
 pub struct Conn {
@@ -282,24 +287,14 @@ fn parse_duration_us(s: &str) -> Option<f64> {
     num.parse::<f64>().ok().map(|v| v * mul)
 }
 
-fn wrk(cmd: &mut Command, quick: bool) -> Result<Wrk> {
-    let d = if quick { "1s" } else { "10s" };
-    let out = cmd
-        .args([
-            "-t",
-            "2",
-            "-c",
-            "32",
-            "-d",
-            d,
-            "--latency",
-            "-H",
-            "Connection: close",
-            "http://127.0.0.1:18080/",
-        ])
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+fn wrk(cmd: &mut Command, quick: bool, port: u16) -> Result<Wrk> {
+    let d = if quick { "1s" } else { "5s" };
+    let url = format!("http://127.0.0.1:{port}/");
+    let (status, text) = output_within(
+        cmd.args(["-t", "2", "-c", "32", "-d", d, "--latency", "-H", "Connection: close", &url]),
+        Duration::from_secs(60),
+        "wrk",
+    )?;
     let mut w = Wrk::default();
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -307,53 +302,33 @@ fn wrk(cmd: &mut Command, quick: bool) -> Result<Wrk> {
             ["Requests/sec:", v] => w.rps = v.parse().unwrap_or(0.0),
             ["50%", v] => w.p50_us = parse_duration_us(v).unwrap_or(0.0),
             ["99%", v] => w.p99_us = parse_duration_us(v).unwrap_or(0.0),
+            [n, "requests", "in", ..] => w.requests = n.parse().unwrap_or(0),
             _ => {}
         }
     }
-    if !out.status.success() || w.rps <= 0.0 {
+    if !status.success() || w.rps <= 0.0 || w.requests == 0 {
         bail!("wrk produced no rate: {text}");
     }
     Ok(w)
 }
 
-pub fn connections(rig: &Rig, quick: bool) -> Result<Conn> {
-    let conf = rig.dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx.err;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{ access_log off; server {{ listen 127.0.0.1:18080 backlog=4096; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
-            dir = rig.dir.display()
-        ),
-    )?;
-    let mut nginx = rig
-        .ns
-        .command("nginx")
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(&rig.dir)
-        .stdout(Stdio::null())
-        .spawn()?;
-    let result = (|| {
-        rig.wait_host("nginx's port to be forwarded", Duration::from_secs(10), |l| {
-            l.iter().any(|x| x.contains("forward_opened") && x.contains("\"port\":18080,"))
-        })?;
-        let reps = if quick { 1 } else { 3 };
-        let mut c = Conn { direct: vec![], hoist: vec![] };
-        for _ in 0..reps {
-            c.direct.push(wrk(&mut rig.ns.command("wrk"), quick)?);
-            c.hoist.push(wrk(&mut Command::new("wrk"), quick)?);
-        }
-        Ok(c)
-    })();
-    // SIGTERM: the master stops its workers (SIGKILL would orphan them,
-    // still listening).
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
-    let _ = nginx.wait();
-    result
+/// wrk against nginx in the guest, from inside the guest (direct) and
+/// through hoist, alternately. Each run also records the CPU the agent and
+/// relay used during it: through hoist that is the forwarding cost of the
+/// connections wrk completed; during the direct run it shows the noise floor
+/// (both should sit idle).
+pub fn connections(rig: &Rig, nginx: &Server, quick: bool) -> Result<Conn> {
+    let reps = if quick { 1 } else { 3 };
+    let mut c = Conn { direct: vec![], hoist: vec![] };
+    let run = |cmd: &mut Command| -> Result<Wrk> {
+        let (w, cpu) = Cpu::during(rig, || wrk(cmd, quick, nginx.port))?;
+        Ok(Wrk { cpu, ..w })
+    };
+    for _ in 0..reps {
+        c.direct.push(run(&mut rig.ns.command("wrk"))?);
+        c.hoist.push(run(&mut Command::new("wrk"))?);
+    }
+    Ok(c)
 }
 
 /// CPU time (user + system) of a process, in seconds.
@@ -363,9 +338,38 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     let rest = &stat[stat.rfind(')').context("bad /proc stat")? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = rustix::param::clock_ticks_per_second() as f64;
     Ok(ticks / hz)
+}
+
+/// CPU time (user + system) hoist's agent and relay used, in seconds, or
+/// per unit once divided.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu {
+    pub agent_s: f64,
+    pub relay_s: f64,
+}
+
+impl Cpu {
+    fn now(rig: &Rig) -> Result<Cpu> {
+        Ok(Cpu { agent_s: cpu_seconds(rig.agent.id())?, relay_s: cpu_seconds(rig.host.id())? })
+    }
+
+    /// Runs `f`; also returns the CPU the agent and relay used meanwhile.
+    fn during<T>(rig: &Rig, f: impl FnOnce() -> Result<T>) -> Result<(T, Cpu)> {
+        let c0 = Cpu::now(rig)?;
+        let t = f()?;
+        let c1 = Cpu::now(rig)?;
+        Ok((t, Cpu { agent_s: c1.agent_s - c0.agent_s, relay_s: c1.relay_s - c0.relay_s }))
+    }
+
+    pub fn per(self, n: f64) -> Cpu {
+        Cpu { agent_s: self.agent_s / n, relay_s: self.relay_s / n }
+    }
+
+    pub fn total_s(self) -> f64 {
+        self.agent_s + self.relay_s
+    }
 }
 
 pub struct Storm {

@@ -2,7 +2,8 @@
 //! and two hand-drawn SVG charts; checks that every measurement produced
 //! numbers.
 
-use super::measure::{Conn, Idle, Latency, Storm, Tput};
+use super::measure::{Conn, Cpu, Idle, Latency, Storm, Tput};
+use super::small::{PingPong, Requests, Sequential};
 use crate::util::root;
 use anyhow::{bail, Result};
 use std::fmt::Write as _;
@@ -12,6 +13,9 @@ pub struct Results {
     pub latency: Option<Latency>,
     pub throughput: Vec<Tput>,
     pub conn: Option<Conn>,
+    pub sequential: Option<Sequential>,
+    pub requests: Option<Requests>,
+    pub pingpong: Option<PingPong>,
     pub storm: Option<Storm>,
     pub idle: Option<Idle>,
 }
@@ -35,6 +39,15 @@ fn median(v: &[f64]) -> f64 {
     q(v, 0.5)
 }
 
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Every value finite and positive, and at least one.
+fn positive(v: &[f64]) -> bool {
+    !v.is_empty() && v.iter().all(|x| x.is_finite() && *x > 0.0)
+}
+
 /// "median (min–max)" of repetitions.
 fn spread(v: &[f64], unit: &str) -> String {
     let s = sorted(v);
@@ -42,6 +55,22 @@ fn spread(v: &[f64], unit: &str) -> String {
         return format!("{:.2} {unit}", median(v));
     }
     format!("{:.2} {unit} ({:.2}–{:.2})", median(v), s[0], s[s.len() - 1])
+}
+
+fn totals(v: &[Cpu]) -> Vec<f64> {
+    v.iter().map(|c| c.total_s()).collect()
+}
+
+/// Per-unit CPU of repetitions: the total's spread, then the medians of the
+/// agent's and the relay's parts.
+fn cpu_cell(v: &[Cpu], unit: &str) -> String {
+    let part = |f: fn(&Cpu) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+    format!(
+        "{}; agent {:.2} {unit}, relay {:.2} {unit}",
+        spread(&totals(v), unit),
+        part(|c| c.agent_s),
+        part(|c| c.relay_s)
+    )
 }
 
 fn mark(ok: bool) -> &'static str {
@@ -98,6 +127,15 @@ pub fn markdown(r: &Results) -> String {
             100.0 * h / d
         );
     }
+    for x in r.throughput.iter().filter(|x| x.streams == 1) {
+        let _ = writeln!(
+            t,
+            "| CPU per GB moved, 1 stream, {} (during the iperf3 runs) | {} | direct runs: agent + relay {:.2} CPU s/GB (noise floor) | | reported |",
+            if x.reverse { "guest -> host" } else { "host -> guest" },
+            cpu_cell(&x.hoist_cpu, "CPU s/GB"),
+            median(&totals(&x.direct_cpu))
+        );
+    }
     if let Some(c) = &r.conn {
         let rps = |v: &[super::measure::Wrk]| v.iter().map(|w| w.rps).collect::<Vec<_>>();
         let (h, d) = (median(&rps(&c.hoist)), median(&rps(&c.direct)));
@@ -120,6 +158,65 @@ pub fn markdown(r: &Results) -> String {
             p(&c.direct, |w| w.p50_us),
             p(&c.direct, |w| w.p99_us),
             p(&c.hoist, |w| w.p50_us) - p(&c.direct, |w| w.p50_us)
+        );
+        // µs of CPU per request (per connection: Connection: close).
+        let per = |v: &[super::measure::Wrk]| {
+            v.iter().map(|w| w.cpu.per(w.requests as f64 / 1e6)).collect::<Vec<_>>()
+        };
+        let (h, d) = (per(&c.hoist), per(&c.direct));
+        let _ = writeln!(
+            t,
+            "| CPU per forwarded connection (during the wrk runs) | {} | direct runs: agent + relay {:.2} µs (noise floor) | | <= 65 µs (half of ~130 µs): {} |",
+            cpu_cell(&h, "µs"),
+            median(&totals(&d)),
+            mark(median(&totals(&h)) <= 65.0)
+        );
+    }
+    if let Some(s) = &r.sequential {
+        let (h, d) = (&s.hoist_us, &s.direct_us);
+        let _ = writeln!(
+            t,
+            "| connect + request + first byte, one client, sequential ({} connections) | p50 {:.0} µs, p99 {:.0} µs, mean {:.0} µs | direct p50 {:.0} µs, p99 {:.0} µs, mean {:.0} µs | {:+.0} µs at p50 / {:+.0} µs at p99 | p50 <= direct + 75 µs: {}; p99 <= direct + 250 µs: {} |",
+            h.len(),
+            q(h, 0.5),
+            q(h, 0.99),
+            mean(h),
+            q(d, 0.5),
+            q(d, 0.99),
+            mean(d),
+            q(h, 0.5) - q(d, 0.5),
+            q(h, 0.99) - q(d, 0.99),
+            mark(q(h, 0.5) <= q(d, 0.5) + 75.0),
+            mark(q(h, 0.99) <= q(d, 0.99) + 250.0)
+        );
+    }
+    if let Some(x) = &r.requests {
+        for (test, h, d) in [("GET", x.hoist.get, x.direct.get), ("SET", x.hoist.set, x.direct.set)]
+        {
+            let _ = writeln!(
+                t,
+                "| request/response on persistent connections (redis-benchmark -c 20, {} {test}) | {h:.0} requests/s | direct {d:.0} requests/s | {:.0}% of direct | >= 60% of direct: {}; goal 75%: {} |",
+                x.n,
+                100.0 * h / d,
+                mark(h >= 0.6 * d),
+                mark(h >= 0.75 * d)
+            );
+        }
+    }
+    if let Some(p) = &r.pingpong {
+        let (h, d) = (&p.hoist, &p.direct);
+        let _ = writeln!(
+            t,
+            "| ping-pong, 64 bytes, one persistent connection ({} round trips) | {:.0} round trips/s, p50 {:.0} µs, p99 {:.0} µs | direct {:.0} round trips/s, p50 {:.0} µs, p99 {:.0} µs | {:.0}% of direct, {:+.0} µs at p50 | reported |",
+            h.us.len(),
+            h.per_s,
+            q(&h.us, 0.5),
+            q(&h.us, 0.99),
+            d.per_s,
+            q(&d.us, 0.5),
+            q(&d.us, 0.99),
+            100.0 * h.per_s / d.per_s,
+            q(&h.us, 0.5) - q(&d.us, 0.5)
         );
     }
     if let Some(s) = &r.storm {
@@ -183,15 +280,35 @@ impl Results {
             || self.throughput.iter().any(|x| {
                 x.hoist.iter().chain(&x.direct).chain(&x.socat).any(|v| !v.is_finite() || *v <= 0.0)
                     || x.hoist.is_empty()
+                    || x.hoist_cpu
+                        .iter()
+                        .chain(&x.direct_cpu)
+                        .any(|c| !c.total_s().is_finite() || c.total_s() < 0.0)
             })
         {
             bail!("throughput produced no numbers");
         }
         let Some(c) = &self.conn else { bail!("no connection cost") };
-        if c.hoist.iter().chain(&c.direct).any(|w| w.rps <= 0.0 || w.p50_us <= 0.0)
-            || c.hoist.is_empty()
+        if c.hoist.iter().chain(&c.direct).any(|w| {
+            w.rps <= 0.0 || w.p50_us <= 0.0 || w.requests == 0 || !w.cpu.total_s().is_finite()
+        }) || c.hoist.is_empty()
         {
             bail!("connection cost produced no numbers");
+        }
+        let Some(s) = &self.sequential else { bail!("no sequential connection latency") };
+        if !positive(&s.direct_us) || !positive(&s.hoist_us) {
+            bail!("sequential connection latency produced no numbers");
+        }
+        let Some(r) = &self.requests else { bail!("no request/response rates") };
+        if !positive(&[r.direct.get, r.direct.set, r.hoist.get, r.hoist.set]) {
+            bail!("request/response produced no numbers");
+        }
+        let Some(p) = &self.pingpong else { bail!("no ping-pong") };
+        if !positive(&[p.direct.per_s, p.hoist.per_s])
+            || !positive(&p.direct.us)
+            || !positive(&p.hoist.us)
+        {
+            bail!("ping-pong produced no numbers");
         }
         let Some(s) = &self.storm else { bail!("no listen storm") };
         if !s.table_equal {
@@ -218,8 +335,7 @@ fn machine() -> String {
         })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    // SAFETY: sysconf has no preconditions.
-    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
 }
 
