@@ -10,6 +10,7 @@
 mod control;
 mod data;
 mod serve;
+mod session;
 mod source;
 mod sys;
 mod table;
@@ -23,7 +24,8 @@ pub use sys::enter_netns;
 pub use table::GuestListener;
 
 use anyhow::{Context, Result};
-use hoist_net::{Acceptor, Addr};
+use hoist_net::{Acceptor, AcceptorOptions, Addr};
+use hoist_wire::{AgentInfo, Token};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -34,10 +36,16 @@ use tracker::{Tracker, TrackerHandle};
 pub struct Settings {
     /// Only vsock peers with this CID may connect (`None`: any).
     pub accept_cid: Option<u32>,
+    /// Unix peers with these uids may connect, besides root and the agent's
+    /// own user.
+    pub allowed_uids: Vec<u32>,
     /// Also expose listeners bound to non-loopback addresses.
     pub forward_any_address: bool,
-    /// Describes this agent to the host (version, hook set).
-    pub description: String,
+    /// Who this agent is, for the host's log.
+    pub info: AgentInfo,
+    /// A shared token the host must prove it holds (and this agent proves
+    /// it holds to the host).
+    pub token: Option<Token>,
 }
 
 /// An agent: a source of listener events, the table it feeds, and the door
@@ -60,12 +68,38 @@ impl<S: EventSource> Agent<S> {
     /// Serves the host until `shutdown`; an error means the event source
     /// failed.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let serving =
-            tokio::spawn(serve::serve(self.acceptor, self.handle, self.settings, shutdown.clone()));
+        let door = serve::Door {
+            tracker: self.handle,
+            settings: self.settings,
+            sessions: Default::default(),
+            pending: Default::default(),
+            shutdown: shutdown.clone(),
+        };
+        let serving = tokio::spawn(serve::serve(self.acceptor, door));
         let result = self.tracker.run(shutdown.clone()).await;
         shutdown.cancel();
         let _ = serving.await;
         result
+    }
+}
+
+/// Where the agent listens by default: a privileged vsock port (only root or
+/// CAP_NET_BIND_SERVICE may bind ports up to 1023), so no guest user can take
+/// it first and pose as the agent.
+pub const DEFAULT_LISTEN: &str = "vsock:any:1023";
+
+/// Refuses a listening address an unprivileged guest user could take over:
+/// a vsock port above 1023 (unless allowed explicitly), a TCP port without a
+/// shared token (anyone who reaches it could pose as the host).
+pub fn check_listen(listen: &Addr, allow_unprivileged_port: bool, token: bool) -> Result<()> {
+    match listen {
+        Addr::Vsock { port, .. } if *port > 1023 && !allow_unprivileged_port => anyhow::bail!(
+            "vsock port {port} can be bound by any guest user, who could then pose as the agent: use a port up to 1023 (the default is {DEFAULT_LISTEN}) or pass --allow-unprivileged-port"
+        ),
+        Addr::Tcp(a) if !token => anyhow::bail!(
+            "listening on tcp:{a} needs --token-file: anyone who can reach that port could pose as the host"
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -74,14 +108,21 @@ impl<S: EventSource> Agent<S> {
 pub struct Config {
     /// Where the host connects.
     pub listen: Addr,
+    /// How that socket is set up (a Unix socket's mode).
+    pub acceptor: AcceptorOptions,
     /// Which kernel hooks to use.
     pub hooks: HookMode,
     /// Only vsock peers with this CID may connect (`None`: any).
     pub accept_cid: Option<u32>,
+    /// Unix peers with these uids may connect, besides root and the agent's
+    /// own user.
+    pub allowed_uids: Vec<u32>,
     /// Also expose listeners bound to non-loopback addresses.
     pub forward_any_address: bool,
     /// Inode of the network namespace whose listeners are tracked.
     pub netns_inum: u32,
+    /// The shared token, if any.
+    pub token: Option<Token>,
 }
 
 /// Runs the agent on the kernel's events, in the calling thread's network
@@ -92,11 +133,48 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let hooks = source.hooks();
     let settings = Settings {
         accept_cid: config.accept_cid,
+        allowed_uids: config.allowed_uids,
         forward_any_address: config.forward_any_address,
-        description: format!("hoist-agent {} ({hooks} hooks)", env!("CARGO_PKG_VERSION")),
+        info: AgentInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            hooks: hooks.to_string(),
+            pid: std::process::id(),
+        },
+        token: config.token,
     };
-    let acceptor = Acceptor::bind(&config.listen).await?;
+    let acceptor = Acceptor::bind(&config.listen, config.acceptor).await?;
     let agent = Agent::new(source, acceptor, settings)?;
     info!(event = "agent_ready", listen = %config.listen, hooks = %hooks, netns = config.netns_inum, "agent ready");
     agent.run(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_addresses_an_unprivileged_user_could_take_are_refused() {
+        let cases: &[(&str, bool, bool, Option<&str>)] = &[
+            (DEFAULT_LISTEN, false, false, None),
+            ("vsock:any:1023", false, false, None),
+            ("vsock:any:1024", false, false, Some("can be bound by any guest user")),
+            ("vsock:any:1024", true, false, None),
+            ("unix:/run/hoist.sock", false, false, None),
+            ("tcp:127.0.0.1:7000", false, false, Some("needs --token-file")),
+            ("tcp:127.0.0.1:7000", false, true, None),
+        ];
+        for (addr, allow, token, want) in cases {
+            let r = check_listen(&addr.parse().unwrap(), *allow, *token);
+            match (r, want) {
+                (Ok(()), None) => {}
+                (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{addr}: {e}"),
+                (r, w) => panic!("{addr}: got {r:?}, want {w:?}"),
+            }
+        }
+        let port = match DEFAULT_LISTEN.parse::<Addr>().unwrap() {
+            Addr::Vsock { port, .. } => port,
+            other => panic!("{other:?}"),
+        };
+        assert!(port <= 1023, "the default port is a privileged one");
+    }
 }

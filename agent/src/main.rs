@@ -3,8 +3,8 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use hoist_agent::{Config, HookMode};
-use hoist_net::{Addr, LogFormat, CID_HOST};
+use hoist_agent::{check_listen, Config, HookMode};
+use hoist_net::{AcceptorOptions, Addr, LogFormat, CID_HOST};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
@@ -13,9 +13,25 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Where the host connects: vsock:<cid|any>:<port> (in a VM) or unix:<path> (tests, demo).
-    #[arg(long, default_value = "vsock:any:1024")]
+    /// Where the host connects: vsock:<cid|any>:<port> (in a VM), unix:<path> (tests, demo),
+    /// or tcp:<ip>:<port> (only with --token-file).
+    #[arg(long, default_value = hoist_agent::DEFAULT_LISTEN)]
     listen: Addr,
+    /// Listen on a vsock port above 1023. Any guest user may bind such a port (only ports up to
+    /// 1023 need privilege), and whoever holds the agent's port can pose as the agent to the host:
+    /// use this only where every guest user is trusted, or together with --token-file.
+    #[arg(long)]
+    allow_unprivileged_port: bool,
+    /// A file holding a shared secret (16 bytes or more, mode 600) that the host must prove it
+    /// holds and this agent proves it holds; the host must be given the same file.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Permission bits of a unix: socket, in octal.
+    #[arg(long, default_value = "600", value_parser = parse_mode)]
+    socket_mode: u32,
+    /// Also accept unix: connections from this user id (root and the agent's own user always may).
+    #[arg(long = "allow-uid")]
+    allow_uid: Vec<u32>,
     /// Network namespace to watch and dial in (a file such as /run/netns/NAME); default: the agent's own.
     #[arg(long)]
     netns: Option<PathBuf>,
@@ -47,12 +63,21 @@ fn parse_cid(s: &str) -> Result<CidFilter, String> {
     }
 }
 
+fn parse_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("bad mode {s:?}: octal permission bits such as 600 or 660")),
+    }
+}
+
 fn main() {
     let args = Args::parse();
     hoist_net::run_main("hoist-agent", args.log_format, || real_main(args))
 }
 
 fn real_main(args: Args) -> Result<()> {
+    let token = args.token_file.as_deref().map(hoist_net::read_token_file).transpose()?;
+    check_listen(&args.listen, args.allow_unprivileged_port, token.is_some())?;
     // Enter the namespace before the runtime exists: threads it spawns then
     // inherit it, so every socket the agent makes lives there.
     if let Some(path) = &args.netns {
@@ -66,10 +91,13 @@ fn real_main(args: Args) -> Result<()> {
         .ino() as u32;
     let config = Config {
         listen: args.listen,
+        acceptor: AcceptorOptions { unix_mode: args.socket_mode },
         hooks: args.hooks,
         accept_cid: args.accept_cid.0,
+        allowed_uids: args.allow_uid,
         forward_any_address: args.forward_any_address,
         netns_inum,
+        token,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

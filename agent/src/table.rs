@@ -79,7 +79,6 @@ impl Table {
         self.listeners.len()
     }
 
-    #[cfg(test)]
     pub fn get(&self, cookie: u64) -> Option<&GuestListener> {
         self.listeners.get(&cookie)
     }
@@ -141,7 +140,7 @@ impl Table {
         let mut best: BTreeMap<Endpoint, (u8, u64, Exposure)> = BTreeMap::new();
         for l in self.listeners.values() {
             for (family, dial_ip, rank) in host_sides(l, self.forward_any_address) {
-                let endpoint = Endpoint { family, port: l.port };
+                let endpoint = Endpoint::tcp(family, l.port);
                 let exposure = Exposure {
                     forward: Forward {
                         endpoint,
@@ -240,7 +239,7 @@ mod tests {
     }
 
     fn ep(family: Family, port: u16) -> Endpoint {
-        Endpoint { family, port }
+        Endpoint::tcp(family, port)
     }
 
     fn summary(x: &Exposed) -> Vec<(Endpoint, String)> {
@@ -408,7 +407,7 @@ mod tests {
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(kinds, vec!["-ipv4/80", "-ipv4/443", "+ipv4/8080"]);
+        assert_eq!(kinds, vec!["-tcp/ipv4/80", "-tcp/ipv4/443", "+tcp/ipv4/8080"]);
         assert!(changes(&new, &new).is_empty());
         b.unlisten(2);
         b.listen(moved);

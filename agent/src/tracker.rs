@@ -16,6 +16,9 @@ use tracing::{info, warn};
 /// Asks the tracker for a fresh snapshot; answered once it is published.
 type ResyncRequest = oneshot::Sender<()>;
 
+/// Resync requests that may wait at once; more wait to be queued.
+const RESYNC_QUEUE: usize = 16;
+
 /// What the rest of the agent holds: the published endpoints and a way to
 /// ask for a resync.
 #[derive(Clone)]
@@ -48,7 +51,7 @@ impl<S: EventSource> Tracker<S> {
     /// existed before the agent started are in the table from the start.
     pub fn new(source: S, forward_any_address: bool) -> Result<(Tracker<S>, TrackerHandle)> {
         let (published, exposed) = watch::channel(Arc::new(Exposed::new()));
-        let (resync_tx, resync) = mpsc::channel(16);
+        let (resync_tx, resync) = mpsc::channel(RESYNC_QUEUE);
         let drops_seen = source.drops()?;
         let mut t = Tracker {
             source,
@@ -72,13 +75,23 @@ impl<S: EventSource> Tracker<S> {
                     r.context("reading kernel events")?;
                     self.apply_batch(&mut batch);
                 }
-                Some(done) = self.resync.recv() => {
-                    if let Err(e) = self.resync_now() {
-                        warn!("resync failed: {e:#}");
-                    }
-                    let _ = done.send(());
-                }
+                Some(first) = self.resync.recv() => self.resync_for(first),
             }
+        }
+    }
+
+    /// Answers a resync request and every other one already queued with one
+    /// snapshot: hosts that connect together share it.
+    fn resync_for(&mut self, first: ResyncRequest) {
+        let mut waiting = vec![first];
+        while let Ok(more) = self.resync.try_recv() {
+            waiting.push(more);
+        }
+        if let Err(e) = self.resync_now() {
+            warn!("resync failed: {e:#}");
+        }
+        for done in waiting {
+            let _ = done.send(());
         }
     }
 
@@ -115,7 +128,9 @@ impl<S: EventSource> Tracker<S> {
     }
 
     fn resync_now(&mut self) -> Result<()> {
-        let snap = self.source.snapshot()?;
+        // Owners the table already knows need no /proc scan.
+        let table = &self.table;
+        let snap = self.source.snapshot(&|cookie| table.get(cookie).is_some_and(|l| l.pid != 0))?;
         for c in self.table.reconcile(snap) {
             log_change(Some(c), "snapshot");
         }
@@ -145,5 +160,50 @@ fn log_change(change: Option<Change>, via: &'static str) {
             info!(event = "unlisten", port = l.port, address = %l.addr, pid = l.pid, comm = %l.comm, via, "guest listener closed")
         }
         None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A source with no events whose snapshots are counted.
+    struct Counting(Arc<AtomicUsize>);
+
+    impl EventSource for Counting {
+        async fn next_batch(&mut self, _: &mut Vec<ListenEvent>) -> Result<()> {
+            std::future::pending().await
+        }
+        fn drops(&self) -> Result<u64> {
+            Ok(0)
+        }
+        fn snapshot(&mut self, _: &dyn Fn(u64) -> bool) -> Result<Vec<GuestListener>> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(vec![])
+        }
+    }
+
+    /// A full queue of hosts asking at once costs one snapshot, and every one
+    /// of them gets its answer.
+    #[tokio::test]
+    async fn resync_requests_that_arrive_together_share_one_snapshot() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let (tracker, handle) = Tracker::new(Counting(count.clone()), false).unwrap();
+        assert_eq!(count.load(Ordering::Relaxed), 1, "the initial snapshot");
+        let mut answers = Vec::new();
+        for _ in 0..RESYNC_QUEUE {
+            let (tx, rx) = oneshot::channel();
+            handle.resync.send(tx).await.unwrap();
+            answers.push(rx);
+        }
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(tracker.run(stop.clone()));
+        for a in answers {
+            a.await.unwrap();
+        }
+        assert_eq!(count.load(Ordering::Relaxed), 2, "one snapshot for all of them");
+        stop.cancel();
+        run.await.unwrap().unwrap();
     }
 }

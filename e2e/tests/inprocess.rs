@@ -41,7 +41,7 @@ impl EventSource for Script {
     fn drops(&self) -> Result<u64> {
         Ok(self.drops.load(Ordering::Relaxed))
     }
-    fn snapshot(&mut self) -> Result<Vec<GuestListener>> {
+    fn snapshot(&mut self, _: &dyn Fn(u64) -> bool) -> Result<Vec<GuestListener>> {
         Ok(self.truth.lock().unwrap().clone())
     }
 }
@@ -108,11 +108,18 @@ async fn start_agent(sock: &Path, truth: Arc<Mutex<Vec<GuestListener>>>) -> (Age
     let (tx, rx) = mpsc::unbounded_channel();
     let drops = Arc::new(AtomicU64::new(0));
     let source = Script { rx, drops: drops.clone(), truth: truth.clone() };
-    let acceptor = Acceptor::bind(&Addr::Unix(sock.to_path_buf())).await.unwrap();
+    let acceptor =
+        Acceptor::bind(&Addr::Unix(sock.to_path_buf()), Default::default()).await.unwrap();
     let settings = Settings {
         accept_cid: None,
         forward_any_address: false,
-        description: "scripted agent".into(),
+        allowed_uids: vec![],
+        info: hoist_wire::AgentInfo {
+            version: "test".into(),
+            hooks: "scripted".into(),
+            pid: std::process::id(),
+        },
+        token: None,
     };
     let agent = Agent::new(source, acceptor, settings).unwrap();
     let stop = CancellationToken::new();
@@ -152,7 +159,7 @@ impl Host {
 }
 
 fn v4(port: u16) -> Endpoint {
-    Endpoint { family: Family::V4, port }
+    Endpoint::tcp(Family::V4, port)
 }
 
 /// A guest-side echo server on 127.0.0.1, port 0.

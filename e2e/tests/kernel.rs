@@ -392,28 +392,65 @@ fn two_hundred_concurrent_connections_all_complete() {
     }
 }
 
+/// Reads until an error or the end: the error's kind, or None for a clean
+/// end of stream.
+fn read_until_end(c: &mut TcpStream) -> Option<std::io::ErrorKind> {
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) => return Some(e.kind()),
+        }
+    }
+}
+
+fn abort(c: TcpStream) {
+    socket2::SockRef::from(&c).set_linger(Some(std::time::Duration::ZERO)).unwrap();
+    drop(c);
+}
+
+/// A guest server that aborts mid-response is an abort for the client (not
+/// a clean end that looks like a complete response), and a client that
+/// aborts is one for the guest server.
 #[test]
 fn a_reset_is_passed_on() {
     let lab = Lab::new();
     let l = lab.listen("127.0.0.1:0");
     let p = port(&l);
-    std::thread::spawn(move || {
-        let (c, _) = l.accept().unwrap();
-        let mut b = [0u8; 4];
-        (&c).read_exact(&mut b).unwrap();
-        socket2::SockRef::from(&c).set_linger(Some(std::time::Duration::ZERO)).unwrap();
-        drop(c);
-    });
     lab.wait_forwarded("ipv4", p);
+    // The guest server aborts.
+    let server = std::thread::spawn({
+        let l = l.try_clone().unwrap();
+        move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut b = [0u8; 4];
+            c.read_exact(&mut b).unwrap();
+            c.write_all(b"HTTP/1.0 200 OK\r\n\r\npartial").unwrap();
+            abort(c);
+        }
+    });
     let mut c = TcpStream::connect(("127.0.0.1", p)).unwrap();
-    c.set_read_timeout(Some(WAIT)).unwrap();
     c.write_all(b"ping").unwrap();
-    let mut buf = [0u8; 16];
-    match c.read(&mut buf) {
-        Ok(0) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        other => panic!("expected reset or close, got {other:?}"),
-    }
+    assert_eq!(
+        read_until_end(&mut c),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "the client sees the reset"
+    );
+    server.join().unwrap();
+    // The client aborts.
+    let c = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    let (mut guest_side, _) = l.accept().unwrap();
+    (&c).write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    guest_side.read_exact(&mut b).unwrap();
+    abort(c);
+    assert_eq!(
+        read_until_end(&mut guest_side),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "the server sees the reset"
+    );
 }
 
 #[test]
@@ -428,29 +465,41 @@ fn data_connection_to_a_port_not_listening_is_refused_and_a_bad_frame_closes_onl
     rt.block_on(async {
         use hoist_net::{connect, Addr};
         use hoist_wire::{
-            AgentMsg, Conn, Endpoint, Family, HostMsg, Message, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION,
+            open_segment, parse_refused, AgentMsg, Conn, Endpoint, Family, HostMsg, Message,
+            Refusal, SegmentKind, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION,
         };
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = Addr::Unix(sock);
-        // A port nobody listens on in the guest.
-        let closed =
-            lab.guest(|| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
-        let mut s = Conn::new(connect(&addr).await.unwrap());
-        let hello = HostMsg::Data {
-            version: PROTOCOL_VERSION,
-            endpoint: Endpoint { family: Family::V4, port: closed },
+        // A session of our own, for its ticket.
+        let mut control = Conn::new(connect(&addr).await.unwrap());
+        let hello = HostMsg::Hello { nonce: [7; 16], ping_interval_ms: 0 };
+        control.send_all([&HostMsg::Control { version: PROTOCOL_VERSION }, &hello]).await.unwrap();
+        let ticket = match control.recv_within::<AgentMsg>(HANDSHAKE_TIMEOUT).await.unwrap() {
+            AgentMsg::Welcome { ticket, agent, .. } => {
+                assert_eq!(agent.pid, lab.agent.as_ref().unwrap().pid(), "the welcome names the agent's pid");
+                ticket
+            }
+            other => panic!("{other:?}"),
         };
-        s.send(&hello).await.unwrap();
-        let reply = s.recv_within::<AgentMsg>(HANDSHAKE_TIMEOUT).await.unwrap();
-        assert!(
-            matches!(&reply, AgentMsg::Rejected { reason } if reason.contains("no guest listener")),
-            "{reply:?}"
-        );
-        // Garbage, an oversized frame, an unknown version: each closes only
-        // its own connection.
+        // A port nobody listens on in the guest, and a ticket nobody issued.
+        let closed = lab.guest(|| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+        for (ticket, want) in [(ticket, "no guest listener"), ([0; 16], "no session with this ticket")] {
+            let mut s = Conn::new(connect(&addr).await.unwrap());
+            let mut first = Vec::new();
+            HostMsg::Data { version: PROTOCOL_VERSION, ticket }.encode_frame(&mut first);
+            first.extend_from_slice(&open_segment(&Endpoint::tcp(Family::V4, closed)));
+            s.send_raw(&first).await.unwrap();
+            let (h, payload) = s.recv_segment_within(HANDSHAKE_TIMEOUT).await.unwrap();
+            assert_eq!(h.kind, SegmentKind::Refused);
+            let (why, reason) = parse_refused(&payload).unwrap();
+            assert_eq!(why, Refusal::NotListening);
+            assert!(reason.contains(want), "{reason}");
+        }
+        // Garbage, an oversized frame, an older protocol version: each closes
+        // only its own connection, the old version with words it can read.
         for wire in [vec![0, 0, 0, 3, 0xde, 0xad, 0xbe], vec![0xff, 0xff, 0xff, 0xff], {
             let mut v = Vec::new();
-            HostMsg::Control { version: 999 }.encode_frame(&mut v);
+            HostMsg::Control { version: 1 }.encode_frame(&mut v);
             v
         }] {
             let mut s = connect(&addr).await.unwrap();
@@ -460,6 +509,13 @@ fn data_connection_to_a_port_not_listening_is_refused_and_a_bad_frame_closes_onl
                 .await
                 .expect("agent closes the connection")
                 .unwrap();
+            if wire[4..] == [1, 0, 1] {
+                let refusal = AgentMsg::decode_body(&rest[4..]).unwrap();
+                assert!(
+                    matches!(&refusal, AgentMsg::Refused { reason } if reason.contains("protocol version 1 not supported")),
+                    "{refusal:?}"
+                );
+            }
         }
     });
     // The agent and the existing control stream carry on.

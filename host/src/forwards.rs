@@ -10,8 +10,10 @@ use hoist_wire::{Endpoint, Family, Forward};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 /// A mirrored guest listener. Dropping it closes the host port.
 pub struct ForwardHandle {
@@ -39,10 +41,27 @@ pub fn stale(have: &BTreeSet<Endpoint>, want: &[Forward]) -> Vec<Endpoint> {
     have.difference(&wanted).copied().collect()
 }
 
+/// A guest listener whose host port could not be bound, retried while it
+/// lasts.
+struct Conflict {
+    forward: Forward,
+    /// Why the last try failed, as logged.
+    why: String,
+    tries: u32,
+    next_try: Instant,
+}
+
+/// How long to wait before retry number `tries` of a port in conflict:
+/// quick at first, never more than 4 s, so a port freed on the host is
+/// forwarded within 5 s.
+pub fn retry_delay(tries: u32) -> Duration {
+    (Duration::from_millis(250) * 2u32.saturating_pow(tries.min(8))).min(Duration::from_secs(4))
+}
+
 pub struct Forwards {
     config: Arc<Config>,
     open: BTreeMap<Endpoint, ForwardHandle>,
-    conflicts: BTreeMap<Endpoint, Forward>,
+    conflicts: BTreeMap<Endpoint, Conflict>,
 }
 
 impl Forwards {
@@ -59,8 +78,6 @@ impl Forwards {
             self.remove(e);
         }
         for f in table {
-            // A port that conflicted before gets another try on every resync.
-            self.conflicts.remove(&f.endpoint);
             self.add(f);
         }
     }
@@ -71,27 +88,78 @@ impl Forwards {
             h.forward = f;
             return;
         }
-        if let Some(old) = self.conflicts.get_mut(&f.endpoint) {
-            *old = f;
+        if let Some(c) = self.conflicts.get_mut(&f.endpoint) {
+            c.forward = f;
             return;
         }
+        if let Err(why) = self.open_port(f.clone()) {
+            let addr = self.host_addr(f.endpoint);
+            warn!(event = "host_port_conflict", port = f.endpoint.port, family = %f.endpoint.family, host = %addr, pid = f.pid, comm = %f.comm, reason = %why, "host port {addr} {why}; guest listener of pid {} ({}) is not forwarded until it is free", f.pid, f.comm);
+            let next_try = Instant::now() + retry_delay(0);
+            self.conflicts.insert(f.endpoint, Conflict { forward: f, why, tries: 0, next_try });
+        }
+    }
+
+    /// Binds the host port of `f` and starts its accept loop; the reason,
+    /// in words, when the port cannot be had.
+    fn open_port(&mut self, f: Forward) -> Result<(), String> {
         let addr = self.host_addr(f.endpoint);
         match bind_host_port(addr).and_then(|l| Ok((socket2::SockRef::from(&l).try_clone()?, l))) {
             Ok((socket, listener)) => {
                 info!(event = "forward_opened", port = f.endpoint.port, family = %f.endpoint.family, host = %addr, guest_address = %f.guest_addr, pid = f.pid, comm = %f.comm, "forwarding {addr} to the guest");
                 let task = tokio::spawn(accept_loop(listener, f.endpoint, self.config.clone()));
                 self.open.insert(f.endpoint, ForwardHandle { forward: f, task, socket });
+                Ok(())
             }
-            Err(e) => {
-                let taken = e.kind() == std::io::ErrorKind::AddrInUse;
-                let why = if taken {
-                    "already in use on the host".to_string()
-                } else {
-                    format!("cannot be bound: {e}")
-                };
-                warn!(event = "host_port_conflict", port = f.endpoint.port, family = %f.endpoint.family, host = %addr, pid = f.pid, comm = %f.comm, "host port {addr} {why}; guest listener of pid {} ({}) is not forwarded", f.pid, f.comm);
-                self.conflicts.insert(f.endpoint, f);
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                Err("is already in use on the host".into())
             }
+            Err(e) => Err(format!("cannot be bound: {e}")),
+        }
+    }
+
+    /// When the next port in conflict is due for a retry, if any is.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.conflicts.values().map(|c| c.next_try).min()
+    }
+
+    /// Retries the ports in conflict that are due; logs only what changed.
+    pub fn retry_conflicts(&mut self) {
+        let now = Instant::now();
+        let due: Vec<Endpoint> =
+            self.conflicts.iter().filter(|(_, c)| c.next_try <= now).map(|(e, _)| *e).collect();
+        for e in due {
+            let Some(mut c) = self.conflicts.remove(&e) else { continue };
+            match self.open_port(c.forward.clone()) {
+                Ok(()) => debug!(port = e.port, tries = c.tries + 1, "host port freed"),
+                Err(why) => {
+                    if why != c.why {
+                        warn!(event = "host_port_conflict", port = e.port, family = %e.family, host = %self.host_addr(e), reason = %why, "host port {} {why}", self.host_addr(e));
+                        c.why = why;
+                    }
+                    c.tries += 1;
+                    c.next_try = now + retry_delay(c.tries);
+                    self.conflicts.insert(e, c);
+                }
+            }
+        }
+    }
+
+    /// Forwards open or in conflict.
+    pub fn len(&self) -> usize {
+        self.open.len() + self.conflicts.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes every forward.
+    pub fn clear(&mut self) {
+        let all: Vec<Endpoint> = self.open.keys().chain(self.conflicts.keys()).copied().collect();
+        for e in all {
+            self.remove(e);
         }
     }
 
@@ -108,6 +176,7 @@ impl Forwards {
         }
     }
 
+    /// Publishes what is open and what is in conflict.
     pub fn fill_status(&self, s: &mut Status) {
         s.serving = self.open.keys().copied().collect();
         s.conflicts = self.conflicts.keys().copied().collect();
@@ -128,7 +197,7 @@ mod tests {
 
     fn f(family: Family, port: u16) -> Forward {
         Forward {
-            endpoint: Endpoint { family, port },
+            endpoint: Endpoint::tcp(family, port),
             guest_addr: "127.0.0.1".parse().unwrap(),
             pid: 1,
             comm: "x".into(),
@@ -144,18 +213,28 @@ mod tests {
         fw.add(f(Family::V4, port));
         let mut st = Status::default();
         fw.fill_status(&mut st);
-        assert!(st.serving.contains(&Endpoint { family: Family::V4, port }), "{st:?}");
+        assert!(st.serving.contains(&Endpoint::tcp(Family::V4, port)), "{st:?}");
         std::net::TcpStream::connect(("127.0.0.1", port)).expect("forward accepts");
-        fw.remove(Endpoint { family: Family::V4, port });
+        fw.remove(Endpoint::tcp(Family::V4, port));
         let err = std::net::TcpStream::connect(("127.0.0.1", port))
             .expect_err("port still open after remove");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     }
 
     #[test]
+    fn conflicts_are_retried_quickly_then_every_four_seconds_at_most() {
+        let want = [250, 500, 1000, 2000, 4000, 4000, 4000];
+        let got: Vec<u128> = (0..7).map(|t| retry_delay(t).as_millis()).collect();
+        assert_eq!(got, want);
+        assert_eq!(retry_delay(u32::MAX), Duration::from_secs(4));
+        // The worst case from a freed port to its forward: the longest wait.
+        assert!(retry_delay(u32::MAX) < Duration::from_secs(5));
+    }
+
+    #[test]
     fn stale_endpoints_are_what_the_guest_no_longer_has() {
         use Family::*;
-        let e = |fam, port| Endpoint { family: fam, port };
+        let e = |fam, port| Endpoint::tcp(fam, port);
         let cases: Vec<(&str, Vec<Endpoint>, Vec<Forward>, Vec<Endpoint>)> = vec![
             ("empty both", vec![], vec![], vec![]),
             ("fresh host", vec![], vec![f(V4, 80)], vec![]),

@@ -10,9 +10,11 @@ mod forwards;
 mod listener;
 
 use hoist_net::Addr;
-use hoist_wire::Endpoint;
+use hoist_wire::{Endpoint, Ticket, Token};
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 /// What `hoist-host` is asked to do.
 #[derive(Clone, Debug)]
@@ -23,12 +25,52 @@ pub struct Config {
     pub bind_v4: Ipv4Addr,
     /// Where IPv6 forwards listen on the host.
     pub bind_v6: Ipv6Addr,
+    /// A shared token the agent must prove it holds.
+    pub token: Option<Token>,
+    /// An agent silent this long is declared dead (pinged every third of it);
+    /// zero turns liveness off.
+    pub liveness_timeout: Duration,
+    /// Forwards are closed once the agent has been unreachable this long.
+    pub stale_after: Duration,
+    /// What data connections need from the current session.
+    link: Link,
 }
+
+/// The liveness timeout unless configured.
+pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long forwards outlive an unreachable agent unless configured.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(30);
 
 impl Config {
     /// Reaches the agent at `guest`; forwards listen on loopback.
     pub fn new(guest: Addr) -> Config {
-        Config { guest, bind_v4: Ipv4Addr::LOCALHOST, bind_v6: Ipv6Addr::LOCALHOST }
+        Config {
+            guest,
+            bind_v4: Ipv4Addr::LOCALHOST,
+            bind_v6: Ipv6Addr::LOCALHOST,
+            token: None,
+            liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
+            stale_after: DEFAULT_STALE_AFTER,
+            link: Link::default(),
+        }
+    }
+}
+
+/// The agent's address and the current session's ticket, for data
+/// connections; empty while no session is up.
+#[derive(Clone, Debug, Default)]
+struct Link(Arc<RwLock<Option<(Addr, Ticket)>>>);
+
+impl Link {
+    fn set(&self, addr: Addr, ticket: Ticket) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some((addr, ticket));
+    }
+    fn clear(&self) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+    fn get(&self) -> Option<(Addr, Ticket)> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

@@ -4,9 +4,9 @@
 //! clients, each carried by its own task. Accept errors are logged and the
 //! loop goes on.
 
-use crate::data::carry;
+use crate::data::{carry, CarryError};
 use crate::Config;
-use hoist_wire::Endpoint;
+use hoist_wire::{Endpoint, Refusal};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
@@ -39,10 +39,17 @@ pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, config: Arc<
             Ok((client, peer)) => {
                 let config = config.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = carry(client, endpoint, &config.guest).await {
-                        warn!(event = "connection_error", port = endpoint.port, family = %endpoint.family, client = %peer, "{e:#}");
-                    } else {
-                        debug!(port = endpoint.port, client = %peer, "connection finished");
+                    match carry(client, endpoint, &config.link).await {
+                        Ok(()) => {
+                            debug!(port = endpoint.port, client = %peer, "connection finished")
+                        }
+                        // A guest listener that closed a moment ago: routine.
+                        Err(CarryError::Refused(Refusal::NotListening, reason)) => {
+                            debug!(port = endpoint.port, client = %peer, "refused: {reason}")
+                        }
+                        Err(e) => {
+                            warn!(event = "connection_error", port = endpoint.port, family = %endpoint.family, client = %peer, "{e}")
+                        }
                     }
                 });
             }

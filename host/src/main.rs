@@ -18,6 +18,18 @@ struct Args {
     /// Host address for forwards instead of loopback: one IPv4 and/or one IPv6 address.
     #[arg(long = "bind-address")]
     bind_address: Vec<IpAddr>,
+    /// A file holding the shared secret the agent was given (--token-file there): the agent must
+    /// prove it holds it before its table is believed.
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+    /// Seconds of silence after which the agent is declared dead and the host reconnects (it is
+    /// pinged every third of this); 0 turns liveness off.
+    #[arg(long, default_value_t = hoist_host::DEFAULT_LIVENESS_TIMEOUT.as_secs())]
+    liveness_timeout: u64,
+    /// Seconds the forwards stay up while the agent is unreachable; then they close until it is
+    /// back.
+    #[arg(long, default_value_t = hoist_host::DEFAULT_STALE_AFTER.as_secs())]
+    stale_after: u64,
     /// Log lines as text or as one JSON object per line; filter with RUST_LOG.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -30,6 +42,9 @@ fn main() {
 
 fn config(args: &Args) -> Result<Config> {
     let mut c = Config::new(args.guest.clone());
+    c.token = args.token_file.as_deref().map(hoist_net::read_token_file).transpose()?;
+    c.liveness_timeout = std::time::Duration::from_secs(args.liveness_timeout);
+    c.stale_after = std::time::Duration::from_secs(args.stale_after);
     let (mut v4, mut v6) = (0, 0);
     for a in &args.bind_address {
         match a {

@@ -13,6 +13,10 @@ mod sys;
 mod transport;
 
 pub use logging::LogFormat;
-pub use process::{run_main, stop_on_signal};
-pub use relay::{relay, Moved};
-pub use transport::{connect, parse_mux_reply, Acceptor, Addr, Peer, Stream, CID_ANY, CID_HOST};
+pub use process::{read_token_file, run_main, stop_on_signal};
+pub use relay::{relay, reset, Moved, RelayError};
+pub use sys::effective_uid;
+pub use transport::{
+    check_target, classify_failure, connect, parse_mux_reply, Acceptor, AcceptorOptions, Addr,
+    ConnectFailure, Peer, Stream, CID_ANY, CID_HOST,
+};

@@ -28,6 +28,20 @@ pub fn read(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
     Ok(rustix::io::read(fd, buf)?)
 }
 
+/// A non-blocking write that never waits (MSG_DONTWAIT) and never raises
+/// SIGPIPE.
+pub fn try_send(fd: impl AsFd, buf: &[u8]) -> io::Result<usize> {
+    let flags = rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT;
+    Ok(rustix::net::send(fd, buf, flags)?)
+}
+
+/// Peeks at one byte without consuming it or waiting: 0 at the end of the
+/// stream.
+pub fn peek(fd: impl AsFd) -> io::Result<usize> {
+    let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+    Ok(rustix::net::recv(fd, &mut [0u8; 1], flags)?.0)
+}
+
 /// send(2) with `MSG_NOSIGNAL`: a peer that went away is an error, never a
 /// SIGPIPE that kills the process.
 pub fn send(fd: impl AsFd, buf: &[u8]) -> io::Result<usize> {
@@ -56,4 +70,15 @@ pub fn raise_fd_limit() -> Option<(u64, u64)> {
     lim.current = max;
     setrlimit(Resource::Nofile, lim).ok()?;
     Some((old, max.unwrap_or(u64::MAX)))
+}
+
+/// The user and process id of a Unix socket's peer (SO_PEERCRED).
+pub fn peer_credentials(s: &impl AsFd) -> io::Result<(u32, u32)> {
+    let cred = rustix::net::sockopt::socket_peercred(s)?;
+    Ok((cred.uid.as_raw(), cred.pid.as_raw_nonzero().get() as u32))
+}
+
+/// This process's effective user id.
+pub fn effective_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
 }

@@ -5,7 +5,8 @@
 use crate::error::WireError;
 use crate::frame::{self, MAX_FRAME};
 use crate::msg::Message;
-use bytes::BytesMut;
+use crate::segment::{SegmentHeader, SEGMENT_HEADER_LEN};
+use bytes::{Buf, BytesMut};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -67,21 +68,85 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
+    /// Sends bytes already encoded (segments, several frames at once).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        self.io.write_all(bytes).await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
     /// Receives the next message; `Ok(None)` when the peer closed the
     /// connection between frames. Cancel-safe: bytes already read stay in the
     /// buffer for the next call.
     pub async fn recv<M: Message>(&mut self) -> Result<Option<M>, WireError> {
+        match self.recv_frame().await? {
+            Some(body) => Ok(Some(M::decode_body(&body)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Receives the next frame's body undecoded (to read a first frame's
+    /// version before the rest); `Ok(None)` at a clean end. Cancel-safe.
+    pub async fn recv_frame(&mut self) -> Result<Option<BytesMut>, WireError> {
         loop {
             if let Some(body) = frame::split(&mut self.rbuf, self.max_frame)? {
-                return Ok(Some(M::decode_body(&body)?));
+                return Ok(Some(body));
             }
-            self.rbuf.reserve(READ_CHUNK);
-            if self.io.read_buf(&mut self.rbuf).await? == 0 {
+            if !self.fill().await? {
                 return match self.rbuf.is_empty() {
                     true => Ok(None),
                     false => Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into())),
                 };
             }
+        }
+    }
+
+    /// Receives one segment (see `segment`) that must arrive within `limit`:
+    /// the opening segments of a data connection, whose payloads are small.
+    pub async fn recv_segment_within(
+        &mut self,
+        limit: Duration,
+    ) -> Result<(SegmentHeader, BytesMut), WireError> {
+        let read = async {
+            loop {
+                if self.rbuf.len() >= SEGMENT_HEADER_LEN {
+                    let h = SegmentHeader::decode(
+                        self.rbuf[..SEGMENT_HEADER_LEN].try_into().expect("5 bytes"),
+                    )?;
+                    if h.len > self.max_frame {
+                        return Err(crate::DecodeError::FrameTooLong {
+                            len: h.len,
+                            max: self.max_frame,
+                        }
+                        .into());
+                    }
+                    if self.rbuf.len() >= SEGMENT_HEADER_LEN + h.len {
+                        self.rbuf.advance(SEGMENT_HEADER_LEN);
+                        return Ok((h, self.rbuf.split_to(h.len)));
+                    }
+                }
+                if !self.fill().await? {
+                    return Err(WireError::Closed);
+                }
+            }
+        };
+        tokio::time::timeout(limit, read).await.map_err(|_| WireError::Timeout(limit))?
+    }
+
+    /// Reads more bytes into the buffer; false at the end of the stream.
+    async fn fill(&mut self) -> Result<bool, WireError> {
+        self.rbuf.reserve(READ_CHUNK);
+        Ok(self.io.read_buf(&mut self.rbuf).await? > 0)
+    }
+
+    /// Receives a frame's body that must arrive within `limit`: a timeout and
+    /// an end of stream are errors.
+    pub async fn recv_frame_within(&mut self, limit: Duration) -> Result<BytesMut, WireError> {
+        match tokio::time::timeout(limit, self.recv_frame()).await {
+            Err(_) => Err(WireError::Timeout(limit)),
+            Ok(Ok(None)) => Err(WireError::Closed),
+            Ok(Ok(Some(body))) => Ok(body),
+            Ok(Err(e)) => Err(e),
         }
     }
 
@@ -107,17 +172,17 @@ mod tests {
     async fn messages_cross_and_leftover_bytes_are_kept() {
         let (a, b) = tokio::io::duplex(1024);
         let (mut a, mut b) = (Conn::new(a), Conn::new(b));
-        a.send_all([&AgentMsg::Connected, &AgentMsg::Rejected { reason: "x".into() }])
+        a.send_all([&AgentMsg::Pong { seq: 1 }, &AgentMsg::Refused { reason: "x".into() }])
             .await
             .unwrap();
         a.get_ref();
         let (mut raw, _) = a.into_parts();
         raw.write_all(b"raw bytes").await.unwrap();
         drop(raw);
-        assert_eq!(b.recv::<AgentMsg>().await.unwrap(), Some(AgentMsg::Connected));
+        assert_eq!(b.recv::<AgentMsg>().await.unwrap(), Some(AgentMsg::Pong { seq: 1 }));
         assert_eq!(
             b.recv::<AgentMsg>().await.unwrap(),
-            Some(AgentMsg::Rejected { reason: "x".into() })
+            Some(AgentMsg::Refused { reason: "x".into() })
         );
         let (_, rest) = b.into_parts();
         // Whatever followed the frames in the same read is handed back.

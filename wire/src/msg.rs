@@ -1,30 +1,37 @@
 //! The messages, one enum per direction, and their byte encoding. Every
-//! connection starts with a [`HostMsg`] that names the protocol version and
-//! the connection's role (control or data). Decoding is strict: unknown tags,
-//! truncated fields and trailing bytes are errors, never guesses.
+//! connection starts with a [`HostMsg`] whose first three bytes, a tag and
+//! the protocol version, never change between versions: a peer of another
+//! version reads them and refuses with [`AgentMsg::Refused`], whose layout is
+//! frozen too, so an old peer gets a clear one-line error, never a hang or a
+//! decode error. Decoding is strict: unknown tags, truncated fields and
+//! trailing bytes are errors, never guesses.
 //!
 //! Byte layout of a frame body (integers big-endian):
 //!
-//! | message                  | bytes                                                   |
-//! |--------------------------|---------------------------------------------------------|
-//! | `HostMsg::Control`       | `01` version:u16                                        |
-//! | `HostMsg::Data`          | `02` version:u16 endpoint                               |
-//! | `AgentMsg::Welcome`      | `01` version:u16 agent:str                              |
-//! | `AgentMsg::Snapshot`     | `02` last:u8(0/1) count:u32 forward*count               |
-//! | `AgentMsg::Added`        | `03` forward                                            |
-//! | `AgentMsg::Removed`      | `04` endpoint                                           |
-//! | `AgentMsg::Connected`    | `05`                                                    |
-//! | `AgentMsg::Rejected`     | `06` reason:str                                         |
-//! | endpoint                 | family:u8 (4 or 6) port:u16 (not 0)                     |
-//! | forward                  | endpoint addr-family:u8 addr:4 or 16 bytes pid:u32 comm:str (<= 15 bytes) |
-//! | str                      | len:u16 UTF-8 bytes                                     |
+//! | message              | bytes                                                           |
+//! |----------------------|-----------------------------------------------------------------|
+//! | `HostMsg::Control`   | `01` version:u16 (frozen)                                       |
+//! | `HostMsg::Data`      | `02` version:u16 (frozen) ticket:16                             |
+//! | `HostMsg::Hello`     | `03` nonce:16 ping_interval_ms:u32                              |
+//! | `HostMsg::Auth`      | `04` proof:32                                                   |
+//! | `HostMsg::Ping`      | `05` seq:u32                                                    |
+//! | `AgentMsg::Welcome`  | `01` version:u16 agent-version:str hooks:str pid:u32 ticket:16 challenge |
+//! | `AgentMsg::Snapshot` | `02` last:u8(0/1) count:u32 forward*count                       |
+//! | `AgentMsg::Added`    | `03` forward                                                    |
+//! | `AgentMsg::Removed`  | `04` endpoint                                                   |
+//! | `AgentMsg::Pong`     | `05` seq:u32                                                    |
+//! | `AgentMsg::Refused`  | `06` reason:str (frozen)                                        |
+//! | challenge            | `00`, or `01` nonce:16 proof:32                                 |
+//! | endpoint             | proto:u8 (6 TCP, 17 UDP) family:u8 (4 or 6) port:u16 (not 0)    |
+//! | forward              | endpoint addr-family:u8 addr:4 or 16 bytes pid:u32 comm:str (<= 15 bytes) |
+//! | str                  | len:u16 UTF-8 bytes                                             |
 
 use crate::error::DecodeError;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Version spoken by this build; both sides refuse any other.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Longest command name carried (the kernel's TASK_COMM_LEN less the NUL).
 pub const MAX_COMM: usize = 15;
@@ -32,6 +39,14 @@ pub const MAX_COMM: usize = 15;
 /// Most forwards sent in one [`AgentMsg::Snapshot`] frame; larger tables span
 /// several frames so every frame stays far below the frame limit.
 pub const SNAPSHOT_CHUNK: usize = 4096;
+
+/// Most forwards a whole snapshot can hold: every port of both families and
+/// both protocols. A peer that sends more is not an agent.
+pub const MAX_FORWARDS: usize = 4 * 65535;
+
+/// Largest frame the host ever sends: the agent reads host frames with this
+/// limit, so a peer cannot make it buffer more than a few bytes.
+pub const MAX_HOST_FRAME: usize = 64;
 
 /// A message that travels as one frame body.
 pub trait Message: Sized {
@@ -47,6 +62,24 @@ pub trait Message: Sized {
         let start = crate::frame::begin(out);
         self.encode_body(out);
         crate::frame::finish(out, start);
+    }
+}
+
+/// The transport protocol of a forwarded port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    /// TCP: a data connection per client connection.
+    Tcp,
+    /// UDP: a data connection per client flow.
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
     }
 }
 
@@ -68,18 +101,27 @@ impl fmt::Display for Family {
     }
 }
 
-/// What the host serves: a port on its IPv4 or IPv6 side.
+/// What the host serves: a port of one protocol on its IPv4 or IPv6 side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
+    /// TCP or UDP.
+    pub proto: Proto,
     /// The host side it is served on.
     pub family: Family,
     /// The port, never 0.
     pub port: u16,
 }
 
+impl Endpoint {
+    /// A TCP endpoint.
+    pub fn tcp(family: Family, port: u16) -> Endpoint {
+        Endpoint { proto: Proto::Tcp, family, port }
+    }
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.family, self.port)
+        write!(f, "{}/{}/{}", self.proto, self.family, self.port)
     }
 }
 
@@ -96,35 +138,85 @@ pub struct Forward {
     pub comm: String,
 }
 
-/// Host -> agent. Exactly one per connection, as its first frame.
+/// A data connection's credential: the agent hands one out per control
+/// session and accepts data connections that present it while that session
+/// lives.
+pub type Ticket = [u8; 16];
+
+/// Who the host reached: sent in the welcome, logged by the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// The agent's release (its crate version).
+    pub version: String,
+    /// The kernel hook set in use ("trampoline", "tracepoint").
+    pub hooks: String,
+    /// The agent's process id in its own PID namespace.
+    pub pid: u32,
+}
+
+/// The agent's half of the token handshake: its nonce, and its proof that it
+/// knows the shared token (see `auth`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    /// The agent's random nonce, which the host's proof must cover.
+    pub nonce: [u8; 16],
+    /// The agent's proof over both nonces.
+    pub proof: [u8; 32],
+}
+
+/// Host -> agent. The first frame of a connection is `Control` or `Data`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostMsg {
-    /// Opens the control stream: the agent answers [`AgentMsg::Welcome`], a
-    /// full [`AgentMsg::Snapshot`], then every change.
+    /// Opens the control stream; [`HostMsg::Hello`] follows at once. The
+    /// agent answers [`AgentMsg::Welcome`], a full [`AgentMsg::Snapshot`],
+    /// then every change.
     Control {
         /// The protocol version the host speaks.
         version: u16,
     },
-    /// Opens a data connection to the guest listener behind `endpoint`: the
-    /// agent answers [`AgentMsg::Connected`] and relays bytes, or
-    /// [`AgentMsg::Rejected`] and closes.
+    /// Opens a data connection for the session whose ticket it presents;
+    /// data segments (see `segment`) follow.
     Data {
         /// The protocol version the host speaks.
         version: u16,
-        /// The host endpoint a client connected to.
-        endpoint: Endpoint,
+        /// The ticket from the session's welcome.
+        ticket: Ticket,
+    },
+    /// The host's parameters for a control stream.
+    Hello {
+        /// The host's random nonce, which the agent's proof must cover.
+        nonce: [u8; 16],
+        /// How often the host pings; 0 when it does not. The agent may drop
+        /// a stream that stays silent for three intervals.
+        ping_interval_ms: u32,
+    },
+    /// The host's proof that it knows the shared token, answering a
+    /// [`Challenge`].
+    Auth {
+        /// The host's proof over both nonces.
+        proof: [u8; 32],
+    },
+    /// Liveness: the agent answers [`AgentMsg::Pong`] with the same number.
+    Ping {
+        /// A sequence number.
+        seq: u32,
     },
 }
 
 /// Agent -> host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AgentMsg {
-    /// Accepts a control stream; `agent` describes the agent (version, hooks).
+    /// Accepts a control stream.
     Welcome {
         /// The protocol version the agent speaks.
         version: u16,
-        /// A description of the agent, for the host's log.
-        agent: String,
+        /// Who the agent is.
+        agent: AgentInfo,
+        /// The ticket data connections of this session present.
+        ticket: Ticket,
+        /// Present when the agent has a shared token: the host must check the
+        /// proof and answer with [`HostMsg::Auth`].
+        challenge: Option<Challenge>,
     },
     /// Part of the full table; the table is complete at the part with
     /// `last == true`, and replaces whatever the host had.
@@ -138,11 +230,15 @@ pub enum AgentMsg {
     Added(Forward),
     /// A forward went away.
     Removed(Endpoint),
-    /// The data connection is dialled: raw bytes follow in both directions.
-    Connected,
-    /// The connection is refused (version mismatch, no such listener, dial
-    /// failure); the agent closes it after this frame.
-    Rejected {
+    /// Answers [`HostMsg::Ping`].
+    Pong {
+        /// The ping's sequence number.
+        seq: u32,
+    },
+    /// The connection is refused (version, malformed frame, authentication,
+    /// unknown ticket); the agent closes it after this frame. Its layout is
+    /// the same in every protocol version.
+    Refused {
         /// Why, for the host's log.
         reason: String,
     },
@@ -150,18 +246,24 @@ pub enum AgentMsg {
 
 const TAG_CONTROL: u8 = 1;
 const TAG_DATA: u8 = 2;
+const TAG_HELLO: u8 = 3;
+const TAG_AUTH: u8 = 4;
+const TAG_PING: u8 = 5;
 const TAG_WELCOME: u8 = 1;
 const TAG_SNAPSHOT: u8 = 2;
 const TAG_ADDED: u8 = 3;
 const TAG_REMOVED: u8 = 4;
-const TAG_CONNECTED: u8 = 5;
-const TAG_REJECTED: u8 = 6;
+const TAG_PONG: u8 = 5;
+const TAG_REFUSED: u8 = 6;
 
 impl HostMsg {
-    /// The protocol version the message announces.
-    pub fn version(&self) -> u16 {
-        match self {
-            HostMsg::Control { version } | HostMsg::Data { version, .. } => *version,
+    /// The protocol version a connection's first frame announces, read from
+    /// its frozen first three bytes before anything else is decoded; `None`
+    /// for a body that is not a first frame.
+    pub fn peek_version(body: &[u8]) -> Option<u16> {
+        match body {
+            [TAG_CONTROL | TAG_DATA, hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
+            _ => None,
         }
     }
 }
@@ -171,6 +273,9 @@ impl Message for HostMsg {
         match self {
             HostMsg::Control { .. } => "Control",
             HostMsg::Data { .. } => "Data",
+            HostMsg::Hello { .. } => "Hello",
+            HostMsg::Auth { .. } => "Auth",
+            HostMsg::Ping { .. } => "Ping",
         }
     }
 
@@ -180,10 +285,23 @@ impl Message for HostMsg {
                 w.push(TAG_CONTROL);
                 w.extend_from_slice(&version.to_be_bytes());
             }
-            HostMsg::Data { version, endpoint } => {
+            HostMsg::Data { version, ticket } => {
                 w.push(TAG_DATA);
                 w.extend_from_slice(&version.to_be_bytes());
-                put_endpoint(w, endpoint);
+                w.extend_from_slice(ticket);
+            }
+            HostMsg::Hello { nonce, ping_interval_ms } => {
+                w.push(TAG_HELLO);
+                w.extend_from_slice(nonce);
+                w.extend_from_slice(&ping_interval_ms.to_be_bytes());
+            }
+            HostMsg::Auth { proof } => {
+                w.push(TAG_AUTH);
+                w.extend_from_slice(proof);
+            }
+            HostMsg::Ping { seq } => {
+                w.push(TAG_PING);
+                w.extend_from_slice(&seq.to_be_bytes());
             }
         }
     }
@@ -192,7 +310,10 @@ impl Message for HostMsg {
         let mut r = Reader(body);
         let msg = match r.u8()? {
             TAG_CONTROL => HostMsg::Control { version: r.u16()? },
-            TAG_DATA => HostMsg::Data { version: r.u16()?, endpoint: r.endpoint()? },
+            TAG_DATA => HostMsg::Data { version: r.u16()?, ticket: r.array()? },
+            TAG_HELLO => HostMsg::Hello { nonce: r.array()?, ping_interval_ms: r.u32()? },
+            TAG_AUTH => HostMsg::Auth { proof: r.array()? },
+            TAG_PING => HostMsg::Ping { seq: r.u32()? },
             tag => return Err(DecodeError::UnknownTag { what: "host message", tag }),
         };
         r.finish()?;
@@ -207,17 +328,28 @@ impl Message for AgentMsg {
             AgentMsg::Snapshot { .. } => "Snapshot",
             AgentMsg::Added(_) => "Added",
             AgentMsg::Removed(_) => "Removed",
-            AgentMsg::Connected => "Connected",
-            AgentMsg::Rejected { .. } => "Rejected",
+            AgentMsg::Pong { .. } => "Pong",
+            AgentMsg::Refused { .. } => "Refused",
         }
     }
 
     fn encode_body(&self, w: &mut Vec<u8>) {
         match self {
-            AgentMsg::Welcome { version, agent } => {
+            AgentMsg::Welcome { version, agent, ticket, challenge } => {
                 w.push(TAG_WELCOME);
                 w.extend_from_slice(&version.to_be_bytes());
-                put_str(w, agent);
+                put_str(w, &agent.version);
+                put_str(w, &agent.hooks);
+                w.extend_from_slice(&agent.pid.to_be_bytes());
+                w.extend_from_slice(ticket);
+                match challenge {
+                    None => w.push(0),
+                    Some(c) => {
+                        w.push(1);
+                        w.extend_from_slice(&c.nonce);
+                        w.extend_from_slice(&c.proof);
+                    }
+                }
             }
             AgentMsg::Snapshot { forwards, last } => {
                 w.push(TAG_SNAPSHOT);
@@ -235,9 +367,12 @@ impl Message for AgentMsg {
                 w.push(TAG_REMOVED);
                 put_endpoint(w, e);
             }
-            AgentMsg::Connected => w.push(TAG_CONNECTED),
-            AgentMsg::Rejected { reason } => {
-                w.push(TAG_REJECTED);
+            AgentMsg::Pong { seq } => {
+                w.push(TAG_PONG);
+                w.extend_from_slice(&seq.to_be_bytes());
+            }
+            AgentMsg::Refused { reason } => {
+                w.push(TAG_REFUSED);
                 put_str(w, reason);
             }
         }
@@ -246,7 +381,16 @@ impl Message for AgentMsg {
     fn decode_body(body: &[u8]) -> Result<AgentMsg, DecodeError> {
         let mut r = Reader(body);
         let msg = match r.u8()? {
-            TAG_WELCOME => AgentMsg::Welcome { version: r.u16()?, agent: r.string()? },
+            TAG_WELCOME => {
+                let version = r.u16()?;
+                let agent = AgentInfo { version: r.string()?, hooks: r.string()?, pid: r.u32()? };
+                let ticket = r.array()?;
+                let challenge = match r.bool()? {
+                    false => None,
+                    true => Some(Challenge { nonce: r.array()?, proof: r.array()? }),
+                };
+                AgentMsg::Welcome { version, agent, ticket, challenge }
+            }
             TAG_SNAPSHOT => {
                 let last = r.bool()?;
                 let n = r.u32()? as usize;
@@ -257,9 +401,9 @@ impl Message for AgentMsg {
                         max: SNAPSHOT_CHUNK,
                     });
                 }
-                // Each forward takes at least 13 bytes: a count beyond what the
+                // Each forward takes at least 14 bytes: a count beyond what the
                 // body holds is caught before allocating for it.
-                let mut forwards = Vec::with_capacity(n.min(r.0.len() / 13));
+                let mut forwards = Vec::with_capacity(n.min(r.0.len() / 14));
                 for _ in 0..n {
                     forwards.push(r.forward()?);
                 }
@@ -267,8 +411,8 @@ impl Message for AgentMsg {
             }
             TAG_ADDED => AgentMsg::Added(r.forward()?),
             TAG_REMOVED => AgentMsg::Removed(r.endpoint()?),
-            TAG_CONNECTED => AgentMsg::Connected,
-            TAG_REJECTED => AgentMsg::Rejected { reason: r.string()? },
+            TAG_PONG => AgentMsg::Pong { seq: r.u32()? },
+            TAG_REFUSED => AgentMsg::Refused { reason: r.string()? },
             tag => return Err(DecodeError::UnknownTag { what: "agent message", tag }),
         };
         r.finish()?;
@@ -292,7 +436,11 @@ impl AgentMsg {
     }
 }
 
-fn put_endpoint(w: &mut Vec<u8>, e: &Endpoint) {
+pub(crate) fn put_endpoint(w: &mut Vec<u8>, e: &Endpoint) {
+    w.push(match e.proto {
+        Proto::Tcp => 6,
+        Proto::Udp => 17,
+    });
     w.push(match e.family {
         Family::V4 => 4,
         Family::V6 => 6,
@@ -302,7 +450,7 @@ fn put_endpoint(w: &mut Vec<u8>, e: &Endpoint) {
 
 /// Strings are short by construction (reasons, names); an overlong one is
 /// clipped at a character boundary so a frame can never become unencodable.
-fn put_str(w: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(w: &mut Vec<u8>, s: &str) {
     let s = clip(s, u16::MAX as usize);
     w.extend_from_slice(&(s.len() as u16).to_be_bytes());
     w.extend_from_slice(s.as_bytes());
@@ -333,10 +481,10 @@ fn put_forward(w: &mut Vec<u8>, f: &Forward) {
 }
 
 /// Reads fields off the front of a body.
-struct Reader<'a>(&'a [u8]);
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.0.len() < n {
             return Err(DecodeError::Truncated { wanted: n, left: self.0.len() });
         }
@@ -344,13 +492,13 @@ impl<'a> Reader<'a> {
         self.0 = tail;
         Ok(head)
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         Ok(self.take(N)?.try_into().expect("N bytes"))
     }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
-    fn bool(&mut self) -> Result<bool, DecodeError> {
+    pub(crate) fn bool(&mut self) -> Result<bool, DecodeError> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
@@ -363,7 +511,7 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_be_bytes(self.array()?))
     }
-    fn string(&mut self) -> Result<String, DecodeError> {
+    pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
         let n = self.u16()? as usize;
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| DecodeError::NotUtf8)
     }
@@ -374,13 +522,21 @@ impl<'a> Reader<'a> {
             tag => Err(DecodeError::UnknownTag { what: "address family", tag }),
         }
     }
-    fn endpoint(&mut self) -> Result<Endpoint, DecodeError> {
+    fn proto(&mut self) -> Result<Proto, DecodeError> {
+        match self.u8()? {
+            6 => Ok(Proto::Tcp),
+            17 => Ok(Proto::Udp),
+            tag => Err(DecodeError::UnknownTag { what: "protocol", tag }),
+        }
+    }
+    pub(crate) fn endpoint(&mut self) -> Result<Endpoint, DecodeError> {
+        let proto = self.proto()?;
         let family = self.family()?;
         let port = self.u16()?;
         if port == 0 {
             return Err(DecodeError::Invalid { what: "endpoint port", value: 0 });
         }
-        Ok(Endpoint { family, port })
+        Ok(Endpoint { proto, family, port })
     }
     fn forward(&mut self) -> Result<Forward, DecodeError> {
         let endpoint = self.endpoint()?;
@@ -399,7 +555,7 @@ impl<'a> Reader<'a> {
         }
         Ok(Forward { endpoint, guest_addr, pid, comm })
     }
-    fn finish(&self) -> Result<(), DecodeError> {
+    pub(crate) fn finish(&self) -> Result<(), DecodeError> {
         match self.0.len() {
             0 => Ok(()),
             n => Err(DecodeError::TrailingBytes(n)),
@@ -413,7 +569,7 @@ mod tests {
 
     fn fwd(family: Family, port: u16, addr: &str) -> Forward {
         Forward {
-            endpoint: Endpoint { family, port },
+            endpoint: Endpoint::tcp(family, port),
             guest_addr: addr.parse().unwrap(),
             pid: 4242,
             comm: "python3".into(),
@@ -426,71 +582,117 @@ mod tests {
         out
     }
 
+    fn welcome(challenge: Option<Challenge>) -> AgentMsg {
+        AgentMsg::Welcome {
+            version: 2,
+            agent: AgentInfo { version: "0.2.0".into(), hooks: "tp".into(), pid: 7 },
+            ticket: [0xaa; 16],
+            challenge,
+        }
+    }
+
     /// The wire format, pinned byte for byte: a change to the encoding (even
     /// one made to encoder and decoder alike) fails here.
     #[test]
     fn golden_bytes() {
         let v4 = Forward {
-            endpoint: Endpoint { family: Family::V4, port: 8080 },
+            endpoint: Endpoint::tcp(Family::V4, 8080),
             guest_addr: "127.0.0.1".parse().unwrap(),
             pid: 0x01020304,
             comm: "nc".into(),
         };
-        let host: &[(HostMsg, &[u8])] = &[
-            (HostMsg::Control { version: 1 }, &[0, 0, 0, 3, 1, 0, 1]),
+        let ticket: Ticket = std::array::from_fn(|i| i as u8 + 1);
+        let cat = |parts: &[&[u8]]| parts.concat();
+        let host: Vec<(HostMsg, Vec<u8>)> = vec![
+            (HostMsg::Control { version: 2 }, vec![0, 0, 0, 3, 1, 0, 2]),
+            (HostMsg::Data { version: 2, ticket }, cat(&[&[0, 0, 0, 19, 2, 0, 2], &ticket])),
             (
-                HostMsg::Data { version: 1, endpoint: Endpoint { family: Family::V6, port: 443 } },
-                &[0, 0, 0, 6, 2, 0, 1, 6, 1, 187],
+                HostMsg::Hello { nonce: [0x11; 16], ping_interval_ms: 5000 },
+                cat(&[&[0, 0, 0, 21, 3], &[0x11; 16], &[0, 0, 0x13, 0x88]]),
             ),
+            (HostMsg::Auth { proof: [0x22; 32] }, cat(&[&[0, 0, 0, 33, 4], &[0x22; 32]])),
+            (HostMsg::Ping { seq: 7 }, vec![0, 0, 0, 5, 5, 0, 0, 0, 7]),
         ];
-        for (m, bytes) in host {
-            assert_eq!(frame(m), *bytes, "{m:?}");
+        for (m, bytes) in &host {
+            assert_eq!(&frame(m), bytes, "{m:?}");
             assert_eq!(&HostMsg::decode_body(&bytes[4..]).unwrap(), m);
         }
-        #[rustfmt::skip]
-        let agent: &[(AgentMsg, &[u8])] = &[
-            (AgentMsg::Welcome { version: 1, agent: "a".into() }, &[0, 0, 0, 6, 1, 0, 1, 0, 1, b'a']),
-            (AgentMsg::Snapshot { forwards: vec![], last: true }, &[0, 0, 0, 6, 2, 1, 0, 0, 0, 0]),
+        let agent_header: &[u8] =
+            &[1, 0, 2, 0, 5, b'0', b'.', b'2', b'.', b'0', 0, 2, b't', b'p', 0, 0, 0, 7];
+        let added = [6, 4, 0x1f, 0x90, 4, 127, 0, 0, 1, 1, 2, 3, 4, 0, 2, b'n', b'c'];
+        let agent: Vec<(AgentMsg, Vec<u8>)> = vec![
+            (welcome(None), cat(&[&[0, 0, 0, 35], agent_header, &[0xaa; 16], &[0]])),
             (
-                AgentMsg::Added(v4.clone()),
-                &[0, 0, 0, 17, 3, 4, 0x1f, 0x90, 4, 127, 0, 0, 1, 1, 2, 3, 4, 0, 2, b'n', b'c'],
+                welcome(Some(Challenge { nonce: [0x33; 16], proof: [0x44; 32] })),
+                cat(&[&[0, 0, 0, 83], agent_header, &[0xaa; 16], &[1], &[0x33; 16], &[0x44; 32]]),
             ),
+            (
+                AgentMsg::Snapshot { forwards: vec![], last: true },
+                vec![0, 0, 0, 6, 2, 1, 0, 0, 0, 0],
+            ),
+            (AgentMsg::Added(v4.clone()), cat(&[&[0, 0, 0, 18, 3], &added])),
             (
                 AgentMsg::Snapshot { forwards: vec![v4], last: false },
-                &[0, 0, 0, 22, 2, 0, 0, 0, 0, 1, 4, 0x1f, 0x90, 4, 127, 0, 0, 1, 1, 2, 3, 4, 0, 2, b'n', b'c'],
+                cat(&[&[0, 0, 0, 23, 2, 0, 0, 0, 0, 1], &added]),
             ),
-            (AgentMsg::Removed(Endpoint { family: Family::V4, port: 22 }), &[0, 0, 0, 4, 4, 4, 0, 22]),
-            (AgentMsg::Connected, &[0, 0, 0, 1, 5]),
-            (AgentMsg::Rejected { reason: "no".into() }, &[0, 0, 0, 5, 6, 0, 2, b'n', b'o']),
+            (
+                AgentMsg::Removed(Endpoint { proto: Proto::Udp, family: Family::V6, port: 22 }),
+                vec![0, 0, 0, 5, 4, 17, 6, 0, 22],
+            ),
+            (AgentMsg::Pong { seq: 7 }, vec![0, 0, 0, 5, 5, 0, 0, 0, 7]),
+            (AgentMsg::Refused { reason: "no".into() }, vec![0, 0, 0, 5, 6, 0, 2, b'n', b'o']),
         ];
-        for (m, bytes) in agent {
-            assert_eq!(frame(m), *bytes, "{m:?}");
+        for (m, bytes) in &agent {
+            assert_eq!(&frame(m), bytes, "{m:?}");
             assert_eq!(&AgentMsg::decode_body(&bytes[4..]).unwrap(), m);
         }
+    }
+
+    /// What every version must keep: the first frame's tag and version come
+    /// first, and a refusal reads the same in every version, so peers of two
+    /// versions can always tell each other why they part.
+    #[test]
+    fn version_one_peers_are_understood() {
+        // Protocol 1's first frames: a control stream, a data connection.
+        assert_eq!(HostMsg::peek_version(&[1, 0, 1]), Some(1));
+        assert_eq!(HostMsg::peek_version(&[2, 0, 1, 4, 0, 80]), Some(1));
+        assert_eq!(HostMsg::peek_version(&[3, 0, 1]), None);
+        assert_eq!(HostMsg::peek_version(&[1, 0]), None);
+        // Protocol 1's "Rejected" and this version's "Refused" are the same bytes.
+        let v1_rejected = [6, 0, 3, b'o', b'l', b'd'];
+        assert_eq!(
+            AgentMsg::decode_body(&v1_rejected).unwrap(),
+            AgentMsg::Refused { reason: "old".into() }
+        );
     }
 
     #[test]
     fn every_message_round_trips() {
         let host = [
             HostMsg::Control { version: PROTOCOL_VERSION },
-            HostMsg::Data { version: 7, endpoint: Endpoint { family: Family::V6, port: 65535 } },
+            HostMsg::Data { version: 7, ticket: [9; 16] },
+            HostMsg::Hello { nonce: [1; 16], ping_interval_ms: 0 },
+            HostMsg::Auth { proof: [2; 32] },
+            HostMsg::Ping { seq: u32::MAX },
         ];
         for m in host {
             let mut body = Vec::new();
             m.encode_body(&mut body);
+            assert!(body.len() <= MAX_HOST_FRAME, "{m:?} is over the host frame limit");
             assert_eq!(HostMsg::decode_body(&body).unwrap(), m);
         }
         let agent = [
-            AgentMsg::Welcome { version: 1, agent: "hoist-agent 0.1.0 (tracepoint hooks)".into() },
+            welcome(None),
+            welcome(Some(Challenge { nonce: [5; 16], proof: [6; 32] })),
             AgentMsg::Snapshot { forwards: vec![], last: true },
             AgentMsg::Snapshot {
                 forwards: vec![fwd(Family::V4, 80, "127.0.0.1"), fwd(Family::V6, 8080, "::")],
                 last: false,
             },
             AgentMsg::Added(fwd(Family::V4, 1, "0.0.0.0")),
-            AgentMsg::Removed(Endpoint { family: Family::V4, port: 22 }),
-            AgentMsg::Connected,
-            AgentMsg::Rejected { reason: "no listener on ipv4/9".into() },
+            AgentMsg::Removed(Endpoint::tcp(Family::V4, 22)),
+            AgentMsg::Pong { seq: 1 },
+            AgentMsg::Refused { reason: "protocol version 1 not supported".into() },
         ];
         for m in agent {
             let mut body = Vec::new();
@@ -506,20 +708,16 @@ mod tests {
             ("empty", &[], Truncated { wanted: 1, left: 0 }),
             ("unknown host tag", &[9, 0, 1], UnknownTag { what: "host message", tag: 9 }),
             ("short version", &[TAG_CONTROL, 0], Truncated { wanted: 2, left: 1 }),
-            ("trailing bytes", &[TAG_CONTROL, 0, 1, 0], TrailingBytes(1)),
-            (
-                "bad family",
-                &[TAG_DATA, 0, 1, 5, 0, 80],
-                UnknownTag { what: "address family", tag: 5 },
-            ),
-            ("port zero", &[TAG_DATA, 0, 1, 4, 0, 0], Invalid { what: "endpoint port", value: 0 }),
+            ("trailing bytes", &[TAG_CONTROL, 0, 2, 0], TrailingBytes(1)),
+            ("short ticket", &[TAG_DATA, 0, 2, 1, 2], Truncated { wanted: 16, left: 2 }),
+            ("short ping", &[TAG_PING, 0, 0], Truncated { wanted: 4, left: 2 }),
         ];
         for (name, wire, want) in cases {
             assert_eq!(&HostMsg::decode_body(wire).unwrap_err(), want, "{name}");
         }
         let mut too_many = vec![TAG_SNAPSHOT, 1];
         too_many.extend_from_slice(&((SNAPSHOT_CHUNK + 1) as u32).to_be_bytes());
-        let mut long_comm = vec![TAG_ADDED, 4, 0, 80, 4, 127, 0, 0, 1, 0, 0, 0, 1, 0, 16];
+        let mut long_comm = vec![TAG_ADDED, 6, 4, 0, 80, 4, 127, 0, 0, 1, 0, 0, 0, 1, 0, 16];
         long_comm.extend_from_slice(&[b'a'; 16]);
         let cases: &[(&str, &[u8], DecodeError)] = &[
             ("unknown agent tag", &[0], UnknownTag { what: "agent message", tag: 0 }),
@@ -531,7 +729,14 @@ mod tests {
                 TooMany { what: "snapshot part", n: SNAPSHOT_CHUNK + 1, max: SNAPSHOT_CHUNK },
             ),
             ("comm too long", &long_comm, TooMany { what: "command name", n: 16, max: MAX_COMM }),
-            ("invalid utf8", &[TAG_REJECTED, 0, 1, 0xff], NotUtf8),
+            ("invalid utf8", &[TAG_REFUSED, 0, 1, 0xff], NotUtf8),
+            ("bad protocol", &[TAG_REMOVED, 7, 4, 0, 80], UnknownTag { what: "protocol", tag: 7 }),
+            (
+                "bad family",
+                &[TAG_REMOVED, 6, 5, 0, 80],
+                UnknownTag { what: "address family", tag: 5 },
+            ),
+            ("port zero", &[TAG_REMOVED, 6, 4, 0, 0], Invalid { what: "endpoint port", value: 0 }),
         ];
         for (name, wire, want) in cases {
             assert_eq!(&AgentMsg::decode_body(wire).unwrap_err(), want, "{name}");

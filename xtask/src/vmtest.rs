@@ -24,7 +24,7 @@ const VHOST_DEVICE_VSOCK: &str = "0.3.0";
 /// Guest vsock port of the lab's command channel.
 const CMD_PORT: u32 = 2000;
 /// Guest vsock port the agent listens on.
-const AGENT_PORT: u32 = 1024;
+const AGENT_PORT: u32 = 1023;
 const GUEST_CID: u32 = 3;
 /// Guest TCP ports the scenarios use.
 const ECHO: u16 = 47001;

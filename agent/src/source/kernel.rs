@@ -162,8 +162,8 @@ impl EventSource for KernelSource {
     fn drops(&self) -> Result<u64> {
         KernelSource::drops(self)
     }
-    fn snapshot(&mut self) -> Result<Vec<GuestListener>> {
-        super::snapshot()
+    fn snapshot(&mut self, owner_known: &dyn Fn(u64) -> bool) -> Result<Vec<GuestListener>> {
+        super::snapshot(owner_known)
     }
 }
 

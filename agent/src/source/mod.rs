@@ -28,15 +28,18 @@ pub trait EventSource: Send + 'static {
     ) -> impl Future<Output = Result<()>> + Send + 'a;
     /// Events lost so far because the ring buffer was full.
     fn drops(&self) -> Result<u64>;
-    /// Every listener of the namespace, now.
-    fn snapshot(&mut self) -> Result<Vec<GuestListener>>;
+    /// Every listener of the namespace, now. Owners are looked up only for
+    /// sockets whose cookie `owner_known` does not know (pid 0 otherwise).
+    fn snapshot(&mut self, owner_known: &dyn Fn(u64) -> bool) -> Result<Vec<GuestListener>>;
 }
 
-/// The real snapshot: `sock_diag` for the listeners, `/proc` for the owners.
-pub fn snapshot() -> Result<Vec<GuestListener>> {
+/// The real snapshot: `sock_diag` for the listeners, `/proc` for the owners
+/// `owner_known` does not know.
+pub fn snapshot(owner_known: &dyn Fn(u64) -> bool) -> Result<Vec<GuestListener>> {
     use anyhow::Context;
     let found = listening_tcp().context("sock_diag snapshot of TCP listeners")?;
-    let inodes: Vec<u64> = found.iter().map(|d| d.inode).collect();
+    let inodes: Vec<u64> =
+        found.iter().filter(|d| !owner_known(d.cookie)).map(|d| d.inode).collect();
     let owners = owners::owners(&inodes);
     Ok(found
         .into_iter()

@@ -1,16 +1,122 @@
-//! The copying relay, for transports without a descriptor the relay can
-//! splice (vsock): tokio's bidirectional copy with fixed buffers, which
-//! passes an end of stream on as a write shutdown.
+//! The relay for data connections without a descriptor to splice (vsock, and
+//! every transport on Windows): the same segments, copied through fixed
+//! buffers with the transport's own async reads and writes.
 
-use super::Moved;
-use crate::transport::Stream;
+use super::{at_end, bad_segment, local, transport, Moved, RelayError, State};
+use bytes::{Buf, BytesMut};
+use hoist_wire::{SegmentHeader, SegmentKind, SEGMENT_HEADER_LEN};
 use std::io;
+use std::sync::atomic::Ordering;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-/// Bytes buffered per direction.
-const BUF_SIZE: usize = 16 * 1024;
+/// Bytes of stream data per segment, and read per call.
+const BUF: usize = 16 * 1024;
 
-pub(super) async fn relay(a: &mut Stream, b: &mut Stream) -> io::Result<Moved> {
-    let (a_to_b, b_to_a) =
-        tokio::io::copy_bidirectional_with_sizes(a, b, BUF_SIZE, BUF_SIZE).await?;
-    Ok(Moved { a_to_b, b_to_a })
+pub(super) async fn relay<D: AsyncRead + AsyncWrite + Unpin>(
+    tcp: &mut TcpStream,
+    data: &mut D,
+    early: BytesMut,
+    state: &State,
+) -> Result<Moved, RelayError> {
+    let (tcp_r, tcp_w) = tcp.split();
+    let (data_r, data_w) = tokio::io::split(data);
+    let (sent, received) =
+        tokio::try_join!(encode(tcp_r, data_w, state), decode(data_r, tcp_w, early, state))?;
+    Ok(Moved { sent, received })
+}
+
+/// TCP side -> segments, until the TCP side's end of stream (sent as `Fin`).
+async fn encode(
+    mut tcp: impl AsyncRead + Unpin,
+    mut data: impl AsyncWrite + Unpin,
+    state: &State,
+) -> Result<u64, RelayError> {
+    let mut buf = vec![0u8; SEGMENT_HEADER_LEN + BUF];
+    let mut total = 0u64;
+    loop {
+        let n = tcp.read(&mut buf[SEGMENT_HEADER_LEN..]).await.map_err(local)?;
+        if n == 0 {
+            data.write_all(&SegmentHeader::new(SegmentKind::Fin, 0).encode())
+                .await
+                .map_err(transport)?;
+            data.flush().await.map_err(transport)?;
+            state.sent_fin();
+            return Ok(total);
+        }
+        buf[..SEGMENT_HEADER_LEN]
+            .copy_from_slice(&SegmentHeader::new(SegmentKind::Bytes, n).encode());
+        state.mid_segment.store(true, Ordering::Relaxed);
+        data.write_all(&buf[..SEGMENT_HEADER_LEN + n]).await.map_err(transport)?;
+        data.flush().await.map_err(transport)?;
+        state.mid_segment.store(false, Ordering::Relaxed);
+        total += n as u64;
+    }
+}
+
+/// Segments -> TCP side, until the data connection ends.
+async fn decode(
+    mut data: impl AsyncRead + Unpin,
+    mut tcp: impl AsyncWrite + Unpin,
+    early: BytesMut,
+    state: &State,
+) -> Result<u64, RelayError> {
+    let mut inbox = early;
+    let mut total = 0u64;
+    let mut fin = false;
+    loop {
+        while inbox.len() < SEGMENT_HEADER_LEN {
+            inbox.reserve(BUF);
+            // After the peer's Fin only a Reset may follow: the connection
+            // is done once this side has sent its own.
+            let n = tokio::select! {
+                biased;
+                _ = state.until_fin_sent(), if fin => return Ok(total),
+                r = data.read_buf(&mut inbox) => r.map_err(transport)?,
+            };
+            if n == 0 {
+                if !inbox.is_empty() {
+                    return Err(RelayError::Peer(
+                        "the data connection ended inside a segment header",
+                    ));
+                }
+                return at_end(fin, state).map(|_| total);
+            }
+        }
+        let h = SegmentHeader::decode(inbox[..SEGMENT_HEADER_LEN].try_into().expect("5 bytes"))
+            .map_err(bad_segment)?;
+        inbox.advance(SEGMENT_HEADER_LEN);
+        match h.kind {
+            SegmentKind::Bytes if !fin => {
+                let mut left = h.len;
+                while left > 0 {
+                    if inbox.is_empty() {
+                        inbox.reserve(BUF.min(left));
+                        if data.read_buf(&mut inbox).await.map_err(transport)? == 0 {
+                            return Err(RelayError::Peer(
+                                "the data connection ended inside a segment",
+                            ));
+                        }
+                    }
+                    let n = left.min(inbox.len());
+                    tcp.write_all(&inbox[..n]).await.map_err(local)?;
+                    inbox.advance(n);
+                    left -= n;
+                }
+                total += h.len as u64;
+            }
+            SegmentKind::Fin if !fin => {
+                fin = true;
+                tcp.shutdown().await.map_err(local)?;
+            }
+            SegmentKind::Reset => return Err(RelayError::Peer("the peer's side was reset")),
+            _ => {
+                let e = io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("unexpected {:?} segment", h.kind),
+                );
+                return Err(RelayError::Transport(e));
+            }
+        }
+    }
 }

@@ -1,112 +1,179 @@
-//! The one full-duplex byte relay, used by the host (client <-> agent) and the
-//! agent (host <-> guest server). Both directions are driven by one future, so
-//! a peer that writes without reading cannot deadlock the other direction; an
-//! end of stream in one direction becomes a write shutdown (FIN) on the other
-//! side while the opposite direction keeps flowing; an error closes both
-//! sides, as resets where the transport has them. Memory per connection is
-//! bounded, whatever the peers' speeds.
+//! The one relay, used by both ends of a data connection: the host relays a
+//! client's TCP connection, the agent a guest server's, each to the data
+//! connection between them, which carries segments (see `hoist_wire`'s
+//! `segment`): the TCP side's bytes in `Bytes` segments, its end of stream as
+//! `Fin`, its reset as `Reset`. Both directions are driven by one future, so
+//! a peer that writes without reading cannot deadlock the other direction;
+//! memory per connection is bounded whatever the peers' speeds.
 //!
-//! Between TCP and Unix sockets the bytes move with splice(2) (`splice`);
-//! other transports (vsock) copy through fixed buffers (`copy`).
+//! How it ends:
+//! - the TCP side's FIN becomes `Fin`, and a `Fin` received becomes a write
+//!   shutdown of the TCP side, while the other direction keeps flowing;
+//! - the TCP side's reset becomes `Reset`, and a `Reset` received (or the data
+//!   connection ending before its `Fin`) resets the TCP side: a guest server
+//!   that aborts is an abort for the client too, never a clean, truncated end.
+//!
+//! Between TCP and Unix sockets the bytes move with splice(2) (`splice`,
+//! pipes from the bounded pool in `pipes`); other transports copy through
+//! fixed buffers (`copy`).
 
 mod copy;
+#[cfg(target_os = "linux")]
+mod pipes;
+#[cfg(target_os = "linux")]
 mod splice;
 
 use crate::transport::Stream;
+use bytes::BytesMut;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::TcpStream;
 
 /// Bytes moved each way by a finished relay.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Moved {
-    /// From the first stream to the second.
-    pub a_to_b: u64,
-    /// From the second stream to the first.
-    pub b_to_a: u64,
+    /// From the TCP side into the data connection.
+    pub sent: u64,
+    /// From the data connection out to the TCP side.
+    pub received: u64,
 }
 
-/// Relays until both directions have ended.
-pub async fn relay(mut a: Stream, mut b: Stream) -> io::Result<Moved> {
-    let r = match (a.fd().is_some(), b.fd().is_some()) {
-        (true, true) => splice::relay(&a, &b).await,
-        _ => copy::relay(&mut a, &mut b).await,
-    };
-    if r.is_err() {
-        a.set_reset_on_close();
-        b.set_reset_on_close();
+/// Why a relay ended without a clean close on both sides.
+#[derive(Debug)]
+pub enum RelayError {
+    /// The TCP side was reset (or failed); the peer was told with `Reset`.
+    Local(io::Error),
+    /// The peer sent `Reset`, or the data connection ended before its `Fin`;
+    /// the TCP side was reset.
+    Peer(&'static str),
+    /// The data connection failed or carried something that is not a segment
+    /// stream; the TCP side was reset.
+    Transport(io::Error),
+}
+
+impl std::fmt::Display for RelayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayError::Local(e) => write!(f, "the TCP side failed: {e}; the peer was reset"),
+            RelayError::Peer(why) => write!(f, "{why}; the TCP side was reset"),
+            RelayError::Transport(e) => write!(f, "the data connection failed: {e}"),
+        }
     }
+}
+
+impl std::error::Error for RelayError {}
+
+/// Relays between `tcp` and the data connection `data` until both
+/// directions have ended. `early` holds segment bytes already read from
+/// `data` (what a handshake read past its last frame).
+pub async fn relay(tcp: TcpStream, data: Stream, early: BytesMut) -> Result<Moved, RelayError> {
+    let splice = cfg!(target_os = "linux") && data.fd().is_some();
+    run(tcp, data, early, splice).await
+}
+
+async fn run(
+    mut tcp: TcpStream,
+    mut data: Stream,
+    early: BytesMut,
+    splice: bool,
+) -> Result<Moved, RelayError> {
+    let state = State::default();
+    let r = match splice {
+        #[cfg(target_os = "linux")]
+        true => splice::relay(&tcp, &data, early, &state).await,
+        _ => copy::relay(&mut tcp, &mut data, early, &state).await,
+    };
+    finish(tcp, data, r, &state).await
+}
+
+/// Closes both sides the way the outcome says: a clean close, or a reset of
+/// the TCP side and, when the failure was on the TCP side and the encoding
+/// direction is between segments, a `Reset` segment for the peer.
+#[allow(clippy::unused_async)]
+async fn finish(
+    tcp: TcpStream,
+    data: Stream,
+    r: Result<Moved, RelayError>,
+    state: &State,
+) -> Result<Moved, RelayError> {
+    if let Err(e) = &r {
+        reset_on_close(&tcp);
+        if matches!(e, RelayError::Local(_)) && !state.mid_segment.load(Ordering::Relaxed) {
+            let reset = hoist_wire::SegmentHeader::new(hoist_wire::SegmentKind::Reset, 0).encode();
+            // Best effort, never waiting: the peer reads an end before `Fin`
+            // as a reset anyway.
+            let _ = data.try_write(&reset);
+        }
+    }
+    drop(tcp);
+    drop(data);
     r
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream, UnixStream};
+/// What the two directions share.
+#[derive(Default)]
+struct State {
+    /// The encoding direction has announced a segment it has not finished
+    /// writing: a `Reset` now would land inside its payload.
+    mid_segment: AtomicBool,
+    /// The encoding direction has sent its `Fin`.
+    fin_sent: AtomicBool,
+    /// Told when `fin_sent` is set, so a decoding direction that already has
+    /// the peer's `Fin` can end.
+    fin_sent_now: tokio::sync::Notify,
+}
 
-    /// A TCP pair and a Unix pair, relayed:
-    /// tcp_client <-> [tcp_server | relay | unix_a] <-> unix_b.
-    async fn rig() -> (TcpStream, UnixStream, tokio::task::JoinHandle<io::Result<Moved>>) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (server, _) = l.accept().await.unwrap();
-        let (ua, ub) = UnixStream::pair().unwrap();
-        let task = tokio::spawn(relay(Stream::Tcp(server), Stream::Unix(ua)));
-        (client, ub, task)
+impl State {
+    fn sent_fin(&self) {
+        self.fin_sent.store(true, Ordering::Relaxed);
+        self.fin_sent_now.notify_one();
     }
 
-    #[tokio::test]
-    async fn bytes_and_half_close_cross_both_ways() {
-        let (mut tcp, mut unix, task) = rig().await;
-        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        let (mut tr, mut tw) = tcp.split();
-        let (mut ur, mut uw) = unix.split();
-        let send_tcp = async {
-            tw.write_all(&big).await.unwrap();
-            tw.shutdown().await.unwrap();
-        };
-        let send_unix = async {
-            uw.write_all(&big[..1_000_000]).await.unwrap();
-            uw.shutdown().await.unwrap();
-        };
-        let (mut got_u, mut got_t) = (Vec::new(), Vec::new());
-        let recv_unix = ur.read_to_end(&mut got_u);
-        let recv_tcp = tr.read_to_end(&mut got_t);
-        let (_, _, a, b) = tokio::join!(send_tcp, send_unix, recv_unix, recv_tcp);
-        a.unwrap();
-        b.unwrap();
-        assert!(got_u == big, "tcp -> unix intact");
-        assert!(got_t == big[..1_000_000], "unix -> tcp intact");
-        assert_eq!(task.await.unwrap().unwrap(), Moved { a_to_b: 3_000_000, b_to_a: 1_000_000 });
-    }
-
-    #[tokio::test]
-    async fn one_side_may_keep_talking_after_the_other_half_closes() {
-        let (mut tcp, mut unix, task) = rig().await;
-        tcp.shutdown().await.unwrap();
-        let mut b = [0u8; 1];
-        assert_eq!(unix.read(&mut b).await.unwrap(), 0, "FIN arrived");
-        unix.write_all(b"reply after FIN").await.unwrap();
-        drop(unix);
-        let mut got = String::new();
-        tcp.read_to_string(&mut got).await.unwrap();
-        assert_eq!(got, "reply after FIN");
-        task.await.unwrap().unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_reset_ends_the_relay_with_an_error_and_resets_the_other_side() {
-        let (tcp, mut unix, task) = rig().await;
-        unix.write_all(b"x").await.unwrap();
-        // Reset the TCP client while the relay has data for it.
-        socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO)).unwrap();
-        drop(tcp);
-        let r = task.await.unwrap();
-        // Either direction may notice first; both mean the relay is over.
-        if let Ok(m) = &r {
-            assert_eq!(m.a_to_b, 0);
+    /// Waits until this side has sent its `Fin`.
+    async fn until_fin_sent(&self) {
+        while !self.fin_sent.load(Ordering::Relaxed) {
+            self.fin_sent_now.notified().await;
         }
-        let mut rest = Vec::new();
-        let _ = unix.read_to_end(&mut rest).await;
-        assert!(rest.is_empty());
     }
 }
+
+/// Closes a TCP connection with a reset (a refused data connection: the
+/// client sees what connecting to a closed guest port would show).
+pub fn reset(s: TcpStream) {
+    reset_on_close(&s);
+}
+
+/// A zero linger makes close send RST at once; on a non-blocking socket it
+/// never blocks.
+pub(crate) fn reset_on_close(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
+}
+
+/// What the decoding direction does when the data connection ends: a
+/// connection ends cleanly once each side has sent its `Fin` (the decoding
+/// direction returns then, without waiting for the end), so an end of stream
+/// is always the peer giving up.
+fn at_end(fin_received: bool, state: &State) -> Result<(), RelayError> {
+    match (fin_received, state.fin_sent.load(Ordering::Relaxed)) {
+        (true, true) => Ok(()),
+        (false, _) => Err(RelayError::Peer("the data connection ended before the peer's Fin")),
+        (true, false) => Err(RelayError::Peer("the peer closed before this side's Fin")),
+    }
+}
+
+/// The error a write to the TCP side becomes: a peer that went away
+/// resets; anything else too.
+fn local(e: io::Error) -> RelayError {
+    RelayError::Local(e)
+}
+
+fn transport(e: io::Error) -> RelayError {
+    RelayError::Transport(e)
+}
+
+fn bad_segment(e: hoist_wire::DecodeError) -> RelayError {
+    RelayError::Transport(io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests;

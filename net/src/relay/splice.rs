@@ -1,79 +1,252 @@
-//! The splicing relay between TCP and Unix sockets: the bytes never enter
-//! this process. Small exchanges (a request, a reply) go through a small
-//! buffer; once a read fills it the direction is bulk and moves socket ->
-//! pipe -> socket with splice(2), whose pipe would cost more than it saves on
-//! a short connection.
+//! The relay between descriptors the kernel can splice (a TCP connection
+//! and a TCP or Unix data connection). Small exchanges (a request, a reply)
+//! go through a small buffer, one read and one write each; once a read fills
+//! it the direction is bulk, and each chunk moves socket -> pipe -> socket
+//! with splice(2), never entering this process, behind a 5-byte header.
 
-use super::Moved;
+use super::pipes::{Pipe, PIPE_SIZE};
+use super::{at_end, bad_segment, local, transport, Moved, RelayError, State};
 use crate::sys;
 use crate::transport::Stream;
+use bytes::{Buf, BytesMut};
+use hoist_wire::{SegmentHeader, SegmentKind, SEGMENT_HEADER_LEN};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::Ordering;
 use tokio::io::Interest;
-
-/// Capacity asked for each splice pipe. Pages are only held while data is in
-/// flight, so an idle connection costs no pipe memory.
-const PIPE_SIZE: usize = 1 << 20;
+use tokio::net::TcpStream;
 
 /// Bytes read per system call before a direction turns to splice.
 const SMALL: usize = 2048;
 
-pub(super) async fn relay(a: &Stream, b: &Stream) -> io::Result<Moved> {
-    let (a_to_b, b_to_a) = tokio::try_join!(one_way(a, b), one_way(b, a))?;
-    Ok(Moved { a_to_b, b_to_a })
+/// A payload at least this long is spliced rather than read.
+const BULK: usize = 16 * 1024;
+
+/// Bytes copied per read when the pipe pool is used up.
+const FALLBACK: usize = 64 * 1024;
+
+pub(super) async fn relay(
+    tcp: &TcpStream,
+    data: &Stream,
+    early: BytesMut,
+    state: &State,
+) -> Result<Moved, RelayError> {
+    let tcp = Fd::Tcp(tcp);
+    let data = Fd::Data(data);
+    let (sent, received) =
+        tokio::try_join!(encode(&tcp, &data, state), decode(&data, &tcp, early, state))?;
+    Ok(Moved { sent, received })
 }
 
-/// One non-blocking operation on `s`, waiting for readiness as needed.
-async fn io_op(
-    s: &Stream,
-    interest: Interest,
-    mut f: impl FnMut() -> io::Result<usize>,
-) -> io::Result<usize> {
-    loop {
-        s.ready(interest).await?;
-        match s.try_io(interest, &mut f) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            r => return r,
+/// A socket the relay drives by readiness.
+enum Fd<'a> {
+    Tcp(&'a TcpStream),
+    Data(&'a Stream),
+}
+
+impl Fd<'_> {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Fd::Tcp(s) => s.as_fd(),
+            Fd::Data(s) => s.fd().expect("the splice relay runs on descriptors"),
         }
+    }
+
+    /// One non-blocking operation, waiting for readiness as needed.
+    async fn op(
+        &self,
+        interest: Interest,
+        mut f: impl FnMut(BorrowedFd<'_>) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        loop {
+            match self {
+                Fd::Tcp(s) => s.ready(interest).await.map(drop)?,
+                Fd::Data(s) => s.ready(interest).await?,
+            }
+            let fd = self.fd();
+            let r = match self {
+                Fd::Tcp(s) => s.try_io(interest, || f(fd)),
+                Fd::Data(s) => s.try_io(interest, || f(fd)),
+            };
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    }
+
+    async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = self.op(Interest::WRITABLE, |fd| sys::send(fd, buf)).await?;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    /// Moves everything `pipe` holds into this socket.
+    async fn drain(&self, pipe: &mut Pipe) -> io::Result<()> {
+        while pipe.held > 0 {
+            let left = pipe.held;
+            pipe.held -= self.op(Interest::WRITABLE, |fd| sys::splice(pipe.r(), fd, left)).await?;
+        }
+        Ok(())
     }
 }
 
-/// Moves `src`'s bytes to `dst` until `src` ends, then shuts `dst`'s write
-/// side: the FIN travels on while the other direction goes on.
-async fn one_way(src: &Stream, dst: &Stream) -> io::Result<u64> {
-    let (sfd, dfd) = (src.fd().expect("a descriptor"), dst.fd().expect("a descriptor"));
+fn header(kind: SegmentKind, len: usize) -> [u8; SEGMENT_HEADER_LEN] {
+    SegmentHeader::new(kind, len).encode()
+}
+
+/// TCP side -> segments, until the TCP side's end of stream (sent as `Fin`).
+async fn encode(tcp: &Fd<'_>, data: &Fd<'_>, state: &State) -> Result<u64, RelayError> {
+    let mut buf = [0u8; SEGMENT_HEADER_LEN + SMALL];
+    let mut fallback: Vec<u8> = Vec::new();
     let mut total = 0u64;
-    let mut pipe: Option<(OwnedFd, OwnedFd)> = None;
-    let mut buf = [0u8; SMALL];
+    let mut bulk = false;
     loop {
-        let n = match &pipe {
-            None => {
-                let n = io_op(src, Interest::READABLE, || sys::read(sfd, &mut buf)).await?;
-                let mut off = 0;
-                while off < n {
-                    off += io_op(dst, Interest::WRITABLE, || sys::send(dfd, &buf[off..n])).await?;
-                }
-                if n == SMALL {
-                    pipe = Some(sys::pipe(PIPE_SIZE)?);
-                }
-                n
+        let n = if !bulk {
+            let n = tcp
+                .op(Interest::READABLE, |fd| sys::read(fd, &mut buf[SEGMENT_HEADER_LEN..]))
+                .await
+                .map_err(local)?;
+            if n > 0 {
+                buf[..SEGMENT_HEADER_LEN].copy_from_slice(&header(SegmentKind::Bytes, n));
+                segment(state, data.write_all(&buf[..SEGMENT_HEADER_LEN + n])).await?;
             }
-            Some((r, w)) => {
-                // The pipe is empty here, so EAGAIN only means "src has nothing".
-                let n = io_op(src, Interest::READABLE, || sys::splice(sfd, w.as_fd(), PIPE_SIZE))
-                    .await?;
-                let mut left = n;
-                while left > 0 {
-                    left -= io_op(dst, Interest::WRITABLE, || sys::splice(r.as_fd(), dfd, left))
-                        .await?;
-                }
-                n
+            bulk = n == SMALL;
+            n
+        } else if let Some(mut pipe) = Pipe::take() {
+            let n = tcp
+                .op(Interest::READABLE, |fd| sys::splice(fd, pipe.w(), PIPE_SIZE))
+                .await
+                .map_err(local)?;
+            pipe.held = n;
+            if n > 0 {
+                segment(state, async {
+                    data.write_all(&header(SegmentKind::Bytes, n)).await?;
+                    data.drain(&mut pipe).await
+                })
+                .await?;
             }
+            n
+        } else {
+            // The pool is used up: this chunk goes through a buffer.
+            fallback.resize(SEGMENT_HEADER_LEN + FALLBACK, 0);
+            let n = tcp
+                .op(Interest::READABLE, |fd| sys::read(fd, &mut fallback[SEGMENT_HEADER_LEN..]))
+                .await
+                .map_err(local)?;
+            if n > 0 {
+                fallback[..SEGMENT_HEADER_LEN].copy_from_slice(&header(SegmentKind::Bytes, n));
+                segment(state, data.write_all(&fallback[..SEGMENT_HEADER_LEN + n])).await?;
+            }
+            n
         };
         if n == 0 {
-            sys::shutdown_write(dfd)?;
+            data.write_all(&header(SegmentKind::Fin, 0)).await.map_err(transport)?;
+            state.sent_fin();
             return Ok(total);
         }
         total += n as u64;
+    }
+}
+
+/// Writes one segment to the data connection, marking the time it is
+/// half-written.
+async fn segment(
+    state: &State,
+    write: impl std::future::Future<Output = io::Result<()>>,
+) -> Result<(), RelayError> {
+    state.mid_segment.store(true, Ordering::Relaxed);
+    write.await.map_err(transport)?;
+    state.mid_segment.store(false, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Segments -> TCP side, until the data connection ends.
+async fn decode(
+    data: &Fd<'_>,
+    tcp: &Fd<'_>,
+    early: BytesMut,
+    state: &State,
+) -> Result<u64, RelayError> {
+    let mut inbox = early;
+    let mut scratch = vec![0u8; SMALL];
+    let mut total = 0u64;
+    let mut fin = false;
+    loop {
+        while inbox.len() < SEGMENT_HEADER_LEN {
+            let read = data.op(Interest::READABLE, |fd| sys::read(fd, &mut scratch));
+            // After the peer's Fin only a Reset may follow: the connection
+            // is done once this side has sent its own.
+            let n = tokio::select! {
+                biased;
+                _ = state.until_fin_sent(), if fin => return Ok(total),
+                r = read => r.map_err(transport)?,
+            };
+            if n == 0 {
+                if !inbox.is_empty() {
+                    return Err(RelayError::Peer(
+                        "the data connection ended inside a segment header",
+                    ));
+                }
+                return at_end(fin, state).map(|_| total);
+            }
+            inbox.extend_from_slice(&scratch[..n]);
+        }
+        let h = SegmentHeader::decode(inbox[..SEGMENT_HEADER_LEN].try_into().expect("5 bytes"))
+            .map_err(bad_segment)?;
+        inbox.advance(SEGMENT_HEADER_LEN);
+        match h.kind {
+            SegmentKind::Bytes if !fin => {
+                let buffered = h.len.min(inbox.len());
+                tcp.write_all(&inbox[..buffered]).await.map_err(local)?;
+                inbox.advance(buffered);
+                let mut left = h.len - buffered;
+                while left > 0 {
+                    let pipe = if left >= BULK { Pipe::take() } else { None };
+                    let n = match pipe {
+                        Some(mut pipe) => {
+                            let want = left.min(PIPE_SIZE);
+                            let n = data
+                                .op(Interest::READABLE, |fd| sys::splice(fd, pipe.w(), want))
+                                .await
+                                .map_err(transport)?;
+                            pipe.held = n;
+                            tcp.drain(&mut pipe).await.map_err(local)?;
+                            n
+                        }
+                        None => {
+                            if scratch.len() < left.min(FALLBACK) {
+                                scratch.resize(left.min(FALLBACK), 0);
+                            }
+                            let want = left.min(scratch.len());
+                            let n = data
+                                .op(Interest::READABLE, |fd| sys::read(fd, &mut scratch[..want]))
+                                .await
+                                .map_err(transport)?;
+                            tcp.write_all(&scratch[..n]).await.map_err(local)?;
+                            n
+                        }
+                    };
+                    if n == 0 {
+                        return Err(RelayError::Peer("the data connection ended inside a segment"));
+                    }
+                    left -= n;
+                }
+                total += h.len as u64;
+            }
+            SegmentKind::Fin if !fin => {
+                fin = true;
+                sys::shutdown_write(tcp.fd()).map_err(local)?;
+            }
+            SegmentKind::Reset => return Err(RelayError::Peer("the peer's side was reset")),
+            _ => {
+                return Err(RelayError::Transport(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("unexpected {:?} segment", h.kind),
+                )))
+            }
+        }
     }
 }

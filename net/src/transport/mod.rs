@@ -121,6 +121,58 @@ pub async fn connect(addr: &Addr) -> Result<Stream> {
     stream.with_context(|| format!("connecting to {addr}"))
 }
 
+/// What a failed [`connect`] means for whoever retries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// It can never work as given: stop and say why.
+    Fatal(String),
+    /// The peer is not there yet (a VM not started: its socket file does
+    /// not exist): wait quietly.
+    NotYet(String),
+    /// Try again later (refused, reset, timed out).
+    Retry,
+}
+
+/// Refuses, before any connect, an address that can only be listened on.
+pub fn check_target(addr: &Addr) -> Result<()> {
+    if let Addr::Vsock { cid: CID_ANY, port } = addr {
+        bail!("vsock:any is for the agent to listen on; the host needs the guest's CID (e.g. vsock:3:{port})");
+    }
+    Ok(())
+}
+
+/// Classifies a failed [`connect`] to `addr`.
+pub fn classify_failure(addr: &Addr, err: &anyhow::Error) -> ConnectFailure {
+    use std::os::unix::fs::FileTypeExt;
+    if let Addr::Unix(path) | Addr::VsockMux { path, .. } = addr {
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return ConnectFailure::NotYet(format!(
+                    "{} does not exist yet (is the VM running?)",
+                    path.display()
+                ))
+            }
+            Ok(m) if !m.file_type().is_socket() => {
+                return ConnectFailure::Fatal(format!(
+                    "{} exists but is not a socket",
+                    path.display()
+                ))
+            }
+            _ => {}
+        }
+    }
+    let errno =
+        err.chain().find_map(|e| e.downcast_ref::<io::Error>()).and_then(io::Error::raw_os_error);
+    if matches!(addr, Addr::Vsock { .. })
+        && errno == Some(rustix::io::Errno::AFNOSUPPORT.raw_os_error())
+    {
+        return ConnectFailure::Fatal(
+            "this kernel has no vsock support (EAFNOSUPPORT): load vhost_vsock (modprobe vhost_vsock), or reach the guest through vsock-mux: or unix:".into(),
+        );
+    }
+    ConnectFailure::Retry
+}
+
 /// A connected byte stream over any transport.
 #[derive(Debug)]
 pub enum Stream {
@@ -169,11 +221,32 @@ impl Stream {
         }
     }
 
-    /// Makes the next close a reset where the transport has one, so a peer's
-    /// reset is passed on as a reset.
-    pub fn set_reset_on_close(&self) {
-        if let Stream::Tcp(s) = self {
-            tcp::reset_on_close(s);
+    /// Whether the peer has closed the connection (an end of stream or a
+    /// reset, not merely bytes waiting): waits until the socket is readable
+    /// and peeks. False where the transport cannot tell, and when bytes are
+    /// pending.
+    pub async fn closed_by_peer(&self) -> bool {
+        let Some(_) = self.fd() else { return false };
+        loop {
+            if self.ready(Interest::READABLE).await.is_err() {
+                return true;
+            }
+            let fd = self.fd().expect("checked above");
+            match self.try_io(Interest::READABLE, || crate::sys::peek(fd)) {
+                Ok(0) => return true,
+                Ok(_) => return false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Writes what fits now without waiting (a last word before closing);
+    /// `WouldBlock` where the transport has no such write.
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self.fd() {
+            Some(fd) => crate::sys::try_send(fd, buf),
+            None => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
 }
@@ -217,8 +290,13 @@ impl AsyncWrite for Stream {
 /// Who connected to an [`Acceptor`].
 #[derive(Clone, Debug)]
 pub enum Peer {
-    /// A Unix-socket peer.
-    Unix,
+    /// A Unix-socket peer and its credentials (SO_PEERCRED).
+    Unix {
+        /// The peer process's user id.
+        uid: u32,
+        /// The peer process's id.
+        pid: u32,
+    },
     /// A TCP peer and its address.
     Tcp(SocketAddr),
     /// A vsock peer.
@@ -233,7 +311,7 @@ pub enum Peer {
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Peer::Unix => f.write_str("unix peer"),
+            Peer::Unix { uid, pid } => write!(f, "unix peer (uid {uid}, pid {pid})"),
             Peer::Tcp(a) => write!(f, "tcp:{a}"),
             Peer::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
         }
@@ -251,12 +329,28 @@ pub enum Acceptor {
     Vsock(VsockListener),
 }
 
+/// How an [`Acceptor`] sets up its socket.
+#[derive(Clone, Copy, Debug)]
+pub struct AcceptorOptions {
+    /// The permission bits of a Unix socket file.
+    pub unix_mode: u32,
+}
+
+impl Default for AcceptorOptions {
+    fn default() -> AcceptorOptions {
+        AcceptorOptions { unix_mode: 0o600 }
+    }
+}
+
 impl Acceptor {
     /// Binds `addr`. A Unix socket file left behind by a dead agent is
-    /// replaced; one a live agent still answers on is an error.
-    pub async fn bind(addr: &Addr) -> Result<Acceptor> {
+    /// replaced; one a live agent still answers on, and any file that is not
+    /// a socket, is an error.
+    pub async fn bind(addr: &Addr, options: AcceptorOptions) -> Result<Acceptor> {
         let acceptor = match addr {
-            Addr::Unix(path) => unix::bind(path).await.map(|l| Acceptor::Unix(l, path.clone())),
+            Addr::Unix(path) => {
+                unix::bind(path, options.unix_mode).await.map(|l| Acceptor::Unix(l, path.clone()))
+            }
             Addr::Tcp(sa) => TcpListener::bind(sa).await.map_err(Into::into).map(Acceptor::Tcp),
             Addr::Vsock { cid, port } => vsock::bind(*cid, *port).map(Acceptor::Vsock),
             Addr::VsockMux { .. } => {
@@ -281,7 +375,11 @@ impl Acceptor {
     /// Waits for the next connection.
     pub async fn accept(&self) -> io::Result<(Stream, Peer)> {
         Ok(match self {
-            Acceptor::Unix(l, _) => (Stream::Unix(l.accept().await?.0), Peer::Unix),
+            Acceptor::Unix(l, _) => {
+                let s = l.accept().await?.0;
+                let (uid, pid) = crate::sys::peer_credentials(&s)?;
+                (Stream::Unix(s), Peer::Unix { uid, pid })
+            }
             Acceptor::Tcp(l) => {
                 let (s, a) = l.accept().await?;
                 s.set_nodelay(true).ok();
@@ -306,6 +404,39 @@ impl Drop for Acceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_that_cannot_heal_are_fatal_and_missing_sockets_are_awaited() {
+        let dir = std::env::temp_dir().join(format!("hoist-classify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("file");
+        std::fs::write(&file, b"").unwrap();
+        let refused = anyhow::Error::new(io::Error::from(io::ErrorKind::ConnectionRefused));
+        let no_vsock = anyhow::Error::new(io::Error::from_raw_os_error(
+            rustix::io::Errno::AFNOSUPPORT.raw_os_error(),
+        ));
+        let cases: Vec<(Addr, &anyhow::Error, &str)> = vec![
+            (Addr::Unix(dir.join("missing.sock")), &refused, "not yet"),
+            (Addr::VsockMux { path: dir.join("missing.sock"), port: 5 }, &refused, "not yet"),
+            (Addr::Unix(file.clone()), &refused, "fatal: exists but is not a socket"),
+            (Addr::Unix(dir.clone()), &refused, "fatal: exists but is not a socket"),
+            (Addr::Vsock { cid: 3, port: 1023 }, &no_vsock, "fatal: no vsock support"),
+            (Addr::Vsock { cid: 3, port: 1023 }, &refused, "retry"),
+            (Addr::Tcp("127.0.0.1:9".parse().unwrap()), &refused, "retry"),
+        ];
+        for (addr, err, want) in cases {
+            let got = match classify_failure(&addr, err) {
+                ConnectFailure::Fatal(why) => format!("fatal: {why}"),
+                ConnectFailure::NotYet(_) => "not yet".into(),
+                ConnectFailure::Retry => "retry".into(),
+            };
+            let (kind, detail) = want.split_once(": ").unwrap_or((want, ""));
+            assert!(got.starts_with(kind) && got.contains(detail), "{addr}: {got}");
+        }
+        assert!(check_target(&"vsock:any:1023".parse().unwrap()).is_err());
+        assert!(check_target(&"vsock:3:1023".parse().unwrap()).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn addresses_parse_or_explain() {

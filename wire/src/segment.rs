@@ -1,0 +1,242 @@
+//! A data connection after its first frame ([`HostMsg::Data`]): segments,
+//! both ways, each a 5-byte header and a payload. The bytes of the client's
+//! (or guest server's) stream travel in `Bytes` segments; a stream's end and a
+//! reset travel in band, so they survive every transport (a Unix socket or a
+//! vsock multiplexer has no reset and may not carry a half-close).
+//!
+//! ```text
+//! +-----------+---------------+-------------------+
+//! | kind: u8  | len: u32 (BE) | payload: len bytes |
+//! +-----------+---------------+-------------------+
+//! ```
+//!
+//! | kind | segment   | payload                          | sent by                   |
+//! |------|-----------|----------------------------------|---------------------------|
+//! | 1    | `Open`    | endpoint (see `msg`)             | host, first               |
+//! | 2    | `Opened`  | none                             | agent, first: dialled      |
+//! | 3    | `Refused` | code:u8 reason:str               | agent, first; then closes |
+//! | 4    | `Bytes`   | 1..=[`MAX_SEGMENT`] stream bytes | both                      |
+//! | 5    | `Fin`     | none: the sender's stream ended  | both, once                |
+//! | 6    | `Reset`   | none: the sender's side reset    | both                      |
+//!
+//! A connection ends cleanly only after a `Fin` each way; an end of stream
+//! any earlier, or a `Reset`, resets the other side's TCP connection.
+//!
+//! [`HostMsg::Data`]: crate::HostMsg::Data
+
+use crate::error::DecodeError;
+use crate::msg::{put_endpoint, put_str, Endpoint, Reader};
+use std::fmt;
+
+/// Bytes of a segment header.
+pub const SEGMENT_HEADER_LEN: usize = 5;
+
+/// Largest `Bytes` payload sent or accepted.
+pub const MAX_SEGMENT: usize = 1 << 20;
+
+/// Longest `Refused` payload: a code, a length and a reason of 1 KiB.
+const MAX_REFUSED: usize = 3 + 1024;
+
+/// What a segment is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentKind {
+    /// Host -> agent, first: the endpoint a client connected to.
+    Open,
+    /// Agent -> host, first: the guest's port answered.
+    Opened,
+    /// Agent -> host, first: the guest's port did not answer.
+    Refused,
+    /// Stream bytes.
+    Bytes,
+    /// The sender's stream ended.
+    Fin,
+    /// The sender's side was reset.
+    Reset,
+}
+
+/// A segment's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// What follows.
+    pub kind: SegmentKind,
+    /// Bytes of payload that follow.
+    pub len: usize,
+}
+
+impl SegmentHeader {
+    /// A header for `kind` with `len` bytes of payload.
+    pub fn new(kind: SegmentKind, len: usize) -> SegmentHeader {
+        SegmentHeader { kind, len }
+    }
+
+    /// The header's bytes.
+    pub fn encode(self) -> [u8; SEGMENT_HEADER_LEN] {
+        let kind = match self.kind {
+            SegmentKind::Open => 1,
+            SegmentKind::Opened => 2,
+            SegmentKind::Refused => 3,
+            SegmentKind::Bytes => 4,
+            SegmentKind::Fin => 5,
+            SegmentKind::Reset => 6,
+        };
+        let len = (self.len as u32).to_be_bytes();
+        [kind, len[0], len[1], len[2], len[3]]
+    }
+
+    /// Reads a header, checking the length its kind allows.
+    pub fn decode(b: [u8; SEGMENT_HEADER_LEN]) -> Result<SegmentHeader, DecodeError> {
+        use SegmentKind::*;
+        let kind = match b[0] {
+            1 => Open,
+            2 => Opened,
+            3 => Refused,
+            4 => Bytes,
+            5 => Fin,
+            6 => Reset,
+            tag => return Err(DecodeError::UnknownTag { what: "segment", tag }),
+        };
+        let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+        let ok = match kind {
+            Open => len == ENDPOINT_LEN,
+            Opened | Fin | Reset => len == 0,
+            Refused => (3..=MAX_REFUSED).contains(&len),
+            Bytes => (1..=MAX_SEGMENT).contains(&len),
+        };
+        if !ok {
+            return Err(DecodeError::Invalid { what: "segment length", value: len as u64 });
+        }
+        Ok(SegmentHeader { kind, len })
+    }
+}
+
+/// Bytes of an encoded endpoint.
+const ENDPOINT_LEN: usize = 4;
+
+/// Why the agent did not open a data connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No guest listener is behind the endpoint (it closed a moment ago).
+    NotListening,
+    /// Dialling the guest listener failed.
+    DialFailed,
+    /// Dialling the guest listener took too long.
+    DialTimedOut,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::NotListening => "no guest listener",
+            Refusal::DialFailed => "dialling the guest listener failed",
+            Refusal::DialTimedOut => "dialling the guest listener timed out",
+        })
+    }
+}
+
+/// The `Open` segment for `endpoint`, header included.
+pub fn open_segment(endpoint: &Endpoint) -> Vec<u8> {
+    let mut out = SegmentHeader::new(SegmentKind::Open, ENDPOINT_LEN).encode().to_vec();
+    put_endpoint(&mut out, endpoint);
+    out
+}
+
+/// Reads an `Open` payload.
+pub fn parse_open(payload: &[u8]) -> Result<Endpoint, DecodeError> {
+    let mut r = Reader(payload);
+    let e = r.endpoint()?;
+    r.finish()?;
+    Ok(e)
+}
+
+/// The `Refused` segment, header included; the reason is clipped to fit.
+pub fn refused_segment(why: Refusal, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(MAX_REFUSED - 3);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = vec![match why {
+        Refusal::NotListening => 1,
+        Refusal::DialFailed => 2,
+        Refusal::DialTimedOut => 3,
+    }];
+    put_str(&mut payload, &reason[..end]);
+    let mut out = SegmentHeader::new(SegmentKind::Refused, payload.len()).encode().to_vec();
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Reads a `Refused` payload.
+pub fn parse_refused(payload: &[u8]) -> Result<(Refusal, String), DecodeError> {
+    let mut r = Reader(payload);
+    let why = match r.u8()? {
+        1 => Refusal::NotListening,
+        2 => Refusal::DialFailed,
+        3 => Refusal::DialTimedOut,
+        tag => return Err(DecodeError::UnknownTag { what: "refusal", tag }),
+    };
+    let reason = r.string()?;
+    r.finish()?;
+    Ok((why, reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Family, Proto};
+
+    /// The segment format, pinned byte for byte.
+    #[test]
+    fn golden_bytes() {
+        let e = Endpoint { proto: Proto::Tcp, family: Family::V6, port: 443 };
+        assert_eq!(open_segment(&e), [1, 0, 0, 0, 4, 6, 6, 1, 187]);
+        assert_eq!(parse_open(&[6, 6, 1, 187]).unwrap(), e);
+        assert_eq!(
+            refused_segment(Refusal::DialFailed, "no"),
+            [3, 0, 0, 0, 5, 2, 0, 2, b'n', b'o']
+        );
+        assert_eq!(
+            parse_refused(&[2, 0, 2, b'n', b'o']).unwrap(),
+            (Refusal::DialFailed, "no".into())
+        );
+        let headers = [
+            (SegmentKind::Opened, 0, [2, 0, 0, 0, 0]),
+            (SegmentKind::Bytes, 0x0102, [4, 0, 0, 1, 2]),
+            (SegmentKind::Fin, 0, [5, 0, 0, 0, 0]),
+            (SegmentKind::Reset, 0, [6, 0, 0, 0, 0]),
+        ];
+        for (kind, len, bytes) in headers {
+            assert_eq!(SegmentHeader::new(kind, len).encode(), bytes, "{kind:?}");
+            assert_eq!(SegmentHeader::decode(bytes).unwrap(), SegmentHeader::new(kind, len));
+        }
+    }
+
+    #[test]
+    fn headers_outside_their_bounds_are_refused() {
+        use DecodeError::*;
+        let big = (MAX_SEGMENT as u32 + 1).to_be_bytes();
+        let cases: &[(&str, [u8; 5], DecodeError)] = &[
+            ("unknown kind", [9, 0, 0, 0, 0], UnknownTag { what: "segment", tag: 9 }),
+            ("empty bytes", [4, 0, 0, 0, 0], Invalid { what: "segment length", value: 0 }),
+            (
+                "bytes over the limit",
+                [4, big[0], big[1], big[2], big[3]],
+                Invalid { what: "segment length", value: MAX_SEGMENT as u64 + 1 },
+            ),
+            ("fin with payload", [5, 0, 0, 0, 1], Invalid { what: "segment length", value: 1 }),
+            (
+                "open of the wrong size",
+                [1, 0, 0, 0, 3],
+                Invalid { what: "segment length", value: 3 },
+            ),
+            ("huge refusal", [3, 0, 1, 0, 0], Invalid { what: "segment length", value: 65536 }),
+        ];
+        for (name, bytes, want) in cases {
+            assert_eq!(&SegmentHeader::decode(*bytes).unwrap_err(), want, "{name}");
+        }
+        assert_eq!(parse_refused(&[9, 0, 0]).unwrap_err(), UnknownTag { what: "refusal", tag: 9 });
+        let long = "x".repeat(5000);
+        let seg = refused_segment(Refusal::NotListening, &long);
+        let header = SegmentHeader::decode(seg[..5].try_into().unwrap()).unwrap();
+        assert_eq!(header.len, seg.len() - 5, "a long reason is clipped to a valid segment");
+    }
+}
