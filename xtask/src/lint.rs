@@ -1,7 +1,8 @@
 //! `cargo xtask lint`: the style gate, and the first step of `cargo xtask
-//! test`. rustfmt must have nothing to change (workspace and eBPF crate), and
-//! clippy must find nothing with every warning an error: the workspace on the
-//! stable toolchain, the eBPF crate on the nightly for the BPF target.
+//! test`. rustfmt must have nothing to change (workspace, eBPF and fuzz
+//! crates), and clippy must find nothing with every warning an error: the
+//! workspace on the stable toolchain, the eBPF crate on the nightly for the
+//! BPF target.
 
 use crate::build::{build_ebpf, ebpf_cargo};
 use crate::util::{root, run, say};
@@ -10,7 +11,7 @@ use std::process::Command;
 
 /// rustfmt's verdict alone: needs no build.
 pub fn format() -> Result<()> {
-    say("checking formatting (cargo fmt --check, workspace and agent-ebpf)");
+    say("checking formatting (cargo fmt --check, workspace, agent-ebpf and fuzz)");
     run(
         Command::new("cargo").args(["fmt", "--all", "--check"]).current_dir(root()),
         "cargo fmt --check",
@@ -20,6 +21,12 @@ pub fn format() -> Result<()> {
             .args(["fmt", "--all", "--check", "--manifest-path"])
             .arg(root().join("agent-ebpf/Cargo.toml")),
         "cargo fmt --check (agent-ebpf)",
+    )?;
+    run(
+        Command::new("cargo")
+            .args(["fmt", "--check", "--manifest-path"])
+            .arg(root().join("fuzz/Cargo.toml")),
+        "cargo fmt --check (fuzz)",
     )
 }
 

@@ -1,11 +1,12 @@
 //! `cargo xtask`: the project's entry points, one module per subcommand.
 //! `setup` installs what the build needs, `build` compiles the eBPF object and
 //! both binaries, `lint` is the style gate, `run` is the local demo, `test`
-//! runs the lint and every test, `vm-test` the VM lab, `bench` the benchmarks. A failure ends xtask with the failing
+//! runs the lint and every test, `vm-test` the VM lab, `bench` the benchmarks, `fuzz` the decoders' fuzz targets. A failure ends xtask with the failing
 //! command's own exit code where there is one.
 
 mod bench;
 mod build;
+mod fuzz;
 mod lint;
 mod run;
 mod setup;
@@ -40,6 +41,8 @@ enum Cmd {
     VmTest,
     /// Benchmarks against the alternatives (needs root; not part of `test` but its --quick mode).
     Bench(bench::BenchArgs),
+    /// Fuzz the decoders of peer and kernel bytes (cargo-fuzz, nightly), each target for --time s.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() {
@@ -59,6 +62,7 @@ fn main() {
         Cmd::Test(a) => test::test(a),
         Cmd::VmTest => vmtest::vm_test(),
         Cmd::Bench(a) => bench::bench(a),
+        Cmd::Fuzz(a) => fuzz::fuzz(a),
     };
     if let Err(e) = r {
         eprintln!("xtask: error: {e:#}");

@@ -1,9 +1,9 @@
 //! `cargo xtask test`: every test. Builds the eBPF object and both binaries,
 //! runs the workspace's tests (pure, in-process, and the real-kernel ones,
 //! which spawn the binaries in network namespaces) on one thread, since the
-//! kernel tests share kernel state, then the VM lab and the bench's smoke
-//! mode. Needs root; nothing is skipped. Ends with one summary line, and
-//! with `cargo test`'s own exit code when that fails.
+//! kernel tests share kernel state, then every fuzz target briefly, the VM
+//! lab and the bench's smoke mode. Needs root; nothing is skipped. Ends with
+//! one summary line, and with `cargo test`'s own exit code when that fails.
 
 use crate::build::build;
 use crate::util::{check, require_root, root, say};
@@ -13,7 +13,7 @@ use std::process::Command;
 #[derive(clap::Args)]
 pub struct TestArgs {
     /// Extra arguments for `cargo test` (e.g. a test name filter); with
-    /// them, only `cargo test` runs, not the VM lab and the bench.
+    /// them, only `cargo test` runs, not the fuzz targets, the VM lab and the bench.
     #[arg(last = true)]
     pub cargo_args: Vec<String>,
 }
@@ -41,9 +41,16 @@ pub fn test(args: TestArgs) -> Result<()> {
         return Err(e);
     }
     if !args.cargo_args.is_empty() {
-        // A chosen subset of cargo's tests: the lab and the bench are not in it.
+        // A chosen subset of cargo's tests: fuzzing, the lab and the bench are not in it.
         summary(passed, failed);
         return Ok(());
+    }
+    // Each fuzz target counts as one test.
+    let (fuzz_passed, fuzz_failed, fuzzed) = crate::fuzz::smoke(&built.ebpf);
+    passed += fuzz_passed;
+    if let Err(e) = fuzzed {
+        summary(passed, failed + fuzz_failed);
+        return Err(e.context("fuzzing"));
     }
     // The VM lab and the bench's smoke mode count as one test each.
     say("running the VM lab (real vsock, a second kernel)");

@@ -93,7 +93,7 @@ pub fn parse_replies(mut buf: &[u8], out: &mut Vec<DiagSocket>) -> Result<Parsed
             NetlinkPayload::Error(e) => match e.code {
                 None => return Ok(Parsed::Done),
                 Some(code) => {
-                    return Err(std::io::Error::from_raw_os_error(-code.get()))
+                    return Err(std::io::Error::from_raw_os_error(code.get().wrapping_neg()))
                         .context("the kernel refused the sock_diag request")
                 }
             },
@@ -202,6 +202,8 @@ mod tests {
         let mut err_body = (-libc_eperm()).to_ne_bytes().to_vec();
         err_body.extend_from_slice(&[0u8; NLMSG_HDR]);
         let err = nl(NLMSG_ERROR, &err_body);
+        // Found by the sock_diag fuzz target: negating i32::MIN overflowed.
+        let err_min = nl(NLMSG_ERROR, &[&i32::MIN.to_ne_bytes()[..], &[0u8; NLMSG_HDR]].concat());
         let both = [v4msg.clone(), v6msg.clone()].concat();
         type Want = std::result::Result<(Parsed, usize), &'static str>;
         let cases: Vec<(&str, Vec<u8>, Want)> = vec![
@@ -209,6 +211,7 @@ mod tests {
             ("two then done", [both.clone(), done.clone()].concat(), Ok((Parsed::Done, 2))),
             ("done only", done.clone(), Ok((Parsed::Done, 0))),
             ("error", err, Err("refused")),
+            ("error code i32::MIN", err_min, Err("refused")),
             ("short header", v4msg[..8].to_vec(), Err("malformed")),
             ("length beyond data", v4msg[..40].to_vec(), Err("malformed")),
             ("short body", nl(SOCK_DIAG_BY_FAMILY, &[0u8; 20]), Err("malformed")),
