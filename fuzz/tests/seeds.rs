@@ -8,7 +8,10 @@
 //! ```
 
 use hoist_common::{ListenEvent, AF_INET, AF_INET6, EVENT_LISTEN, EVENT_UNLISTEN};
-use hoist_wire::{AgentMsg, Endpoint, Family, Forward, HostMsg, Message, PROTOCOL_VERSION};
+use hoist_wire::{
+    open_segment, refused_segment, AgentInfo, AgentMsg, Challenge, Endpoint, Family, Forward,
+    HostMsg, Message, Proto, Refusal, SegmentHeader, SegmentKind, PROTOCOL_VERSION,
+};
 use std::path::Path;
 
 fn body<M: Message>(m: &M) -> Vec<u8> {
@@ -27,7 +30,7 @@ fn frames<M: Message>(ms: &[M]) -> Vec<u8> {
 
 fn forward(family: Family, port: u16, addr: &str, comm: &str) -> Forward {
     Forward {
-        endpoint: Endpoint { family, port },
+        endpoint: Endpoint::tcp(family, port),
         guest_addr: addr.parse().unwrap(),
         pid: 4242,
         comm: comm.into(),
@@ -38,7 +41,8 @@ fn agent_msgs() -> Vec<(&'static str, AgentMsg)> {
     let v4 = forward(Family::V4, 8080, "127.0.0.1", "python3");
     let v6 = forward(Family::V6, 443, "::", "nginx");
     vec![
-        ("welcome", AgentMsg::Welcome { version: PROTOCOL_VERSION, agent: "hoist-agent".into() }),
+        ("welcome", welcome(None)),
+        ("welcome-challenge", welcome(Some(Challenge { nonce: [3; 16], proof: [4; 32] }))),
         ("snapshot-empty", AgentMsg::Snapshot { forwards: vec![], last: true }),
         (
             "snapshot-two",
@@ -46,35 +50,47 @@ fn agent_msgs() -> Vec<(&'static str, AgentMsg)> {
         ),
         ("added-v4", AgentMsg::Added(v4)),
         ("added-v6", AgentMsg::Added(v6)),
-        ("removed", AgentMsg::Removed(Endpoint { family: Family::V6, port: 22 })),
-        ("connected", AgentMsg::Connected),
-        ("rejected", AgentMsg::Rejected { reason: "no listener on ipv4/9".into() }),
+        (
+            "removed",
+            AgentMsg::Removed(Endpoint { proto: Proto::Udp, family: Family::V6, port: 22 }),
+        ),
+        ("pong", AgentMsg::Pong { seq: 7 }),
+        ("refused", AgentMsg::Refused { reason: "protocol version 1 not supported".into() }),
     ]
+}
+
+fn welcome(challenge: Option<Challenge>) -> AgentMsg {
+    let agent = AgentInfo { version: "0.2.0".into(), hooks: "tracepoint".into(), pid: 42 };
+    AgentMsg::Welcome { version: PROTOCOL_VERSION, agent, ticket: [9; 16], challenge }
 }
 
 fn host_msgs() -> Vec<(&'static str, HostMsg)> {
     vec![
         ("control", HostMsg::Control { version: PROTOCOL_VERSION }),
-        (
-            "data-v4",
-            HostMsg::Data {
-                version: PROTOCOL_VERSION,
-                endpoint: Endpoint { family: Family::V4, port: 8080 },
-            },
-        ),
-        (
-            "data-v6",
-            HostMsg::Data {
-                version: PROTOCOL_VERSION,
-                endpoint: Endpoint { family: Family::V6, port: 65535 },
-            },
-        ),
+        ("control-v1", HostMsg::Control { version: 1 }),
+        ("data", HostMsg::Data { version: PROTOCOL_VERSION, ticket: [5; 16] }),
+        ("hello", HostMsg::Hello { nonce: [1; 16], ping_interval_ms: 5000 }),
+        ("auth", HostMsg::Auth { proof: [2; 32] }),
+        ("ping", HostMsg::Ping { seq: 1 }),
+    ]
+}
+
+/// Segments as a data connection carries them.
+fn segment_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let h = |kind, len| SegmentHeader::new(kind, len).encode().to_vec();
+    vec![
+        ("open", open_segment(&Endpoint::tcp(Family::V4, 8080))),
+        ("opened", h(SegmentKind::Opened, 0)),
+        ("refused", refused_segment(Refusal::DialFailed, "connection refused")),
+        ("bytes", [h(SegmentKind::Bytes, 4), b"ping".to_vec()].concat()),
+        ("fin", h(SegmentKind::Fin, 0)),
+        ("reset", h(SegmentKind::Reset, 0)),
     ]
 }
 
 /// A control stream as the host receives it.
 fn control_stream() -> Vec<u8> {
-    let msgs: Vec<AgentMsg> = agent_msgs().into_iter().map(|(_, m)| m).take(6).collect();
+    let msgs: Vec<AgentMsg> = agent_msgs().into_iter().map(|(_, m)| m).skip(1).take(6).collect();
     frames(&msgs)
 }
 
@@ -224,12 +240,12 @@ fn write_seed_corpus() {
             ("control-stream-7", [&[6u8][..], &stream].concat()),
             ("control-stream-256", [&[255u8][..], &stream].concat()),
             (
-                "connected-then-bytes",
-                [&[63u8][..], &frames(&[AgentMsg::Connected]), b"raw"].concat(),
+                "pong-then-bytes",
+                [&[63u8][..], &frames(&[AgentMsg::Pong { seq: 1 }]), b"raw"].concat(),
             ),
             (
-                "rejected",
-                [&[15u8][..], &frames(&[AgentMsg::Rejected { reason: "no".into() }])].concat(),
+                "refused",
+                [&[15u8][..], &frames(&[AgentMsg::Refused { reason: "no".into() }])].concat(),
             ),
         ],
     );
@@ -242,6 +258,7 @@ fn write_seed_corpus() {
             ("ok-garbage", b"OK x".to_vec()),
         ],
     );
+    write("segment", segment_seeds());
     write("sock_diag", sock_diag_seeds());
     write("ring_event", ring_event_seeds());
 }

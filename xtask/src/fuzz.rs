@@ -21,7 +21,7 @@ pub const TEST_SECS: u64 = 10;
 
 /// Every target, in the order they run; each is `fuzz/fuzz_targets/<name>.rs`.
 pub const TARGETS: &[&str] =
-    &["frame", "host_msg", "agent_msg", "conn", "mux_reply", "sock_diag", "ring_event"];
+    &["frame", "host_msg", "agent_msg", "conn", "segment", "mux_reply", "sock_diag", "ring_event"];
 
 /// Longest a single input may take before libFuzzer calls it a hang.
 const INPUT_TIMEOUT_SECS: u64 = 10;
