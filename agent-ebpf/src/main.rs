@@ -4,12 +4,20 @@
 //! attaches whichever the running kernel allows:
 //! - trampoline: fexit on `inet_csk_listen_start` (only a listen that
 //!   succeeded, port already chosen) and fentry on `inet_csk_listen_stop`;
-//! - tracepoint: `tp_btf/inet_sock_set_state` stashes a LISTEN per thread
-//!   until `syscalls/sys_exit_listen` confirms listen() returned 0; a
-//!   LISTEN -> CLOSE that ends a stashed listen was a failed listen() and is
-//!   dropped, any other is an unlisten. A listen that does not come from the
-//!   listen(2) syscall (io_uring, in-kernel sockets) is never confirmed and
-//!   ages out of the LRU map: the agent's `sock_diag` snapshot covers it.
+//! - tracepoint: `tp_btf/inet_sock_set_state` sees every state change.
+//!   A LISTEN inside listen(2) (marked by `syscalls/sys_enter_listen`) is
+//!   stashed per thread until `syscalls/sys_exit_listen` confirms listen()
+//!   returned 0; a LISTEN -> CLOSE of a stashed socket (a listen() that
+//!   failed, or a socket another thread shut down before listen() returned)
+//!   reports nothing, any other is an unlisten. Which of the two comes first
+//!   is settled by deleting the socket's entry in `PENDING_COOKIE`, an atomic
+//!   claim, and the confirming side reserves its ring-buffer slot before it
+//!   claims, so its LISTEN is always read before any later UNLISTEN. A
+//!   LISTEN outside listen(2) (io_uring, the kernel's own listeners) is
+//!   reported at once as unconfirmed: the agent checks it with a snapshot.
+//!
+//! Only TCP sockets are reported: SCTP reaches the LISTEN state and DCCP
+//! `inet_csk_listen_start` too, and neither may become a TCP forward.
 //!
 //! An event the full ring buffer cannot take is counted in `DROPS`, never
 //! lost silently. Struct offsets are read-only globals the agent fills in
@@ -33,7 +41,8 @@ use aya_log_ebpf::{debug, warn};
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use core::ptr::read_volatile;
 use hoist_common::{
-    ListenEvent, ABSENT, AF_INET, AF_INET6, EVENTS_RING_BYTES, EVENT_LISTEN, EVENT_UNLISTEN,
+    ListenEvent, ABSENT, AF_INET, AF_INET6, EVENTS_RING_BYTES, EVENT_LISTEN,
+    EVENT_LISTEN_UNCONFIRMED, EVENT_UNLISTEN, IPPROTO_TCP,
 };
 
 #[map(name = "EVENTS")]
@@ -48,6 +57,15 @@ static DROPS: Array<u64> = Array::with_max_entries(1, 0);
 #[map(name = "PENDING")]
 static PENDING: LruHashMap<u64, ListenEvent> = LruHashMap::with_max_entries(4096, 0);
 
+/// The cookies of stashed listens: whoever deletes the entry first (the
+/// confirming syscall exit, or the socket's LISTEN -> CLOSE) decides.
+#[map(name = "PENDING_COOKIE")]
+static PENDING_COOKIE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// Threads inside listen(2), between its entry and its exit.
+#[map(name = "IN_LISTEN")]
+static IN_LISTEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+
 // Read-only globals set by the agent at load (see hoist_common::global). They
 // must be plain statics read with read_volatile: the compiler would otherwise
 // fold them to these placeholder values.
@@ -55,6 +73,10 @@ static PENDING: LruHashMap<u64, ListenEvent> = LruHashMap::with_max_entries(4096
 static NETNS_INUM: u32 = 0;
 #[no_mangle]
 static OFF_FAMILY: u32 = ABSENT;
+#[no_mangle]
+static OFF_PROTOCOL: u32 = ABSENT;
+#[no_mangle]
+static PROTOCOL_SIZE: u32 = 0;
 #[no_mangle]
 static OFF_NUM: u32 = ABSENT;
 #[no_mangle]
@@ -98,6 +120,16 @@ unsafe fn describe(sk: *const u8, kind: u8) -> Option<ListenEvent> {
     if family != AF_INET && family != AF_INET6 {
         return None;
     }
+    // The frozen global makes one arm dead code; each reads at a constant
+    // size the verifier checks against the member.
+    let proto = match global(&PROTOCOL_SIZE) {
+        2 => load::<u16>(sk, global(&OFF_PROTOCOL)),
+        1 => load::<u8>(sk, global(&OFF_PROTOCOL)) as u16,
+        _ => return None,
+    };
+    if proto != IPPROTO_TCP as u16 {
+        return None;
+    }
     let net: *const u8 = load(sk, global(&OFF_NET));
     if net.is_null() {
         return None;
@@ -109,6 +141,7 @@ unsafe fn describe(sk: *const u8, kind: u8) -> Option<ListenEvent> {
     }
     let mut ev = ListenEvent::zeroed();
     ev.kind = kind;
+    ev.proto = IPPROTO_TCP;
     ev.family = family;
     ev.netns = netns;
     ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -160,18 +193,24 @@ unsafe fn sport(sk: *const u8) -> u16 {
 #[inline(always)]
 fn emit<C: EbpfContext>(ctx: &C, ev: &ListenEvent) {
     let Some(mut slot) = EVENTS.reserve::<ListenEvent>(0) else {
-        if let Some(n) = DROPS.get_ptr_mut(0) {
-            // SAFETY: a valid, 8-byte aligned map value. Every CPU adds to
-            // it, hence the atomic; its result is unused, so it compiles to
-            // the plain atomic add every BPF kernel has (no BPF_FETCH).
-            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) };
-        }
+        count_drop();
         warn!(ctx, "hoist: ring buffer full, event for port {} lost", ev.port);
         return;
     };
     slot.write(*ev);
     slot.submit(0);
     debug!(ctx, "hoist: kind {} family {} port {} pid {}", ev.kind, ev.family, ev.port, ev.pid);
+}
+
+/// Counts an event the full ring buffer could not take: the agent resyncs.
+#[inline(always)]
+fn count_drop() {
+    if let Some(n) = DROPS.get_ptr_mut(0) {
+        // SAFETY: a valid, 8-byte aligned map value. Every CPU adds to it,
+        // hence the atomic; its result is unused, so it compiles to the plain
+        // atomic add every BPF kernel has (no BPF_FETCH).
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) };
+    }
 }
 
 // ---- trampoline path ----
@@ -246,23 +285,35 @@ pub fn listen_state(ctx: BtfTracePointContext) -> i32 {
             // 0 for an autobind listen: the port is chosen after this point,
             // and the agent resolves it by cookie.
             ev.port = unsafe { load::<u16>(sk, global(&OFF_NUM)) };
-            let _ = PENDING.insert(key, ev, 0);
+            // SAFETY: a map value pointer valid for this program run.
+            if unsafe { IN_LISTEN.get(key) }.is_some() {
+                let _ = PENDING_COOKIE.insert(ev.cookie, 1, 0);
+                let _ = PENDING.insert(key, ev, 0);
+            } else {
+                // No syscall exit will confirm this one.
+                ev.kind = EVENT_LISTEN_UNCONFIRMED;
+                emit(&ctx, &ev);
+            }
         }
     } else if old == TCP_LISTEN && new == TCP_CLOSE {
         // SAFETY: as above.
         if let Some(mut ev) = unsafe { describe(sk, EVENT_UNLISTEN) } {
-            // SAFETY: a map value pointer valid for this program run.
-            if let Some(p) = unsafe { PENDING.get(key) } {
-                if p.cookie == ev.cookie {
-                    // listen() is failing (EADDRINUSE): it never listened.
-                    let _ = PENDING.remove(key);
-                    return 0;
-                }
+            // A stashed listen ends before anyone heard of it: a listen()
+            // that failed (EADDRINUSE), or a socket another thread shut down
+            // before listen() returned. Its exit will find the claim gone.
+            if PENDING_COOKIE.remove(ev.cookie).is_ok() {
+                return 0;
             }
             ev.port = unsafe { sport(sk) };
             emit(&ctx, &ev);
         }
     }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_listen")]
+pub fn listen_enter(_ctx: TracePointContext) -> i32 {
+    let _ = IN_LISTEN.insert(bpf_get_current_pid_tgid(), 1, 0);
     0
 }
 
@@ -273,6 +324,7 @@ const SYS_EXIT_RET: usize = 16;
 #[tracepoint(category = "syscalls", name = "sys_exit_listen")]
 pub fn listen_exit(ctx: TracePointContext) -> i32 {
     let key = bpf_get_current_pid_tgid();
+    let _ = IN_LISTEN.remove(key);
     // SAFETY: a map value pointer valid for this program run.
     let Some(pending) = (unsafe { PENDING.get(key) }) else {
         return 0;
@@ -281,8 +333,18 @@ pub fn listen_exit(ctx: TracePointContext) -> i32 {
     let _ = PENDING.remove(key);
     // SAFETY: reads the tracepoint record at its fixed layout.
     let ret: i64 = unsafe { ctx.read_at(SYS_EXIT_RET) }.unwrap_or(-1);
-    if ret == 0 {
-        emit(&ctx, &ev);
+    // The slot before the claim: an UNLISTEN that loses the claim to us is
+    // reserved after this LISTEN, so the agent reads them in that order.
+    let slot = EVENTS.reserve::<ListenEvent>(0);
+    let claimed = PENDING_COOKIE.remove(ev.cookie).is_ok();
+    match slot {
+        Some(mut slot) if claimed && ret == 0 => {
+            slot.write(ev);
+            slot.submit(0);
+        }
+        Some(slot) => slot.discard(0),
+        None if claimed && ret == 0 => count_drop(),
+        None => {}
     }
     0
 }

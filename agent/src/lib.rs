@@ -128,6 +128,9 @@ pub struct Config {
 /// Runs the agent on the kernel's events, in the calling thread's network
 /// namespace, until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    // The door first: a listening address that cannot be had is said before
+    // any program is loaded into the kernel.
+    let acceptor = Acceptor::bind(&config.listen, config.acceptor).await?;
     let source =
         KernelSource::load(config.hooks, config.netns_inum).context("loading the eBPF programs")?;
     let hooks = source.hooks();
@@ -142,7 +145,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         },
         token: config.token,
     };
-    let acceptor = Acceptor::bind(&config.listen, config.acceptor).await?;
     let agent = Agent::new(source, acceptor, settings)?;
     info!(event = "agent_ready", listen = %config.listen, hooks = %hooks, netns = config.netns_inum, "agent ready");
     agent.run(shutdown).await

@@ -5,7 +5,7 @@
 //! cookie, two `SO_REUSEPORT` listeners on one port are two entries, and the
 //! port stays exposed until the last of them closes. `tracker` drives it.
 
-use hoist_common::{ListenEvent, AF_INET, AF_INET6};
+use hoist_common::{ListenEvent, AF_INET, AF_INET6, IPPROTO_TCP};
 use hoist_wire::{AgentMsg, Endpoint, Family, Forward};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -25,9 +25,12 @@ pub struct GuestListener {
 }
 
 impl GuestListener {
-    /// The listener a kernel event describes; `None` for a family the table
-    /// does not handle.
+    /// The listener a kernel event describes; `None` for a family or a
+    /// protocol the table does not handle.
     pub fn from_event(ev: &ListenEvent) -> Option<GuestListener> {
+        if ev.proto != IPPROTO_TCP {
+            return None;
+        }
         let addr = match ev.family {
             AF_INET => IpAddr::V4(Ipv4Addr::new(ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3])),
             AF_INET6 => IpAddr::V6(Ipv6Addr::from(ev.addr)),
@@ -422,6 +425,7 @@ mod tests {
     fn kernel_events_convert_and_decode_from_ring_buffer_bytes() {
         let mut ev = ListenEvent::zeroed();
         ev.kind = hoist_common::EVENT_LISTEN;
+        ev.proto = IPPROTO_TCP;
         ev.family = AF_INET;
         ev.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         ev.port = 8000;
@@ -445,12 +449,16 @@ mod tests {
         rec[1] = 1;
         rec[2..4].copy_from_slice(&AF_INET6.to_ne_bytes());
         rec[4..6].copy_from_slice(&8000u16.to_ne_bytes());
+        rec[6] = IPPROTO_TCP;
         rec[12..16].copy_from_slice(&7u32.to_ne_bytes());
         rec[20..36].copy_from_slice(&ev.addr);
         rec[36..52].copy_from_slice(&ev.comm);
         rec[56..64].copy_from_slice(&99u64.to_ne_bytes());
         assert_eq!(ListenEvent::from_bytes(&rec), Some(ev));
         assert_eq!(ListenEvent::from_bytes(&rec[..63]), None, "a short record is refused");
+        ev.proto = 132; // SCTP
+        assert_eq!(GuestListener::from_event(&ev), None, "only TCP listeners");
+        ev.proto = IPPROTO_TCP;
         ev.family = 1;
         assert_eq!(GuestListener::from_event(&ev), None);
     }

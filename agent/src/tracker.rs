@@ -2,14 +2,20 @@
 //! kernel events into the table, takes a snapshot when the table must be
 //! resynced (start, a control connection from the host, ring-buffer loss, a
 //! listen whose port the kernel had not chosen yet), and publishes the
-//! resulting host endpoints on a watch channel. Nothing here runs on a timer.
+//! resulting host endpoints on a watch channel. The one timer: a listen the
+//! kernel could not confirm (io_uring, the kernel's own listeners) is
+//! checked against snapshots, quickly at first, until it shows up or goes;
+//! no timer exists while nothing is unconfirmed.
 
 use crate::source::EventSource;
 use crate::table::{Change, Exposed, GuestListener, Table};
 use anyhow::{Context, Result};
-use hoist_common::{ListenEvent, EVENT_LISTEN, EVENT_UNLISTEN};
+use hoist_common::{ListenEvent, EVENT_LISTEN, EVENT_LISTEN_UNCONFIRMED, EVENT_UNLISTEN};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -44,6 +50,27 @@ pub struct Tracker<S> {
     published: watch::Sender<Arc<Exposed>>,
     resync: mpsc::Receiver<ResyncRequest>,
     drops_seen: u64,
+    /// Listens the kernel reported as unconfirmed, by cookie: what the event
+    /// said, and how many snapshots have not shown them yet.
+    unconfirmed: HashMap<u64, (GuestListener, u32)>,
+    /// When to look for them next.
+    check_at: Option<Instant>,
+    /// Cookies whose UNLISTEN came while the table did not know them: a
+    /// LISTEN for one of them afterwards may be a listen that is already
+    /// over (the tracepoint hooks' race, closed in the kernel too), so it is
+    /// confirmed by snapshot before it counts. Bounded, oldest first out.
+    orphans: std::collections::VecDeque<u64>,
+}
+
+/// Orphan unlistens remembered at most.
+const MAX_ORPHANS: usize = 1024;
+
+/// How long after `tries` snapshots that did not show an unconfirmed listen
+/// the next one is taken; `None` once it is given up for gone (a listen that
+/// failed without a trace).
+pub fn confirm_delay(tries: u32) -> Option<Duration> {
+    const STEPS_MS: [u64; 6] = [1, 5, 25, 125, 625, 3000];
+    STEPS_MS.get(tries as usize).map(|ms| Duration::from_millis(*ms))
 }
 
 impl<S: EventSource> Tracker<S> {
@@ -59,6 +86,9 @@ impl<S: EventSource> Tracker<S> {
             published,
             resync,
             drops_seen,
+            unconfirmed: HashMap::new(),
+            check_at: None,
+            orphans: Default::default(),
         };
         t.resync_now().context("initial snapshot")?;
         info!(listeners = t.table.len(), "initial snapshot taken");
@@ -76,6 +106,7 @@ impl<S: EventSource> Tracker<S> {
                     self.apply_batch(&mut batch);
                 }
                 Some(first) = self.resync.recv() => self.resync_for(first),
+                _ = sleep_until(self.check_at), if self.check_at.is_some() => self.check_unconfirmed(),
             }
         }
     }
@@ -99,10 +130,36 @@ impl<S: EventSource> Tracker<S> {
         for ev in batch.drain(..) {
             match ev.kind {
                 EVENT_LISTEN => match GuestListener::from_event(&ev) {
+                    Some(l) if self.orphans.contains(&l.cookie) => {
+                        self.orphans.retain(|c| *c != l.cookie);
+                        self.unconfirmed.insert(l.cookie, (l, 0));
+                        self.schedule_check(0);
+                    }
                     Some(l) => log_change(self.table.listen(l), "kernel"),
-                    None => warn!(family = ev.family, "ignoring listen event of unknown family"),
+                    None => warn!(
+                        family = ev.family,
+                        proto = ev.proto,
+                        "ignoring a listen event of another family or protocol"
+                    ),
                 },
-                EVENT_UNLISTEN => log_change(self.table.unlisten(ev.cookie), "kernel"),
+                EVENT_UNLISTEN => {
+                    let pending = self.unconfirmed.remove(&ev.cookie).is_some();
+                    match self.table.unlisten(ev.cookie) {
+                        None if !pending => {
+                            if self.orphans.len() == MAX_ORPHANS {
+                                self.orphans.pop_front();
+                            }
+                            self.orphans.push_back(ev.cookie);
+                        }
+                        change => log_change(change, "kernel"),
+                    }
+                }
+                EVENT_LISTEN_UNCONFIRMED => {
+                    if let Some(l) = GuestListener::from_event(&ev) {
+                        self.unconfirmed.insert(l.cookie, (l, 0));
+                        self.schedule_check(0);
+                    }
+                }
                 k => warn!(kind = k, "ignoring kernel event of unknown kind"),
             }
         }
@@ -127,6 +184,49 @@ impl<S: EventSource> Tracker<S> {
         self.publish();
     }
 
+    fn schedule_check(&mut self, tries: u32) {
+        if let Some(d) = confirm_delay(tries) {
+            let at = Instant::now() + d;
+            self.check_at = Some(self.check_at.map_or(at, |c| c.min(at)));
+        }
+    }
+
+    /// Takes a snapshot for the unconfirmed listens: those it shows join the
+    /// table (with the pid and command the event named, when /proc knows no
+    /// owner, as for the kernel's own listeners); the others wait for the
+    /// next check, until given up.
+    fn check_unconfirmed(&mut self) {
+        self.check_at = None;
+        if let Err(e) = self.resync_now() {
+            warn!("resync failed: {e:#}");
+        }
+        let mut retry = None;
+        for (cookie, (l, tries)) in std::mem::take(&mut self.unconfirmed) {
+            match self.table.get(cookie) {
+                Some(found) if found.pid == 0 => {
+                    let merged = GuestListener { pid: l.pid, comm: l.comm, ..found.clone() };
+                    log_change(self.table.listen(merged), "kernel, confirmed by snapshot");
+                }
+                Some(_) => {}
+                None => match confirm_delay(tries + 1) {
+                    Some(_) => {
+                        retry = Some(retry.map_or(tries + 1, |r: u32| r.min(tries + 1)));
+                        self.unconfirmed.insert(cookie, (l, tries + 1));
+                    }
+                    None => info!(
+                        cookie,
+                        port = l.port,
+                        "an unconfirmed listen never showed up; given up"
+                    ),
+                },
+            }
+        }
+        if let Some(tries) = retry {
+            self.schedule_check(tries);
+        }
+        self.publish();
+    }
+
     fn resync_now(&mut self) -> Result<()> {
         // Owners the table already knows need no /proc scan.
         let table = &self.table;
@@ -147,6 +247,14 @@ impl<S: EventSource> Tracker<S> {
             *cur = Arc::new(next);
             true
         });
+    }
+}
+
+/// Sleeps until `at`; never when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -182,6 +290,81 @@ mod tests {
             self.0.fetch_add(1, Ordering::Relaxed);
             Ok(vec![])
         }
+    }
+
+    #[test]
+    fn unconfirmed_listens_are_checked_quickly_then_given_up() {
+        let ms: Vec<Option<u128>> =
+            (0..7).map(|t| confirm_delay(t).map(|d| d.as_millis())).collect();
+        assert_eq!(ms, [Some(1), Some(5), Some(25), Some(125), Some(625), Some(3000), None]);
+    }
+
+    /// A source whose events the test scripts and whose snapshots show a
+    /// truth the test sets.
+    struct Scripted {
+        events: mpsc::UnboundedReceiver<ListenEvent>,
+        truth: Arc<std::sync::Mutex<Vec<GuestListener>>>,
+    }
+
+    impl EventSource for Scripted {
+        async fn next_batch(&mut self, out: &mut Vec<ListenEvent>) -> Result<()> {
+            out.push(self.events.recv().await.context("script over")?);
+            Ok(())
+        }
+        fn drops(&self) -> Result<u64> {
+            Ok(0)
+        }
+        fn snapshot(&mut self, _: &dyn Fn(u64) -> bool) -> Result<Vec<GuestListener>> {
+            Ok(self.truth.lock().unwrap().clone())
+        }
+    }
+
+    fn event(kind: u8, cookie: u64, port: u16) -> ListenEvent {
+        let mut e = ListenEvent::zeroed();
+        e.kind = kind;
+        e.proto = hoist_common::IPPROTO_TCP;
+        e.family = hoist_common::AF_INET;
+        e.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        e.port = port;
+        e.cookie = cookie;
+        e
+    }
+
+    /// A socket shut down by another thread just as its listen() returns
+    /// can reach the agent as UNLISTEN, then LISTEN. The LISTEN must not
+    /// leave a listener that is gone: it counts only once a snapshot shows
+    /// it. And a socket that really listens again after such a pair does.
+    #[tokio::test(start_paused = true)]
+    async fn a_listen_after_its_own_unlisten_counts_only_if_a_snapshot_shows_it() {
+        let truth = Arc::new(std::sync::Mutex::new(vec![]));
+        let (tx, events) = mpsc::unbounded_channel();
+        let (tracker, handle) =
+            Tracker::new(Scripted { events, truth: truth.clone() }, false).unwrap();
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(tracker.run(stop.clone()));
+        let mut exposed = handle.exposed.clone();
+        // The race: the kernel's order is UNLISTEN, then LISTEN, for a
+        // socket that is not listening (the snapshot shows nothing).
+        tx.send(event(EVENT_UNLISTEN, 7, 8080)).unwrap();
+        tx.send(event(EVENT_LISTEN, 7, 8080)).unwrap();
+        // Long enough for every check, given up at the last.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(exposed.borrow_and_update().is_empty(), "a listener that is gone is exposed");
+        // The same pair for a socket that did listen again: exposed once a
+        // snapshot shows it.
+        tx.send(event(EVENT_UNLISTEN, 9, 9090)).unwrap();
+        tx.send(event(EVENT_LISTEN, 9, 9090)).unwrap();
+        let l = GuestListener::from_event(&event(EVENT_LISTEN, 9, 9090)).unwrap();
+        truth.lock().unwrap().push(l);
+        let exposed =
+            tokio::time::timeout(Duration::from_secs(5), exposed.wait_for(|x| !x.is_empty()))
+                .await
+                .unwrap()
+                .unwrap()
+                .clone();
+        assert_eq!(exposed.keys().map(|e| e.port).collect::<Vec<_>>(), [9090]);
+        stop.cancel();
+        run.await.unwrap().unwrap();
     }
 
     /// A full queue of hosts asking at once costs one snapshot, and every one

@@ -321,3 +321,78 @@ fn this_machines_kernel_matches_the_verified_offsets() {
         assert!(o.family < 64 && o.net_inum > 0 && o.inet_sport > 100, "{o:?} on {release}");
     }
 }
+
+/// listen() on one thread while another shuts the socket down as soon as it
+/// is listening: the shutdown can land between the LISTEN state change and
+/// listen()'s return, and must not leave a listener that is already gone.
+/// Thousands of tries on two CPUs hit that window; whatever they hit, every
+/// socket's last event must say it is not listening.
+#[tokio::test]
+async fn a_socket_shut_down_while_listen_returns_leaves_no_listener() {
+    require_root();
+    let ns = Netns::new().unwrap();
+    let inode = ns.inode().unwrap() as u32;
+    let mut src = KernelSource::load(HookMode::Tracepoint, inode).unwrap();
+    const TRIES: usize = 3000;
+    // The sockets come and go on other threads while this one drains the
+    // ring buffer, which holds a few thousand events only.
+    let churn = ns.path();
+    let churn = std::thread::spawn(move || {
+        let file = std::fs::File::open(churn).unwrap();
+        hoist_agent::enter_netns(&file).unwrap();
+        {
+            let mut raced = 0;
+            for _ in 0..TRIES {
+                let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+                s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+                // A second descriptor of the same socket for the other thread.
+                let other = s.try_clone().unwrap();
+                let go = std::sync::Arc::new(std::sync::Barrier::new(2));
+                let g = go.clone();
+                let closer = std::thread::spawn(move || {
+                    g.wait();
+                    // Fails (ENOTCONN) until the socket is listening.
+                    for _ in 0..100_000 {
+                        if other.shutdown(std::net::Shutdown::Read).is_ok() {
+                            return true;
+                        }
+                    }
+                    false
+                });
+                go.wait();
+                let listened = s.listen(16).is_ok();
+                raced += (closer.join().unwrap() && listened) as usize;
+            }
+            raced
+        }
+    });
+    // Everything the kernel said about these sockets, until it has been quiet.
+    let mut seen: Vec<ListenEvent> = Vec::new();
+    let mut churn = Some(churn);
+    let mut raced = 0;
+    loop {
+        if churn.as_ref().is_some_and(|c| c.is_finished()) {
+            raced = churn.take().unwrap().join().unwrap();
+        }
+        let mut batch = Vec::new();
+        match tokio::time::timeout(Duration::from_millis(500), src.next_batch(&mut batch)).await {
+            Ok(r) => r.unwrap(),
+            Err(_) if churn.is_none() => break,
+            Err(_) => {}
+        }
+        seen.extend(batch);
+    }
+    assert_eq!(src.drops().unwrap(), 0, "the ring buffer lost events: the test cannot tell");
+    let mut last = std::collections::HashMap::new();
+    for e in &seen {
+        last.insert(e.cookie, e.kind);
+    }
+    let dead: Vec<u64> =
+        last.iter().filter(|(_, k)| **k == EVENT_LISTEN).map(|(c, _)| *c).collect();
+    eprintln!("{raced} of {TRIES} sockets were shut down while listening; {} events", seen.len());
+    assert!(
+        dead.is_empty(),
+        "{} sockets end on LISTEN though every one was shut down: {dead:?}",
+        dead.len()
+    );
+}

@@ -9,6 +9,15 @@
 pub const EVENT_LISTEN: u8 = 1;
 /// A listening socket stopped listening (closed, shut down, owner killed).
 pub const EVENT_UNLISTEN: u8 = 2;
+/// A socket entered the listening state outside listen(2) (an io_uring
+/// listen, a listener the kernel opens itself), where no syscall exit can
+/// confirm it succeeded: the agent confirms it with a snapshot.
+pub const EVENT_LISTEN_UNCONFIRMED: u8 = 3;
+
+/// `IPPROTO_TCP`: the only protocol reported as a listener.
+pub const IPPROTO_TCP: u8 = 6;
+/// `IPPROTO_UDP`.
+pub const IPPROTO_UDP: u8 = 17;
 
 /// `AF_INET` as the kernel spells it.
 pub const AF_INET: u16 = 2;
@@ -26,6 +35,8 @@ pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
 pub mod prog {
     /// `tp_btf/inet_sock_set_state`: the tracepoint path's state changes.
     pub const STATE: &str = "listen_state";
+    /// `tracepoint/syscalls/sys_enter_listen`: marks a thread inside listen(2).
+    pub const SYS_ENTER_LISTEN: &str = "listen_enter";
     /// `tracepoint/syscalls/sys_exit_listen`: confirms a pending listen.
     pub const SYS_EXIT_LISTEN: &str = "listen_exit";
     /// `fexit/inet_csk_listen_start`: the trampoline path's listen.
@@ -41,6 +52,11 @@ pub mod global {
     pub const NETNS_INUM: &str = "NETNS_INUM";
     /// `struct sock_common.skc_family` (u16).
     pub const OFF_FAMILY: &str = "OFF_FAMILY";
+    /// `struct sock.sk_protocol`: a u16 since Linux 5.6, an 8-bit field
+    /// before.
+    pub const OFF_PROTOCOL: &str = "OFF_PROTOCOL";
+    /// Bytes to read at [`OFF_PROTOCOL`]: 2 or 1.
+    pub const PROTOCOL_SIZE: &str = "PROTOCOL_SIZE";
     /// `struct sock_common.skc_num` (u16, host order).
     pub const OFF_NUM: &str = "OFF_NUM";
     /// `struct sock_common.skc_rcv_saddr` (u32, network order).
@@ -79,8 +95,10 @@ pub struct ListenEvent {
     /// Local port in host byte order; 0 when the kernel had not chosen it yet
     /// (the agent resolves it by `cookie`).
     pub port: u16,
+    /// The socket's protocol ([`IPPROTO_TCP`]).
+    pub proto: u8,
     /// Padding, zero.
-    pub _pad: u16,
+    pub _pad: u8,
     /// Inode of the socket's network namespace.
     pub netns: u32,
     /// Thread-group id of the task that made the change.
@@ -106,6 +124,7 @@ impl ListenEvent {
             ipv6only: 0,
             family: 0,
             port: 0,
+            proto: 0,
             _pad: 0,
             netns: 0,
             pid: 0,
@@ -132,7 +151,8 @@ impl ListenEvent {
             ipv6only: b[1],
             family: u16_at(2),
             port: u16_at(4),
-            _pad: u16_at(6),
+            proto: b[6],
+            _pad: b[7],
             netns: u32_at(8),
             pid: u32_at(12),
             _pad2: u32_at(16),

@@ -8,14 +8,17 @@ use hoist_agent::{Agent, EventSource, GuestListener, Settings};
 use hoist_common::{ListenEvent, AF_INET, EVENT_LISTEN, EVENT_UNLISTEN};
 use hoist_host::{Config, Status};
 use hoist_net::{Acceptor, Addr};
-use hoist_wire::{Endpoint, Family};
+use hoist_wire::{
+    AgentInfo, AgentMsg, Challenge, Conn, Endpoint, Family, Forward, HostMsg, Token,
+    HANDSHAKE_TIMEOUT, PROTOCOL_VERSION, SNAPSHOT_CHUNK,
+};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -57,6 +60,7 @@ struct Guest {
 fn event(kind: u8, cookie: u64, port: u16) -> ListenEvent {
     let mut e = ListenEvent::zeroed();
     e.kind = kind;
+    e.proto = hoist_common::IPPROTO_TCP;
     e.family = AF_INET;
     e.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
     e.port = port;
@@ -105,6 +109,14 @@ fn sock_path(name: &str) -> PathBuf {
 }
 
 async fn start_agent(sock: &Path, truth: Arc<Mutex<Vec<GuestListener>>>) -> (AgentTask, Guest) {
+    start_agent_with(sock, truth, None).await
+}
+
+async fn start_agent_with(
+    sock: &Path,
+    truth: Arc<Mutex<Vec<GuestListener>>>,
+    token: Option<Token>,
+) -> (AgentTask, Guest) {
     let (tx, rx) = mpsc::unbounded_channel();
     let drops = Arc::new(AtomicU64::new(0));
     let source = Script { rx, drops: drops.clone(), truth: truth.clone() };
@@ -119,7 +131,7 @@ async fn start_agent(sock: &Path, truth: Arc<Mutex<Vec<GuestListener>>>) -> (Age
             hooks: "scripted".into(),
             pid: std::process::id(),
         },
-        token: None,
+        token,
     };
     let agent = Agent::new(source, acceptor, settings).unwrap();
     let stop = CancellationToken::new();
@@ -136,8 +148,13 @@ struct Host {
 
 impl Host {
     fn start(sock: &Path) -> Host {
+        Host::start_with(sock, |_| {})
+    }
+
+    fn start_with(sock: &Path, adjust: impl FnOnce(&mut Config)) -> Host {
         let mut config = Config::new(Addr::Unix(sock.to_path_buf()));
         config.bind_v4 = HOST_IP;
+        adjust(&mut config);
         let (tx, status) = watch::channel(Status::default());
         let stop = CancellationToken::new();
         let s = stop.clone();
@@ -252,4 +269,148 @@ async fn host_and_agent_restarts_resync_to_the_guests_table() {
     assert_eq!(echo_through_host(c).await.unwrap(), b"hello");
     host.stop().await;
     agent.stop().await;
+}
+
+fn token(secret: &str) -> Token {
+    Token::from_file_contents(secret.as_bytes()).unwrap()
+}
+
+/// Only an agent that proves the host's token is believed, and only a host
+/// that proves the agent's token is served: a mismatch on either side, or a
+/// token on one side only, keeps them apart with a reason that names it.
+#[tokio::test]
+async fn a_shared_token_must_match_on_both_sides() {
+    let cases: [(&str, Option<&str>, Option<&str>, Option<&str>); 4] = [
+        (
+            "same token",
+            Some("correct horse battery staple"),
+            Some("correct horse battery staple"),
+            None,
+        ),
+        (
+            "different tokens",
+            Some("correct horse battery staple"),
+            Some("an entirely different secret"),
+            Some("proof of the shared token is wrong"),
+        ),
+        ("agent only", Some("correct horse battery staple"), None, Some("requires a shared token")),
+        (
+            "host only (an impostor agent)",
+            None,
+            Some("correct horse battery staple"),
+            Some("did not prove the shared token"),
+        ),
+    ];
+    for (i, (name, agent_token, host_token, want_error)) in cases.into_iter().enumerate() {
+        let sock = sock_path(&format!("token-{i}"));
+        let (agent, guest) =
+            start_agent_with(&sock, Default::default(), agent_token.map(token)).await;
+        let port = echo_server().await;
+        guest.listen(1, port);
+        let mut host = Host::start_with(&sock, |c| c.token = host_token.map(token));
+        match want_error {
+            None => {
+                host.wait(name, |s| s.connected && s.serving.contains(&v4(port))).await;
+                assert_eq!(echo_through_host(port).await.unwrap(), b"hello", "{name}");
+            }
+            Some(want) => {
+                let s = host.wait(name, |s| s.last_error.is_some()).await;
+                let err = s.last_error.clone().unwrap();
+                assert!(err.contains(want), "{name}: {err}");
+                assert!(!s.connected && s.serving.is_empty(), "{name}: {s:?}");
+            }
+        }
+        host.stop().await;
+        agent.stop().await;
+    }
+}
+
+/// An agent under the test's control, speaking the protocol by hand so that
+/// it can misbehave.
+struct FakeAgent {
+    listener: UnixListener,
+}
+
+impl FakeAgent {
+    fn bind(sock: &Path) -> FakeAgent {
+        let _ = std::fs::remove_file(sock);
+        FakeAgent { listener: UnixListener::bind(sock).unwrap() }
+    }
+
+    /// Accepts the host's control stream and welcomes it.
+    async fn welcome(&self) -> Conn<UnixStream> {
+        let (s, _) = tokio::time::timeout(WAIT, self.listener.accept())
+            .await
+            .expect("the host connects")
+            .unwrap();
+        let mut conn = Conn::new(s);
+        assert_eq!(
+            conn.recv_within::<HostMsg>(HANDSHAKE_TIMEOUT).await.unwrap(),
+            HostMsg::Control { version: PROTOCOL_VERSION }
+        );
+        assert!(matches!(
+            conn.recv_within::<HostMsg>(HANDSHAKE_TIMEOUT).await.unwrap(),
+            HostMsg::Hello { .. }
+        ));
+        let agent = AgentInfo { version: "fake".into(), hooks: "none".into(), pid: 1 };
+        conn.send(&AgentMsg::Welcome {
+            version: PROTOCOL_VERSION,
+            agent,
+            ticket: [1; 16],
+            challenge: None::<Challenge>,
+        })
+        .await
+        .unwrap();
+        conn
+    }
+}
+
+/// An agent that keeps its socket open and says nothing more (a frozen VM,
+/// a snapshot restore) is declared dead within the liveness timeout; the
+/// host reconnects and says why.
+#[tokio::test]
+async fn a_silent_agent_is_declared_dead_and_the_host_reconnects() {
+    let sock = sock_path("silent");
+    let fake = FakeAgent::bind(&sock);
+    let mut host = Host::start_with(&sock, |c| c.liveness_timeout = Duration::from_millis(900));
+    let mut conn = fake.welcome().await;
+    conn.send(&AgentMsg::Snapshot { forwards: vec![], last: true }).await.unwrap();
+    host.wait("the session", |s| s.connected).await;
+    // The host pings; this agent reads and never answers.
+    let ping = conn.recv_within::<HostMsg>(WAIT).await.unwrap();
+    assert!(matches!(ping, HostMsg::Ping { .. }), "{ping:?}");
+    let s = host.wait("the silent agent to be declared dead", |s| !s.connected).await;
+    assert!(s.last_error.as_deref().is_some_and(|e| e.contains("stayed silent")), "{s:?}");
+    // And it comes back for a fresh session.
+    let _again = fake.welcome().await;
+    host.stop().await;
+    drop(conn);
+}
+
+/// Snapshot parts that never end are cut off at the bound (every port of
+/// both families and protocols), not buffered without limit.
+#[tokio::test]
+async fn a_snapshot_that_never_ends_is_cut_off() {
+    let sock = sock_path("endless");
+    let fake = FakeAgent::bind(&sock);
+    let mut host = Host::start(&sock);
+    let mut conn = fake.welcome().await;
+    let part: Vec<Forward> = (0..SNAPSHOT_CHUNK)
+        .map(|i| Forward {
+            endpoint: v4((i % 60000 + 1) as u16),
+            guest_addr: "127.0.0.1".parse().unwrap(),
+            pid: 1,
+            comm: "x".into(),
+        })
+        .collect();
+    let msg = AgentMsg::Snapshot { forwards: part, last: false };
+    let mut sent = 0usize;
+    while conn.send(&msg).await.is_ok() {
+        sent += 1;
+        assert!(sent < 200, "the host took {sent} parts of a snapshot without end");
+    }
+    let s = host.wait("the host to drop the session", |s| s.last_error.is_some()).await;
+    assert!(s.last_error.unwrap().contains("exceeds"), "after {sent} parts");
+    assert!(!s.connected);
+    host.stop().await;
 }

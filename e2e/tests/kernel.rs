@@ -616,3 +616,230 @@ fn a_reader_that_stops_reading_holds_memory_flat_and_a_vanished_client_hurts_not
     // Through both processes: neither died of the reset.
     echo_ok(&format!("127.0.0.1:{pe}"));
 }
+
+/// A host port that was taken is retried while the conflict lasts: once the
+/// host program lets it go, the forward appears within seconds, and the
+/// conflict was logged once, not once per retry.
+#[test]
+fn a_port_freed_on_the_host_is_forwarded_within_seconds() {
+    let lab = Lab::new();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let pt = port(&taken);
+    let guest =
+        lab.guest(move || listen_socket(SocketAddr::from(([127, 0, 0, 1], pt)), None).unwrap());
+    serve_echo(guest);
+    lab.host_logs().wait("the conflict report", |l| {
+        l.iter().any(|v| is_event(v, "host_port_conflict") && port_of(v) == Some(pt)).then_some(())
+    });
+    let freed = std::time::Instant::now();
+    drop(taken);
+    lab.wait_forwarded("ipv4", pt);
+    let took = freed.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "forwarded {took:?} after the port was freed"
+    );
+    echo_ok(&format!("127.0.0.1:{pt}"));
+    let reports = lab
+        .host_logs()
+        .snapshot()
+        .iter()
+        .filter(|v| is_event(v, "host_port_conflict") && port_of(v) == Some(pt))
+        .count();
+    assert_eq!(reports, 1, "one report per state change, not one per retry");
+}
+
+/// What the open descriptors of a process point at.
+fn fds(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A flood of peers that connect to the agent and stall mid-handshake (some
+/// announcing a 1 MiB first frame) neither grows the agent's memory nor
+/// keeps the real host out.
+#[test]
+fn stalled_handshakes_neither_grow_the_agent_nor_keep_the_host_out() {
+    let mut lab = Lab::empty();
+    lab.start_agent(&[]);
+    let agent = lab.agent.as_ref().unwrap().pid();
+    let before = rss_kib(agent);
+    let mut stalled = Vec::new();
+    let body = vec![0x55u8; 64 * 1024];
+    for i in 0..2000 {
+        let mut s = std::os::unix::net::UnixStream::connect(lab.sock()).unwrap();
+        s.set_nonblocking(true).unwrap();
+        // Half a length prefix; or a prefix announcing 1 MiB and then as much
+        // of the body as the socket takes: an agent that believes the prefix
+        // buffers it all.
+        let _ = match i % 2 {
+            0 => s.write(&[0, 0]),
+            _ => s.write(&[0, 0x10, 0, 0]).and_then(|_| s.write(&body)),
+        };
+        stalled.push(s);
+    }
+    lab.start_host(&[]);
+    let after = rss_kib(agent);
+    assert!(
+        after < before + 32 * 1024,
+        "agent RSS grew from {before} KiB to {after} KiB under 2000 stalled handshakes"
+    );
+    let l = lab.listen("127.0.0.1:0");
+    let p = port(&l);
+    serve_echo(l);
+    lab.wait_forwarded("ipv4", p);
+    echo_ok(&format!("127.0.0.1:{p}"));
+    drop(stalled);
+}
+
+/// However many connections carry bulk data at once, each relay holds a
+/// bounded number of splice pipes: a pipe is charged to its user's quota
+/// (fs.pipe-user-pages-soft) while it exists, and past the quota every new
+/// pipe of that user shrinks, shells' included.
+#[test]
+fn bulk_connections_hold_a_bounded_number_of_pipes() {
+    let lab = Lab::new();
+    let l = lab.listen("127.0.0.1:0");
+    let p = port(&l);
+    const CONNS: usize = 100;
+    // Every guest connection writes until its socket is full: the client
+    // reads nothing, so every relay direction has a bulk chunk in flight.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..CONNS {
+            let (mut c, _) = l.accept().unwrap();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                c.set_write_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+                let chunk = vec![7u8; 256 * 1024];
+                let mut sent = 0usize;
+                while let Ok(n) = c.write(&chunk) {
+                    sent += n;
+                }
+                tx.send(sent).unwrap();
+                let _ = c.read(&mut [0u8; 1]);
+            });
+        }
+    });
+    lab.wait_forwarded("ipv4", p);
+    let clients: Vec<TcpStream> =
+        (0..CONNS).map(|_| TcpStream::connect(("127.0.0.1", p)).unwrap()).collect();
+    for _ in 0..CONNS {
+        rx.recv_timeout(WAIT * 3).expect("every guest writer filled its socket");
+    }
+    let pipes = |pid: u32| fds(pid).iter().filter(|t| t.starts_with("pipe:")).count();
+    let (agent, host) = (lab.agent.as_ref().unwrap().pid(), lab.host.as_ref().unwrap().pid());
+    let (pa, ph) = (pipes(agent), pipes(host));
+    // 32 pipes of two ends each at most, and the few of the process itself.
+    assert!(
+        pa <= 2 * 32 + 8 && ph <= 2 * 32 + 8,
+        "{CONNS} bulk connections: agent holds {pa} pipe ends, host {ph}"
+    );
+    drop(clients);
+}
+
+/// Configurations that can never work end the process at once with one line
+/// that says what is wrong and what to do, and touch nothing.
+#[test]
+fn impossible_configurations_exit_with_one_line() {
+    hoist_testsupport::require_root();
+    let dir = std::env::temp_dir().join(format!("hoist-e2e-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let precious = dir.join("precious");
+    std::fs::write(&precious, b"keep me").unwrap();
+    let unix_file = format!("unix:{}", precious.display());
+    let host = bin("HOIST_HOST_BIN");
+    let agent = bin("HOIST_AGENT_BIN");
+    let cases: Vec<(&std::path::Path, Vec<&str>, &str)> = vec![
+        (&host, vec!["--guest", "vsock:any:1023"], "vsock:any is for the agent to listen on"),
+        (&host, vec!["--guest", &unix_file], "exists but is not a socket"),
+        (&host, vec!["--guest", "unix:"], "the path is missing"),
+        (&agent, vec!["--listen", "vsock:any:1024"], "can be bound by any guest user"),
+        (&agent, vec!["--listen", &unix_file], "is not a socket; refusing to replace it"),
+        (&agent, vec!["--listen", "tcp:127.0.0.1:0"], "needs --token-file"),
+    ];
+    for (program, args, want) in cases {
+        let mut child = std::process::Command::new(program)
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{args:?} still runs after {WAIT:?}: it must fail at once");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert_eq!(
+        std::fs::read(&precious).unwrap(),
+        b"keep me",
+        "the file at the agent's path is untouched"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Run by a user who may not load BPF programs, the agent says what it
+/// needs in one line instead of a bare "Operation not permitted".
+#[test]
+fn an_unprivileged_agent_says_what_it_needs() {
+    hoist_testsupport::require_root();
+    let dir = std::env::temp_dir().join(format!("hoist-e2e-unpriv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(bin("HOIST_AGENT_BIN"))
+        .args(["--listen", &format!("unix:{}", dir.join("agent.sock").display())])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("hoist-agent needs root, or the capabilities"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A listen that never passes through listen(2), io_uring's
+/// IORING_OP_LISTEN, is forwarded on the tracepoint hooks too, without
+/// waiting for an unrelated resync (the trampoline hooks see every listen).
+#[test]
+fn a_listen_through_io_uring_is_forwarded() {
+    let mut lab = Lab::empty();
+    lab.start_agent(&["--hooks", "tracepoint"]);
+    lab.start_host(&[]);
+    let l = lab.guest(|| {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        hoist_testsupport::listen_via_io_uring(&s, 16)
+            .expect("io_uring listen (needs Linux 6.11+ and kernel.io_uring_disabled = 0)");
+        TcpListener::from(s)
+    });
+    let p = port(&l);
+    serve_echo(l);
+    lab.wait_forwarded("ipv4", p);
+    echo_ok(&format!("127.0.0.1:{p}"));
+}

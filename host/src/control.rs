@@ -51,7 +51,6 @@ pub async fn run(
             r = session(&config, &mut forwards, &status) => r,
         };
         config.link.clear();
-        status.send_modify(|s| s.connected = false);
         let (e, established) = match r {
             Ok(()) => (anyhow!("the agent closed the control stream"), true),
             Err(x) => (x.error, x.established),
@@ -70,6 +69,10 @@ pub async fn run(
             Some(Unreachable(ConnectFailure::NotYet(why))) => format!("waiting: {why}"),
             _ => format!("{e:#}"),
         };
+        status.send_modify(|s| {
+            s.connected = false;
+            s.last_error = Some(line.clone());
+        });
         // One line per state, not one per retry.
         if said.as_deref() != Some(line.as_str()) {
             warn!(event = "reconnect", guest = %config.guest, reason = %line, retry_in_ms = backoff.as_millis() as u64, "agent unreachable: {line}; retrying until it answers");
@@ -156,6 +159,7 @@ async fn session(
     config.link.set(config.guest.clone(), ticket);
     status.send_modify(|st| {
         st.connected = true;
+        st.last_error = None;
         st.sessions += 1;
         forwards.fill_status(st);
     });
@@ -268,5 +272,47 @@ async fn handshake(
             }
             Err(e) => return Err(anyhow::Error::new(e).context("waiting for the snapshot")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::UnixStream;
+
+    /// Parts that each come in time but never end are cut off once the whole
+    /// snapshot has taken SNAPSHOT_TIMEOUT.
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_that_takes_too_long_is_cut_off() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let agent = tokio::spawn(async move {
+            let mut conn = Conn::new(theirs);
+            let _ = conn.recv::<HostMsg>().await;
+            let _ = conn.recv::<HostMsg>().await;
+            let info = AgentInfo { version: "x".into(), hooks: "x".into(), pid: 1 };
+            let welcome = AgentMsg::Welcome {
+                version: PROTOCOL_VERSION,
+                agent: info,
+                ticket: [0; 16],
+                challenge: None,
+            };
+            conn.send(&welcome).await.unwrap();
+            loop {
+                let part = AgentMsg::Snapshot { forwards: vec![], last: false };
+                if conn.send(&part).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(HANDSHAKE_TIMEOUT - Duration::from_secs(1)).await;
+            }
+        });
+        let config = Config::new("unix:/unused".parse().unwrap());
+        let started = Instant::now();
+        let err = handshake(&mut Conn::new(Stream::Unix(ours)), &config).await.unwrap_err();
+        assert!(format!("{err:#}").contains("took longer than"), "{err:#}");
+        assert!(
+            started.elapsed() >= SNAPSHOT_TIMEOUT
+                && started.elapsed() < SNAPSHOT_TIMEOUT + HANDSHAKE_TIMEOUT
+        );
+        agent.abort();
     }
 }

@@ -85,6 +85,8 @@ pub struct Status {
     pub serving: BTreeSet<Endpoint>,
     /// Endpoints the guest has but the host could not bind (port taken).
     pub conflicts: BTreeSet<Endpoint>,
+    /// Why the last session ended or could not start, while not connected.
+    pub last_error: Option<String>,
 }
 
 pub use control::run;

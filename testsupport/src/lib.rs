@@ -1,7 +1,13 @@
 //! Test helpers shared by the privileged tests: a throw-away network namespace
 //! that stands in for the guest, and the root check those tests start with.
-//! A namespace is removed when its [`Netns`] is dropped.
-#![forbid(unsafe_code)]
+//! A namespace is removed when its [`Netns`] is dropped. `unsafe` lives in
+//! `sys` only.
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+mod sys;
+
+pub use sys::listen_via_io_uring;
 
 use anyhow::{bail, Context, Result};
 use std::fs::File;

@@ -100,6 +100,7 @@ impl Rig {
         }
         let mut host = Command::new(host)
             .args(["--guest", &format!("unix:{}", sock.display()), "--log-format", "json"])
+            .args(["--liveness-timeout", &measure::LIVENESS_TIMEOUT.as_secs().to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

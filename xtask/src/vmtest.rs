@@ -31,6 +31,12 @@ const ECHO: u16 = 47001;
 const EARLY: u16 = 47002;
 const LATER: u16 = 47003;
 const LAST: u16 = 47004;
+/// An SCTP and a DCCP listener, and a TCP barrier after them.
+const SCTP: u16 = 47020;
+const DCCP: u16 = 47021;
+const BARRIER: u16 = 47022;
+/// A server that resets its connections mid-response.
+const ABORT: u16 = 47023;
 /// Guest ports 47010..47018 open and close while hoist-host restarts.
 const CHURN: u16 = 47010;
 const CHURN_COUNT: u16 = 8;
@@ -53,6 +59,14 @@ const MODULES: &[&str] = &[
     "net/vmw_vsock/vmw_vsock_virtio_transport",
     "net/ipv4/inet_diag",
     "net/ipv4/tcp_diag",
+    "net/ipv4/udp_diag",
+    "crypto/crc32c_generic",
+    "lib/libcrc32c",
+    "net/ipv4/udp_tunnel",
+    "net/ipv6/ip6_udp_tunnel",
+    "net/sctp/sctp",
+    "net/dccp/dccp",
+    "net/dccp/dccp_ipv4",
 ];
 
 fn lab_dir() -> PathBuf {
@@ -586,11 +600,10 @@ impl Vm {
     }
 }
 
-/// Sends `n` bytes through the forward while reading the echo, compares.
-/// The client reads exactly `n` bytes instead of half-closing: the
-/// hybrid-vsock multiplexer (vhost-device-vsock 0.3.0) turns a write
-/// shutdown on its Unix side into a full close of the vsock connection, so
-/// FIN cannot cross this transport (real vhost-vsock carries it).
+/// Sends `n` bytes through the forward and half-closes while reading the
+/// echo to its end, compares. The FIN crosses the hybrid-vsock multiplexer
+/// (vhost-device-vsock 0.3.0), which cannot carry a half-close itself,
+/// because hoist carries it in band.
 fn echo_check(port: u16, n: usize) -> Result<()> {
     let data: Vec<u8> =
         (0..n).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1]).collect();
@@ -599,16 +612,12 @@ fn echo_check(port: u16, n: usize) -> Result<()> {
     c.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut w = c.try_clone()?;
     let sent = data.clone();
-    let writer = std::thread::spawn(move || w.write_all(&sent));
-    let mut back = vec![0u8; n];
-    let mut got = 0;
-    while got < n {
-        match c.read(&mut back[got..]).context("reading the echo")? {
-            0 => break,
-            k => got += k,
-        }
-    }
-    back.truncate(got);
+    let writer = std::thread::spawn(move || {
+        w.write_all(&sent)?;
+        w.shutdown(std::net::Shutdown::Write)
+    });
+    let mut back = Vec::with_capacity(n);
+    c.read_to_end(&mut back).context("reading the echo to its end")?;
     writer.join().unwrap().context("sending")?;
     if back != data {
         bail!(
@@ -652,7 +661,37 @@ fn scenarios(vm: &mut Vm, hoist_host: &Path, hooks: Option<&str>, want: &str) ->
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
         other => bail!("127.0.0.1:{ECHO} should refuse after the server exited: {other:?}"),
     }
-    say("  4 MiB each way intact over real vsock; the port closes when the server exits");
+    say("  4 MiB each way intact over real vsock, half-close included; the port closes when the server exits");
+
+    // A guest server that resets mid-response resets the client.
+    vm.cmd(&format!("spawn abort /bin/hoist-vmlab-guest abort {ABORT}"))?;
+    vm.host.as_ref().unwrap().wait_line("the abort forward", Duration::from_secs(30), |l| {
+        l.iter().any(|x| x.contains("forward_opened") && x.contains(&format!("\"port\":{ABORT},")))
+    })?;
+    let mut c = TcpStream::connect(("127.0.0.1", ABORT))?;
+    c.set_read_timeout(Some(Duration::from_secs(30)))?;
+    c.write_all(b"ping")?;
+    let mut sink = Vec::new();
+    match c.read_to_end(&mut sink) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => bail!("a guest server's reset should reach the client as a reset, got {other:?} after {} bytes", sink.len()),
+    }
+    vm.cmd("kill abort")?;
+    say("  a guest server's reset reaches the client as a reset over real vsock");
+
+    // SCTP and DCCP listeners are not TCP forwards.
+    vm.cmd(&format!("spawn sctp /bin/hoist-vmlab-guest sctp {SCTP}"))?;
+    vm.cmd(&format!("spawn dccp /bin/hoist-vmlab-guest dccp {DCCP}"))?;
+    for p in ["sctp", "dccp"] {
+        vm.sh(&format!("for i in $(seq 100); do grep -q listening /tmp/{p}.log && exit 0; sleep 0.05; done; cat /tmp/{p}.log; exit 1"))
+            .with_context(|| format!("the guest's {p} listener"))?;
+    }
+    vm.hold("barrier", BARRIER)?;
+    vm.wait_in_sync("SCTP and DCCP listeners beside a TCP one", &[EARLY, BARRIER])?;
+    for name in ["sctp", "dccp", "barrier"] {
+        vm.cmd(&format!("kill {name}"))?;
+    }
+    say("  SCTP and DCCP listeners are not forwarded (only the TCP one beside them is)");
 
     // The agent restarts while the guest changes its ports.
     vm.cmd("term agent")?;

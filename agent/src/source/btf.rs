@@ -34,6 +34,10 @@ const KIND_ENUM64: u32 = 19;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Offsets {
     pub family: u32,
+    /// `struct sock.sk_protocol`, read as [`Offsets::protocol_size`] bytes.
+    pub protocol: u32,
+    /// 2 for the u16 of Linux 5.6 and later, 1 for the older 8-bit field.
+    pub protocol_size: u32,
     pub num: u32,
     pub rcv_saddr: u32,
     /// [`ABSENT`] on a kernel without IPv6.
@@ -74,6 +78,17 @@ impl Offsets {
             Ok(m.bit_offset / 8)
         };
         let family = field(&["__sk_common", "skc_family"], 2)?;
+        let p = btf.named(sock, &["sk_protocol"])?;
+        let (protocol, protocol_size) = match (p.bitfield, p.size, p.bits, p.bit_offset % 8) {
+            (false, 2, _, _) => (p.bit_offset / 8, 2),
+            (false, 1, _, _) => (p.bit_offset / 8, 1),
+            (true, _, 8, 0) => (p.bit_offset / 8, 1),
+            _ => bail!(
+                "struct sock.sk_protocol is {} bits at bit {}: neither a u16 nor a byte-aligned 8-bit field",
+                p.bits,
+                p.bit_offset
+            ),
+        };
         let num = field(&["__sk_common", "skc_num"], 2)?;
         let rcv_saddr = field(&["__sk_common", "skc_rcv_saddr"], 4)?;
         let net = field(&["__sk_common", "skc_net", "net"], 8)?;
@@ -114,6 +129,8 @@ impl Offsets {
         let listen_start_nargs = btf.func_params("inet_csk_listen_start")?.unwrap_or(0);
         Ok(Offsets {
             family,
+            protocol,
+            protocol_size,
             num,
             rcv_saddr,
             v6_rcv_saddr,
@@ -153,6 +170,8 @@ struct Member {
     bit_offset: u32,
     size: u32,
     bitfield: bool,
+    /// Bits the member takes: its bitfield width, or its size in bits.
+    bits: u32,
 }
 
 struct Cursor<'a> {
@@ -347,7 +366,11 @@ impl<'a> Btf<'a> {
             _ => size * 8,
         };
         let bitfield = bitfield_bits != 0 && bitfield_bits != size * 8 || int_bits != size * 8;
-        Ok(Member { bit_offset: base, size, bitfield })
+        let bits = match bitfield_bits {
+            0 => int_bits,
+            b => b,
+        };
+        Ok(Member { bit_offset: base, size, bitfield, bits })
     }
 
     fn type_name(&self, id: u32) -> String {
@@ -519,6 +542,16 @@ mod tests {
     /// inet_csk_listen_start with `listen_start_params` parameters (`None`:
     /// no such function).
     fn mini_kernel(with_v6: bool, listen_start_params: Option<usize>) -> Vec<u8> {
+        mini_kernel_with(with_v6, listen_start_params, false)
+    }
+
+    /// `old_protocol`: sk_protocol as the 8-bit field kernels before 5.6
+    /// have, else the u16 of later ones.
+    fn mini_kernel_with(
+        with_v6: bool,
+        listen_start_params: Option<usize>,
+        old_protocol: bool,
+    ) -> Vec<u8> {
         let mut b = Builder::new();
         let u8t = b.int("unsigned char", 1);
         let u16t = b.int("unsigned short", 2);
@@ -562,7 +595,12 @@ mod tests {
             m.push(("skc_v6_rcv_saddr", in6, 576, 0));
         }
         let sock_common = b.compound(KIND_STRUCT, "sock_common", 136, &m);
-        b.compound(KIND_STRUCT, "sock", 760, &[("__sk_common", sock_common, 0, 0)]);
+        let protocol = match old_protocol {
+            // unsigned int sk_padding:1, ..., sk_userlocks:4, sk_protocol:8, sk_type:16
+            true => ("sk_protocol", u32t, 4096 + 8, 8),
+            false => ("sk_protocol", u16t, 4160, 0),
+        };
+        b.compound(KIND_STRUCT, "sock", 760, &[("__sk_common", sock_common, 0, 0), protocol]);
         let inet_sock = b.compound(
             KIND_STRUCT,
             "inet_sock",
@@ -593,6 +631,8 @@ mod tests {
     fn offsets_come_from_the_btf_given() {
         let linux = Offsets {
             family: 16,
+            protocol: 520,
+            protocol_size: 2,
             num: 14,
             rcv_saddr: 4,
             v6_rcv_saddr: 72,
@@ -620,6 +660,11 @@ mod tests {
                 "no inet_csk_listen_start",
                 mini_kernel(true, None),
                 Offsets { listen_start_nargs: 0, ..linux },
+            ),
+            (
+                "before 5.6: sk_protocol:8",
+                mini_kernel_with(true, Some(1), true),
+                Offsets { protocol: 513, protocol_size: 1, ..linux },
             ),
         ];
         for (name, blob, want) in cases {
@@ -661,6 +706,7 @@ mod tests {
                 "member <struct inet_connection_sock>.<struct inet_sock> of struct tcp_sock not found",
             ),
             ("no inet_sport", renamed(&good, "inet_sport", "inet_spoXt"), "<struct inet_sock>.inet_sport of struct tcp_sock"),
+            ("no sk_protocol", renamed(&good, "sk_protocol", "sk_protocoX"), "member sk_protocol of struct sock not found"),
         ];
         for (name, blob, want) in cases {
             let err = Offsets::from_btf(&blob).unwrap_err();

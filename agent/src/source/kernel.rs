@@ -77,6 +77,8 @@ impl KernelSource {
         let mut ebpf = EbpfLoader::new()
             .override_global(global::NETNS_INUM, &netns_inum, true)
             .override_global(global::OFF_FAMILY, &offsets.family, true)
+            .override_global(global::OFF_PROTOCOL, &offsets.protocol, true)
+            .override_global(global::PROTOCOL_SIZE, &offsets.protocol_size, true)
             .override_global(global::OFF_NUM, &offsets.num, true)
             .override_global(global::OFF_RCV_SADDR, &offsets.rcv_saddr, true)
             .override_global(global::OFF_V6_RCV_SADDR, &offsets.v6_rcv_saddr, true)
@@ -87,6 +89,7 @@ impl KernelSource {
             .override_global(global::OFF_INET_SPORT, &offsets.inet_sport, true)
             .override_global(global::LISTEN_START_NARGS, &offsets.listen_start_nargs, true)
             .load(OBJECT)
+            .map_err(|e| explained(anyhow::Error::new(e)))
             .context("loading the eBPF object")?;
         // Before any program runs, so no log record is missed.
         let log_task = start_ebpf_log(&mut ebpf);
@@ -167,6 +170,27 @@ impl EventSource for KernelSource {
     }
 }
 
+/// What to do about a bpf() failure a user can act on, in one line.
+pub fn advice(errno: i32) -> Option<&'static str> {
+    match errno {
+        1 => Some("hoist-agent needs root, or the capabilities CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN: run it as root (or as the systemd unit does)"),
+        38 => Some("this kernel has no bpf() system call (CONFIG_BPF_SYSCALL is off): hoist-agent needs a kernel with BPF and BTF, see README's kernel requirements"),
+        _ => None,
+    }
+}
+
+/// Puts the advice for a bpf() failure first, where the user reads it.
+fn explained(e: anyhow::Error) -> anyhow::Error {
+    let errno = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<std::io::Error>())
+        .and_then(std::io::Error::raw_os_error);
+    match errno.and_then(advice) {
+        Some(what) => e.context(what),
+        None => e,
+    }
+}
+
 fn attach_trampolines(ebpf: &mut Ebpf, btf: &Btf, offsets: &Offsets) -> Result<()> {
     // The fexit program reads the return value after one or two parameters
     // (the kernels it knows); any other prototype would make it report
@@ -202,8 +226,13 @@ fn detach_trampolines(ebpf: &mut Ebpf) {
 
 fn attach_tracepoints(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
     ensure_tracefs()?;
-    // The confirming hook first: a LISTEN stashed before it is attached would
-    // never be confirmed (the startup snapshot covers that window).
+    // The marking and confirming hooks first: a LISTEN stashed before they
+    // are attached would never be confirmed (the startup snapshot covers
+    // that window).
+    let p: &mut TracePoint = program(ebpf, prog::SYS_ENTER_LISTEN)?.try_into()?;
+    p.load().context("loading tracepoint/syscalls/sys_enter_listen")?;
+    p.attach("syscalls", "sys_enter_listen")
+        .context("attaching tracepoint/syscalls/sys_enter_listen")?;
     let p: &mut TracePoint = program(ebpf, prog::SYS_EXIT_LISTEN)?.try_into()?;
     p.load().context("loading tracepoint/syscalls/sys_exit_listen")?;
     p.attach("syscalls", "sys_exit_listen")
@@ -255,4 +284,24 @@ fn start_ebpf_log(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
             guard.clear_ready();
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bpf_failures_users_can_act_on_are_explained() {
+        let denied = explained(
+            anyhow::Error::new(std::io::Error::from_raw_os_error(1)).context("creating map EVENTS"),
+        );
+        assert!(format!("{denied:#}").starts_with("hoist-agent needs root"), "{denied:#}");
+        let no_bpf = explained(anyhow::Error::new(std::io::Error::from_raw_os_error(38)));
+        assert!(
+            format!("{no_bpf:#}").starts_with("this kernel has no bpf() system call"),
+            "{no_bpf:#}"
+        );
+        let other = explained(anyhow::Error::new(std::io::Error::from_raw_os_error(22)));
+        assert_eq!(format!("{other:#}"), "Invalid argument (os error 22)");
+    }
 }

@@ -9,6 +9,10 @@
 //! `echo <port>`: a TCP echo server on 0.0.0.0 that half-closes after EOF.
 //! `hold <port>`: a TCP listener on 127.0.0.1 that accepts nothing, held
 //! until the process is killed.
+//! `sctp <port>` / `dccp <port>`: an SCTP or DCCP listener on 127.0.0.1
+//! (prints `listening`), held until killed: no TCP forward may come of it.
+//! `abort <port>`: a TCP server on 0.0.0.0 that reads 4 bytes, answers half
+//! a response and resets the connection.
 //! `churn <first port> <count> <interval ms>`: opens and closes listeners on
 //! 127.0.0.1, ports first..first+count, one change per interval (logged as
 //! `open P` / `close P`), until /tmp/churn.stop exists; then prints
@@ -36,13 +40,35 @@ fn main() {
                 std::thread::park();
             }
         }
+        Some(proto @ ("sctp" | "dccp")) => {
+            let _l = sys::listen_other(proto, port(2) as u16)
+                .unwrap_or_else(|e| panic!("{proto} listen: {e}"));
+            println!("listening");
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::park();
+            }
+        }
+        Some("abort") => abort(port(2) as u16),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: hoist-vmlab-guest serve <vsock-port> | echo <port> | hold <port> | churn <first port> <count> <interval ms>");
+    eprintln!("usage: hoist-vmlab-guest serve <vsock-port> | echo <port> | hold <port> | sctp <port> | dccp <port> | abort <port> | churn <first port> <count> <interval ms>");
     std::process::exit(2)
+}
+
+fn abort(port: u16) {
+    let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+    for c in l.incoming() {
+        let Ok(mut c) = c else { continue };
+        let mut b = [0u8; 4];
+        if std::io::Read::read_exact(&mut c, &mut b).is_ok() {
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nhalf a resp");
+        }
+        sys::reset(c);
+    }
 }
 
 fn echo(port: u16) {

@@ -479,8 +479,18 @@ fn rss_kib(pid: u32) -> Result<u64> {
 /// Longer than the protocol's handshake timeout (5 s).
 const SETTLE: Duration = Duration::from_secs(6);
 
+/// The host's liveness timeout in the bench (its default): it pings every
+/// third of it, the one wake-up an idle hoist makes on purpose.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Context switches one wake-up may cost a process (a worker leaving
+/// epoll_wait, handing a task to another worker, both going back).
+pub const SWITCHES_PER_WAKE: u64 = 4;
+
 pub struct Idle {
     pub window_s: f64,
+    /// Liveness pings that can fall in the window.
+    pub pings: u64,
     pub agent_switches: u64,
     pub host_switches: u64,
     pub agent_cpu_s: f64,
@@ -488,6 +498,23 @@ pub struct Idle {
     pub agent_rss_kib: u64,
     pub host_rss_kib: u64,
     pub per_conn_bytes: f64,
+}
+
+impl Idle {
+    /// The agent wakes once per ping (to answer it).
+    pub fn agent_budget(&self) -> u64 {
+        self.pings * SWITCHES_PER_WAKE
+    }
+
+    /// The relay wakes twice per ping: to send it and to read the answer.
+    pub fn host_budget(&self) -> u64 {
+        2 * self.pings * SWITCHES_PER_WAKE
+    }
+
+    /// Whether the only wake-ups were the liveness pings.
+    pub fn within_budget(&self) -> bool {
+        self.agent_switches <= self.agent_budget() && self.host_switches <= self.host_budget()
+    }
 }
 
 pub fn idle(rig: &Rig, window: Duration) -> Result<Idle> {
@@ -537,8 +564,10 @@ pub fn idle(rig: &Rig, window: Duration) -> Result<Idle> {
     let (s_a, s_h, c_a, c_h) =
         (switches(agent)?, switches(host)?, cpu_seconds(agent)?, cpu_seconds(host)?);
     std::thread::sleep(window);
+    let interval = LIVENESS_TIMEOUT / 3;
     let idle = Idle {
         window_s: window.as_secs_f64(),
+        pings: window.as_millis().div_ceil(interval.as_millis()) as u64 + 1,
         agent_switches: switches(agent)? - s_a,
         host_switches: switches(host)? - s_h,
         agent_cpu_s: cpu_seconds(agent)? - c_a,

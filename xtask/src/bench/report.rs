@@ -242,12 +242,15 @@ pub fn markdown(r: &Results) -> String {
     if let Some(i) = &r.idle {
         let _ = writeln!(
             t,
-            "| idle: wake-ups over {:.0} s (100 ports, 100 open connections) | agent {} context switches, relay {} | a 1 s poller: {:.0} wake-ups | | agent 0: {} |",
+            "| idle: wake-ups over {:.0} s (100 ports, 100 open connections) | agent {} context switches, relay {} | a 1 s poller: {:.0} wake-ups | | only the liveness ping ({} in the window at most; agent <= {}, relay <= {}): {} |",
             i.window_s,
             i.agent_switches,
             i.host_switches,
             i.window_s,
-            mark(i.agent_switches == 0)
+            i.pings,
+            i.agent_budget(),
+            i.host_budget(),
+            mark(i.within_budget())
         );
         let _ = writeln!(
             t,
@@ -320,6 +323,17 @@ impl Results {
         let Some(i) = &self.idle else { bail!("no idle cost") };
         if i.agent_rss_kib == 0 || i.host_rss_kib == 0 || !i.per_conn_bytes.is_finite() {
             bail!("idle cost produced no numbers");
+        }
+        if !i.within_budget() {
+            bail!(
+                "idle: the agent made {} context switches and the relay {} in {:.0} s: more than the liveness ping allows ({} pings: agent <= {}, relay <= {})",
+                i.agent_switches,
+                i.host_switches,
+                i.window_s,
+                i.pings,
+                i.agent_budget(),
+                i.host_budget()
+            );
         }
         Ok(())
     }
