@@ -1,7 +1,7 @@
-//! The system calls this crate makes directly, as safe wrappers (rustix):
-//! the relay's pipes and splice(2), reads and writes on raw descriptors that
-//! never raise SIGPIPE, write shutdowns, and the open-file limit. Everything
-//! else goes through tokio or socket2.
+//! Linux system calls, as safe wrappers (rustix): the relay's pipes and
+//! splice(2), reads and writes on raw descriptors that never raise SIGPIPE,
+//! write shutdowns, and the open-file limit. Everything else goes through
+//! tokio or socket2.
 
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::pipe::{PipeFlags, SpliceFlags};
