@@ -8,6 +8,8 @@ mod control;
 mod data;
 mod forwards;
 mod listener;
+#[cfg(windows)]
+mod listener_windows;
 
 use hoist_net::Addr;
 use hoist_wire::Endpoint;

@@ -6,10 +6,12 @@
 //! sides, as resets where the transport has them. Memory per connection is
 //! bounded, whatever the peers' speeds.
 //!
-//! Between TCP and Unix sockets the bytes move with splice(2) (`splice`);
-//! other transports (vsock) copy through fixed buffers (`copy`).
+//! On Linux, between TCP and Unix sockets the bytes move with splice(2)
+//! (`splice`); other transports (vsock), and every transport on Windows,
+//! copy through fixed buffers (`copy`).
 
 mod copy;
+#[cfg(target_os = "linux")]
 mod splice;
 
 use crate::transport::Stream;
@@ -26,10 +28,13 @@ pub struct Moved {
 
 /// Relays until both directions have ended.
 pub async fn relay(mut a: Stream, mut b: Stream) -> io::Result<Moved> {
+    #[cfg(target_os = "linux")]
     let r = match (a.fd().is_some(), b.fd().is_some()) {
         (true, true) => splice::relay(&a, &b).await,
         _ => copy::relay(&mut a, &mut b).await,
     };
+    #[cfg(not(target_os = "linux"))]
+    let r = copy::relay(&mut a, &mut b).await;
     if r.is_err() {
         a.set_reset_on_close();
         b.set_reset_on_close();
@@ -37,7 +42,7 @@ pub async fn relay(mut a: Stream, mut b: Stream) -> io::Result<Moved> {
     r
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -6,23 +6,31 @@
 //! listens with an [`Acceptor`].
 
 mod tcp;
+#[cfg(unix)]
 mod unix;
+#[cfg(target_os = "linux")]
 mod vsock;
+#[cfg(unix)]
 mod vsock_mux;
 
 use anyhow::{bail, Context, Result};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+#[cfg(unix)]
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::task::{Context as TaskContext, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream};
+#[cfg(unix)]
+use tokio::net::{UnixListener, UnixStream};
+#[cfg(target_os = "linux")]
 use tokio_vsock::{VsockListener, VsockStream};
 
+#[cfg(unix)]
 pub use vsock_mux::parse_reply as parse_mux_reply;
 
 /// `VMADDR_CID_ANY`: bind on every CID the guest has.
@@ -113,32 +121,47 @@ impl fmt::Display for Addr {
 /// Connects to `addr`.
 pub async fn connect(addr: &Addr) -> Result<Stream> {
     let stream = match addr {
+        #[cfg(unix)]
         Addr::Unix(path) => unix::connect(path).await.map(Stream::Unix),
         Addr::Tcp(sa) => tcp::connect(*sa).await.map(Stream::Tcp),
+        #[cfg(target_os = "linux")]
         Addr::Vsock { cid, port } => vsock::connect(*cid, *port).await.map(Stream::Vsock),
+        #[cfg(unix)]
         Addr::VsockMux { path, port } => vsock_mux::connect(path, *port).await.map(Stream::Unix),
+        #[cfg(not(target_os = "linux"))]
+        other => Err(unsupported(other)),
     };
     stream.with_context(|| format!("connecting to {addr}"))
+}
+
+/// The error for a transport this OS does not have.
+#[cfg(not(target_os = "linux"))]
+fn unsupported(addr: &Addr) -> anyhow::Error {
+    anyhow::anyhow!("{addr}: this transport is not available on {}", std::env::consts::OS)
 }
 
 /// A connected byte stream over any transport.
 #[derive(Debug)]
 pub enum Stream {
     /// A Unix socket (also the host side of hybrid vsock).
+    #[cfg(unix)]
     Unix(UnixStream),
     /// A TCP socket.
     Tcp(TcpStream),
     /// A kernel vsock socket.
+    #[cfg(target_os = "linux")]
     Vsock(VsockStream),
 }
 
 impl Stream {
     /// The socket's descriptor where the relay can drive readiness itself
     /// (TCP and Unix); `None` for vsock, which the relay copies instead.
+    #[cfg(unix)]
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
             Stream::Unix(s) => Some(s.as_fd()),
             Stream::Tcp(s) => Some(s.as_fd()),
+            #[cfg(target_os = "linux")]
             Stream::Vsock(_) => None,
         }
     }
@@ -146,8 +169,10 @@ impl Stream {
     /// Waits for readiness (TCP and Unix only).
     pub async fn ready(&self, interest: Interest) -> io::Result<()> {
         match self {
+            #[cfg(unix)]
             Stream::Unix(s) => s.ready(interest).await.map(|_| ()),
             Stream::Tcp(s) => s.ready(interest).await.map(|_| ()),
+            #[cfg(target_os = "linux")]
             Stream::Vsock(_) => {
                 Err(io::Error::new(io::ErrorKind::Unsupported, "no readiness for vsock"))
             }
@@ -161,8 +186,10 @@ impl Stream {
         f: impl FnOnce() -> io::Result<R>,
     ) -> io::Result<R> {
         match self {
+            #[cfg(unix)]
             Stream::Unix(s) => s.try_io(interest, f),
             Stream::Tcp(s) => s.try_io(interest, f),
+            #[cfg(target_os = "linux")]
             Stream::Vsock(_) => {
                 Err(io::Error::new(io::ErrorKind::Unsupported, "no readiness for vsock"))
             }
@@ -181,8 +208,10 @@ impl Stream {
 macro_rules! each {
     ($self:ident, $s:ident => $e:expr) => {
         match $self.get_mut() {
+            #[cfg(unix)]
             Stream::Unix($s) => $e,
             Stream::Tcp($s) => $e,
+            #[cfg(target_os = "linux")]
             Stream::Vsock($s) => $e,
         }
     };
@@ -244,10 +273,12 @@ impl fmt::Display for Peer {
 #[derive(Debug)]
 pub enum Acceptor {
     /// A Unix socket and its path (removed when the acceptor is dropped).
+    #[cfg(unix)]
     Unix(UnixListener, PathBuf),
     /// A TCP listener.
     Tcp(TcpListener),
     /// A vsock listener.
+    #[cfg(target_os = "linux")]
     Vsock(VsockListener),
 }
 
@@ -256,12 +287,16 @@ impl Acceptor {
     /// replaced; one a live agent still answers on is an error.
     pub async fn bind(addr: &Addr) -> Result<Acceptor> {
         let acceptor = match addr {
+            #[cfg(unix)]
             Addr::Unix(path) => unix::bind(path).await.map(|l| Acceptor::Unix(l, path.clone())),
             Addr::Tcp(sa) => TcpListener::bind(sa).await.map_err(Into::into).map(Acceptor::Tcp),
+            #[cfg(target_os = "linux")]
             Addr::Vsock { cid, port } => vsock::bind(*cid, *port).map(Acceptor::Vsock),
             Addr::VsockMux { .. } => {
                 bail!("{addr}: vsock-mux is a host-side address; the agent listens on vsock:")
             }
+            #[cfg(not(target_os = "linux"))]
+            other => Err(unsupported(other)),
         };
         acceptor.with_context(|| format!("listening on {addr}"))
     }
@@ -269,8 +304,10 @@ impl Acceptor {
     /// The bound address (with the real port for `tcp:…:0`).
     pub fn local_addr(&self) -> Result<Addr> {
         Ok(match self {
+            #[cfg(unix)]
             Acceptor::Unix(_, p) => Addr::Unix(p.clone()),
             Acceptor::Tcp(l) => Addr::Tcp(l.local_addr()?),
+            #[cfg(target_os = "linux")]
             Acceptor::Vsock(l) => {
                 let a = l.local_addr()?;
                 Addr::Vsock { cid: a.cid(), port: a.port() }
@@ -281,12 +318,14 @@ impl Acceptor {
     /// Waits for the next connection.
     pub async fn accept(&self) -> io::Result<(Stream, Peer)> {
         Ok(match self {
+            #[cfg(unix)]
             Acceptor::Unix(l, _) => (Stream::Unix(l.accept().await?.0), Peer::Unix),
             Acceptor::Tcp(l) => {
                 let (s, a) = l.accept().await?;
                 s.set_nodelay(true).ok();
                 (Stream::Tcp(s), Peer::Tcp(a))
             }
+            #[cfg(target_os = "linux")]
             Acceptor::Vsock(l) => {
                 let (s, a) = l.accept().await?;
                 (Stream::Vsock(s), Peer::Vsock { cid: a.cid(), port: a.port() })
@@ -295,6 +334,7 @@ impl Acceptor {
     }
 }
 
+#[cfg(unix)]
 impl Drop for Acceptor {
     fn drop(&mut self) {
         if let Acceptor::Unix(_, path) = self {
