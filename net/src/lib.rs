@@ -22,4 +22,4 @@ pub use process::{run_main, stop_on_signal};
 pub use relay::{relay, Moved};
 #[cfg(unix)]
 pub use transport::parse_mux_reply;
-pub use transport::{connect, Acceptor, Addr, Peer, Stream, CID_ANY, CID_HOST};
+pub use transport::{connect, hvsock, Acceptor, Addr, Guid, HvVm, Peer, Stream, CID_ANY, CID_HOST};

@@ -5,6 +5,7 @@
 //! and the local demo. Every transport yields the same [`Stream`]; the agent
 //! listens with an [`Acceptor`].
 
+pub mod hvsock;
 mod tcp;
 #[cfg(unix)]
 mod unix;
@@ -30,6 +31,7 @@ use tokio::net::{UnixListener, UnixStream};
 #[cfg(target_os = "linux")]
 use tokio_vsock::{VsockListener, VsockStream};
 
+pub use hvsock::{Guid, HvVm};
 #[cfg(unix)]
 pub use vsock_mux::parse_reply as parse_mux_reply;
 
@@ -38,7 +40,7 @@ pub const CID_ANY: u32 = u32::MAX;
 /// `VMADDR_CID_HOST`: the hypervisor's host.
 pub const CID_HOST: u32 = 2;
 
-const SCHEMES: &str = "unix:<path>, vsock:<cid>:<port>, vsock-mux:<path>:<port>, tcp:<ip>:<port>";
+const SCHEMES: &str = "unix:<path>, vsock:<cid>:<port>, vsock-mux:<path>:<port>, tcp:<ip>:<port>, hvsock:<vm-guid|wsl>:<port>";
 
 /// Where a peer is reached or listened for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +63,13 @@ pub enum Addr {
     },
     /// `tcp:<ip>:<port>`
     Tcp(SocketAddr),
+    /// `hvsock:<vm-guid|wsl>:<port>`: a Hyper-V VM's vsock port, from Windows.
+    Hvsock {
+        /// The VM, by id or `wsl`.
+        vm: HvVm,
+        /// The guest's vsock port.
+        port: u32,
+    },
 }
 
 impl FromStr for Addr {
@@ -96,6 +105,7 @@ impl FromStr for Addr {
             "tcp" => {
                 Addr::Tcp(rest.parse().with_context(|| format!("{s:?}: expected tcp:<ip>:<port>"))?)
             }
+            "hvsock" => hvsock::parse(s, rest).map(|(vm, port)| Addr::Hvsock { vm, port })?,
             _ => bail!("address {s:?}: unknown scheme {scheme:?}: expected one of {SCHEMES}"),
         };
         Ok(addr)
@@ -114,6 +124,7 @@ impl fmt::Display for Addr {
             Addr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
             Addr::VsockMux { path, port } => write!(f, "vsock-mux:{}:{port}", path.display()),
             Addr::Tcp(a) => write!(f, "tcp:{a}"),
+            Addr::Hvsock { vm, port } => write!(f, "hvsock:{vm}:{port}"),
         }
     }
 }
@@ -128,6 +139,11 @@ pub async fn connect(addr: &Addr) -> Result<Stream> {
         Addr::Vsock { cid, port } => vsock::connect(*cid, *port).await.map(Stream::Vsock),
         #[cfg(unix)]
         Addr::VsockMux { path, port } => vsock_mux::connect(path, *port).await.map(Stream::Unix),
+        #[cfg(windows)]
+        Addr::Hvsock { vm: HvVm::Id(g), port } => {
+            hvsock::connect(*g, *port).await.map(Stream::Hvsock)
+        }
+        Addr::Hvsock { vm, port } => Err(hvsock::cannot_connect(*vm, *port)),
         #[cfg(not(target_os = "linux"))]
         other => Err(unsupported(other)),
     };
@@ -151,6 +167,9 @@ pub enum Stream {
     /// A kernel vsock socket.
     #[cfg(target_os = "linux")]
     Vsock(VsockStream),
+    /// A Hyper-V socket (Windows), driven through tokio's TCP stream type.
+    #[cfg(windows)]
+    Hvsock(TcpStream),
 }
 
 impl Stream {
@@ -172,6 +191,8 @@ impl Stream {
             #[cfg(unix)]
             Stream::Unix(s) => s.ready(interest).await.map(|_| ()),
             Stream::Tcp(s) => s.ready(interest).await.map(|_| ()),
+            #[cfg(windows)]
+            Stream::Hvsock(s) => s.ready(interest).await.map(|_| ()),
             #[cfg(target_os = "linux")]
             Stream::Vsock(_) => {
                 Err(io::Error::new(io::ErrorKind::Unsupported, "no readiness for vsock"))
@@ -189,6 +210,8 @@ impl Stream {
             #[cfg(unix)]
             Stream::Unix(s) => s.try_io(interest, f),
             Stream::Tcp(s) => s.try_io(interest, f),
+            #[cfg(windows)]
+            Stream::Hvsock(s) => s.try_io(interest, f),
             #[cfg(target_os = "linux")]
             Stream::Vsock(_) => {
                 Err(io::Error::new(io::ErrorKind::Unsupported, "no readiness for vsock"))
@@ -213,6 +236,8 @@ macro_rules! each {
             Stream::Tcp($s) => $e,
             #[cfg(target_os = "linux")]
             Stream::Vsock($s) => $e,
+            #[cfg(windows)]
+            Stream::Hvsock($s) => $e,
         }
     };
 }
@@ -294,6 +319,9 @@ impl Acceptor {
             Addr::Vsock { cid, port } => vsock::bind(*cid, *port).map(Acceptor::Vsock),
             Addr::VsockMux { .. } => {
                 bail!("{addr}: vsock-mux is a host-side address; the agent listens on vsock:")
+            }
+            Addr::Hvsock { .. } => {
+                bail!("{addr}: hvsock is the Windows host's side; the agent listens on vsock:")
             }
             #[cfg(not(target_os = "linux"))]
             other => Err(unsupported(other)),
