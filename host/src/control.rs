@@ -76,7 +76,9 @@ async fn session(
     forwards: &mut Forwards,
     status: &watch::Sender<Status>,
 ) -> Result<Session, (anyhow::Error, bool)> {
-    let s = connect(&config.guest).await.map_err(|e| (e, false))?;
+    // hvsock:wsl: finds the WSL VM anew before each connect (its id changes).
+    let addr = config.target.resolve(&config.guest).await.map_err(|e| (e, false))?;
+    let s = connect(&addr).await.map_err(|e| (e, false))?;
     let mut conn = Conn::new(s);
     let agent = handshake(&mut conn, forwards).await.map_err(|e| (e, false))?;
     status.send_modify(|st| {

@@ -6,6 +6,7 @@
 
 mod control;
 mod data;
+mod discovery;
 mod forwards;
 mod listener;
 #[cfg(windows)]
@@ -25,12 +26,24 @@ pub struct Config {
     pub bind_v4: Ipv4Addr,
     /// Where IPv6 forwards listen on the host.
     pub bind_v6: Ipv6Addr,
+    /// For `hvsock:wsl:<port>`, the WSL VM found last.
+    target: discovery::Target,
 }
 
 impl Config {
     /// Reaches the agent at `guest`; forwards listen on loopback.
     pub fn new(guest: Addr) -> Config {
-        Config { guest, bind_v4: Ipv4Addr::LOCALHOST, bind_v6: Ipv6Addr::LOCALHOST }
+        Config {
+            guest,
+            bind_v4: Ipv4Addr::LOCALHOST,
+            bind_v6: Ipv6Addr::LOCALHOST,
+            target: Default::default(),
+        }
+    }
+
+    /// Where data connections go now: `guest`, or the WSL VM found last.
+    fn agent_addr(&self) -> Addr {
+        self.target.current(&self.guest)
     }
 }
 

@@ -45,7 +45,7 @@ pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, config: Arc<
             Ok((client, peer)) => {
                 let config = config.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = carry(client, endpoint, &config.guest).await {
+                    if let Err(e) = carry(client, endpoint, &config.agent_addr()).await {
                         warn!(event = "connection_error", port = endpoint.port, family = %endpoint.family, client = %peer, "{e:#}");
                     } else {
                         debug!(port = endpoint.port, client = %peer, "connection finished");
