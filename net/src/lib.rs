@@ -20,6 +20,8 @@ mod transport;
 pub use logging::LogFormat;
 pub use process::{run_main, stop_on_signal};
 pub use relay::{relay, Moved};
+#[cfg(windows)]
+pub use sys::{registry_subkeys, set_exclusive_addr_use, RegistryRoot};
 #[cfg(unix)]
 pub use transport::parse_mux_reply;
 pub use transport::{connect, hvsock, Acceptor, Addr, Guid, HvVm, Peer, Stream, CID_ANY, CID_HOST};

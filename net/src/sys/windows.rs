@@ -14,9 +14,16 @@ use std::io;
 use std::os::windows::io::AsRawSocket;
 use std::time::Duration;
 use windows_sys::core::GUID;
-use windows_sys::Win32::Networking::WinSock::{setsockopt, AF_HYPERV, SOCKET_ERROR};
+use windows_sys::Win32::Foundation::{ERROR_NO_MORE_ITEMS, ERROR_SUCCESS};
+use windows_sys::Win32::Networking::WinSock::{
+    setsockopt, AF_HYPERV, SOCKET_ERROR, SOL_SOCKET, SO_EXCLUSIVEADDRUSE,
+};
 use windows_sys::Win32::System::Hypervisor::{
     HVSOCKET_CONNECT_TIMEOUT, HVSOCKET_CONNECT_TIMEOUT_MAX, HV_PROTOCOL_RAW, SOCKADDR_HV,
+};
+use windows_sys::Win32::System::Registry::{
+    RegCloseKey, RegEnumKeyExW, RegOpenKeyExW, HKEY, HKEY_CURRENT_USER, HKEY_LOCAL_MACHINE,
+    KEY_READ,
 };
 
 /// setsockopt(2) with a plain value.
@@ -37,6 +44,12 @@ fn set_opt<T: Copy>(s: &Socket, level: i32, name: i32, value: T) -> io::Result<(
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// SO_EXCLUSIVEADDRUSE: no other socket, of any process or user, may bind
+/// the same port while this one holds it (SO_REUSEADDR elsewhere included).
+pub fn set_exclusive_addr_use(s: &Socket) -> io::Result<()> {
+    set_opt(s, SOL_SOCKET, SO_EXCLUSIVEADDRUSE, 1i32)
 }
 
 /// HVSOCKET_CONNECT_TIMEOUT: how long a Hyper-V connect may take before it
@@ -62,6 +75,70 @@ pub fn hv_sockaddr(vm: Guid, service: Guid) -> SockAddr {
     // SAFETY: the first `len` bytes hold the SOCKADDR_HV written above, and
     // its family field says AF_HYPERV.
     unsafe { SockAddr::new(storage, len) }
+}
+
+/// A registry root key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistryRoot {
+    /// HKEY_LOCAL_MACHINE
+    LocalMachine,
+    /// HKEY_CURRENT_USER
+    CurrentUser,
+}
+
+/// An open registry key, closed on drop.
+struct Key(HKEY);
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from a successful RegOpenKeyExW and is
+        // closed only here, once.
+        unsafe { RegCloseKey(self.0) };
+    }
+}
+
+/// The names of the subkeys of `root\path` (read access only). A missing
+/// key is an error of kind `NotFound`.
+pub fn registry_subkeys(root: RegistryRoot, path: &str) -> io::Result<Vec<String>> {
+    let root = match root {
+        RegistryRoot::LocalMachine => HKEY_LOCAL_MACHINE,
+        RegistryRoot::CurrentUser => HKEY_CURRENT_USER,
+    };
+    let wide: Vec<u16> = path.encode_utf16().chain(std::iter::once(0)).collect();
+    let mut key: HKEY = std::ptr::null_mut();
+    // SAFETY: `wide` is NUL-terminated and outlives the call; `key` is a
+    // valid place for the opened handle.
+    let r = unsafe { RegOpenKeyExW(root, wide.as_ptr(), 0, KEY_READ, &mut key) };
+    if r != ERROR_SUCCESS {
+        return Err(io::Error::from_raw_os_error(r as i32));
+    }
+    let key = Key(key);
+    let mut names = Vec::new();
+    for index in 0.. {
+        // Key names are at most 255 characters.
+        let mut name = [0u16; 256];
+        let mut len = name.len() as u32;
+        // SAFETY: `name` has room for `len` UTF-16 units and the call writes
+        // at most that many; the optional class and time outputs are null.
+        let r = unsafe {
+            RegEnumKeyExW(
+                key.0,
+                index,
+                name.as_mut_ptr(),
+                &mut len,
+                std::ptr::null(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        match r {
+            ERROR_SUCCESS => names.push(String::from_utf16_lossy(&name[..len as usize])),
+            ERROR_NO_MORE_ITEMS => break,
+            e => return Err(io::Error::from_raw_os_error(e as i32)),
+        }
+    }
+    Ok(names)
 }
 
 #[cfg(test)]
