@@ -1,7 +1,8 @@
 //! `cargo xtask lint`: the style gate, and the first step of `cargo xtask
 //! test`. rustfmt must have nothing to change (workspace and eBPF crate), and
 //! clippy must find nothing with every warning an error: the workspace on the
-//! stable toolchain, the eBPF crate on the nightly for the BPF target.
+//! stable toolchain, the eBPF crate on the nightly for the BPF target, and
+//! the crates that build for Windows for x86_64-pc-windows-gnu.
 
 use crate::build::{build_ebpf, ebpf_cargo};
 use crate::util::{root, run, say};
@@ -32,11 +33,14 @@ pub fn clippy() -> Result<()> {
     say("linting the workspace (cargo clippy --all-targets, -D warnings)");
     run(
         Command::new("cargo")
-            .args(["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"])
+            .args(["clippy", "--locked", "--workspace", "--all-targets"])
+            // The Wine end-to-end test builds only with this feature.
+            .args(["--features", "hoist-e2e/wine", "--", "-D", "warnings"])
             .current_dir(root())
             .env("HOIST_EBPF_OBJECT", ebpf),
         "cargo clippy",
-    )
+    )?;
+    crate::windows::clippy()
 }
 
 /// Both, formatting first.

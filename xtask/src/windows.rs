@@ -14,8 +14,10 @@
 //! own self-contained mingw, which a checked-in `linker =` would override,
 //! and Wine is only ever the runner here.
 
+use crate::build::Built;
 use crate::setup::apt;
-use crate::util::{output, root, run, say, target_dir};
+use crate::test::run_counting;
+use crate::util::{check, output, root, run, say, target_dir};
 use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -143,4 +145,45 @@ pub fn build_host() -> Result<PathBuf> {
     let exe = target_dir().join(TARGET).join("release/hoist-host.exe");
     ensure!(exe.is_file(), "the Windows build succeeded but left no {}", exe.display());
     Ok(BUILT.get_or_init(|| exe).clone())
+}
+
+/// clippy for the Windows target, every warning an error (no Wine needed).
+pub fn clippy() -> Result<()> {
+    rust_target()?;
+    say(format!("linting the Windows build (cargo clippy --target {TARGET}, -D warnings)"));
+    let mut cmd = Command::new("cargo");
+    cmd.args(["clippy", "--locked", "--target", TARGET, "--all-targets"])
+        .args(CRATES.iter().flat_map(|c| ["-p", c]))
+        .args(["--", "-D", "warnings"])
+        .current_dir(root());
+    run(&mut cmd, &format!("cargo clippy --target {TARGET}"))
+}
+
+/// The Windows phases of `cargo xtask test`, after the Linux ones:
+/// hoist-host.exe; the unit tests of the crates that build for Windows,
+/// cross-compiled and run under Wine; then the end-to-end test of the .exe
+/// under Wine against the real agent (e2e/tests/wine.rs). Adds what ran to
+/// `counts` (passed, failed).
+pub fn test(built: &Built, counts: &mut (u64, u64)) -> Result<()> {
+    let exe = build_host()?;
+    let wine = setup()?;
+    say(format!("running the Windows unit tests of {} under Wine", CRATES.join(", ")));
+    let mut cmd = cargo("test", wine);
+    cmd.arg("--release").args(CRATES.iter().flat_map(|c| ["-p", c]));
+    let (p, f, status) = run_counting(&mut cmd)?;
+    (counts.0, counts.1) = (counts.0 + p, counts.1 + f);
+    check(status, "cargo test under Wine")?;
+
+    say("running hoist-host.exe under Wine against the real agent (e2e/tests/wine.rs)");
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "--locked", "--release", "-p", "hoist-e2e", "--features", "wine"])
+        .args(["--test", "wine", "--", "--test-threads=1"])
+        .current_dir(root())
+        .env("HOIST_EBPF_OBJECT", &built.ebpf)
+        .env("HOIST_AGENT_BIN", &built.agent)
+        .env("HOIST_HOST_EXE", &exe);
+    env(&mut cmd, wine);
+    let (p, f, status) = run_counting(&mut cmd)?;
+    (counts.0, counts.1) = (counts.0 + p, counts.1 + f);
+    check(status, "the Wine end-to-end test")
 }
