@@ -56,7 +56,7 @@ impl Guid {
     pub fn to_bytes_le(self) -> [u8; 16] {
         let be = self.0.to_be_bytes();
         let mut b = [0u8; 16];
-        b[..4].copy_from_slice(&(self.0 >> 96).to_le_bytes()[..4]);
+        b[..4].copy_from_slice(&((self.0 >> 96) as u32).to_le_bytes());
         b[4..6].copy_from_slice(&((self.0 >> 80) as u16).to_le_bytes());
         b[6..8].copy_from_slice(&((self.0 >> 64) as u16).to_le_bytes());
         b[8..].copy_from_slice(&be[8..]);
@@ -172,16 +172,16 @@ pub fn explain(e: &io::Error, vm: Guid, port: u32) -> String {
     }
 }
 
-/// The error for an address that needs discovery or another OS.
+/// The error for an address that needs discovery first, or (a VM id off
+/// Windows) another OS.
 pub(super) fn cannot_connect(vm: HvVm, port: u32) -> anyhow::Error {
     match vm {
         HvVm::Wsl => anyhow::anyhow!(
             "hvsock:wsl:{port} names the WSL VM, which hoist-host looks up before connecting; no WSL VM found yet"
         ),
-        HvVm::Id(_) if !cfg!(windows) => anyhow::anyhow!(
+        HvVm::Id(_) => anyhow::anyhow!(
             "hvsock: Hyper-V sockets exist only on Windows; a Linux host reaches its guest with vsock:<cid>:<port>"
         ),
-        HvVm::Id(g) => anyhow::anyhow!("hvsock:{g}:{port}: not connectable"),
     }
 }
 
@@ -337,6 +337,16 @@ mod tests {
             assert!(msg.contains(want), "{code}: {msg}");
             assert!(!msg.contains('\n'), "{code}: one line: {msg}");
         }
+    }
+
+    #[cfg(not(windows))]
+    #[tokio::test]
+    async fn off_windows_a_connect_says_hvsock_is_windows_only() {
+        let addr = Addr::Hvsock { vm: HvVm::Id(Guid(WSL_LIKE)), port: 1024 };
+        let e = crate::transport::connect(&addr).await.unwrap_err();
+        assert!(format!("{e:#}").contains("exist only on Windows"), "{e:#}");
+        let e = crate::transport::connect(&"hvsock:wsl:1".parse().unwrap()).await.unwrap_err();
+        assert!(format!("{e:#}").contains("looks up before connecting"), "{e:#}");
     }
 
     /// Under Wine (no AF_HYPERV) and on a Windows without that VM alike, a
