@@ -143,10 +143,12 @@ async fn session(
     forwards: &mut Forwards,
     status: &watch::Sender<Status>,
 ) -> Result<(), Ended> {
-    let s = match connect(&config.guest).await {
+    // hvsock:wsl: finds the WSL VM anew before each connect (its id changes).
+    let addr = config.target.resolve(&config.guest).await.map_err(before)?;
+    let s = match connect(&addr).await {
         Ok(s) => s,
         Err(e) => {
-            let kind = classify_failure(&config.guest, &e);
+            let kind = classify_failure(&addr, &e);
             return Err(before(match kind {
                 ConnectFailure::Retry => e,
                 other => Unreachable(other).into(),
@@ -156,7 +158,7 @@ async fn session(
     let mut conn = Conn::new(s);
     let (agent, ticket, table) = handshake(&mut conn, config).await.map_err(before)?;
     forwards.resync(table);
-    config.link.set(config.guest.clone(), ticket);
+    config.link.set(addr, ticket);
     status.send_modify(|st| {
         st.connected = true;
         st.last_error = None;
@@ -275,7 +277,7 @@ async fn handshake(
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use tokio::net::UnixStream;

@@ -6,8 +6,11 @@
 
 mod control;
 mod data;
+mod discovery;
 mod forwards;
 mod listener;
+#[cfg(windows)]
+mod listener_windows;
 
 use hoist_net::Addr;
 use hoist_wire::{Endpoint, Ticket, Token};
@@ -34,6 +37,8 @@ pub struct Config {
     pub stale_after: Duration,
     /// What data connections need from the current session.
     link: Link,
+    /// For `hvsock:wsl:<port>`, the WSL VM found last.
+    target: discovery::Target,
 }
 
 /// The liveness timeout unless configured.
@@ -53,6 +58,7 @@ impl Config {
             liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
             stale_after: DEFAULT_STALE_AFTER,
             link: Link::default(),
+            target: Default::default(),
         }
     }
 }

@@ -7,16 +7,22 @@
 use crate::data::{carry, CarryError};
 use crate::Config;
 use hoist_wire::{Endpoint, Refusal};
+#[cfg(unix)]
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
+#[cfg(unix)]
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
+#[cfg(windows)]
+pub use crate::listener_windows::bind_host_port;
+
 /// Binds and listens on `addr`; IPv6 sockets are v6-only so they never take
 /// the IPv4 port as well.
+#[cfg(unix)]
 pub fn bind_host_port(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(
         Domain::for_address(addr),

@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 #[command(version)]
 struct Args {
     /// How to reach the agent: vsock:<cid>:<port>, vsock-mux:<path>:<port> (Firecracker,
-    /// Cloud Hypervisor, vhost-device-vsock), unix:<path> or tcp:<ip>:<port>.
+    /// Cloud Hypervisor, vhost-device-vsock), unix:<path>, tcp:<ip>:<port>, or on Windows
+    /// hvsock:<vm-guid|wsl>:<port> (wsl: the running WSL2 VM, found at each connect).
     #[arg(long)]
     guest: Addr,
     /// Host address for forwards instead of loopback: one IPv4 and/or one IPv6 address.

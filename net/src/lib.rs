@@ -3,9 +3,14 @@
 //! opens sockets to the peer), the full-duplex byte relay both sides run on
 //! data connections (`relay`), log set-up and process start-up. The wire
 //! format itself lives in `hoist-wire`.
-#![forbid(unsafe_code)]
+// `unsafe` lives only in sys/windows.rs (Windows system calls); elsewhere,
+// and on every other OS, there is none.
+#![cfg_attr(not(windows), forbid(unsafe_code))]
+#![cfg_attr(windows, deny(unsafe_code))]
 #![warn(missing_docs)]
 
+#[cfg(windows)]
+mod console;
 mod logging;
 mod process;
 mod relay;
@@ -15,8 +20,13 @@ mod transport;
 pub use logging::LogFormat;
 pub use process::{read_token_file, run_main, stop_on_signal};
 pub use relay::{relay, reset, Moved, RelayError};
+#[cfg(target_os = "linux")]
 pub use sys::effective_uid;
+#[cfg(windows)]
+pub use sys::{registry_subkeys, set_exclusive_addr_use, RegistryRoot};
+#[cfg(unix)]
+pub use transport::parse_mux_reply;
 pub use transport::{
-    check_target, classify_failure, connect, parse_mux_reply, Acceptor, AcceptorOptions, Addr,
-    ConnectFailure, Peer, Stream, CID_ANY, CID_HOST,
+    check_target, classify_failure, connect, hvsock, Acceptor, AcceptorOptions, Addr,
+    ConnectFailure, Guid, HvVm, Peer, Stream, CID_ANY, CID_HOST,
 };

@@ -1,9 +1,11 @@
 //! Process set-up both binaries share: logging, enough file descriptors for
-//! every relayed connection, the exit path, and stopping on SIGINT/SIGTERM.
+//! every relayed connection, the exit path, and stopping on SIGINT/SIGTERM
+//! (on Windows: on console control events, `console.rs`).
 
 use crate::logging::{self, LogFormat};
+#[cfg(unix)]
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info};
+use tracing::{debug, error};
 
 /// Sets up the process, runs `body`, logs its error and exits non-zero.
 pub fn run_main(name: &str, format: LogFormat, body: impl FnOnce() -> anyhow::Result<()>) -> ! {
@@ -23,7 +25,11 @@ pub fn run_main(name: &str, format: LogFormat, body: impl FnOnce() -> anyhow::Re
     }
 }
 
+#[cfg(windows)]
+pub use crate::console::stop_on_signal;
+
 /// Cancels `shutdown` on the first SIGINT or SIGTERM.
+#[cfg(unix)]
 pub async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) =
@@ -35,7 +41,7 @@ pub async fn stop_on_signal(shutdown: CancellationToken) {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    info!(event = "shutdown", "signal received, stopping");
+    tracing::info!(event = "shutdown", "signal received, stopping");
     shutdown.cancel();
 }
 

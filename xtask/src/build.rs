@@ -15,6 +15,10 @@ pub struct BuildArgs {
     /// eBPF object is always built with optimisations: the verifier needs them).
     #[arg(long)]
     pub debug: bool,
+    /// Build only hoist-host.exe for Windows (x86_64-pc-windows-gnu, mingw-w64),
+    /// into target/x86_64-pc-windows-gnu/release.
+    #[arg(long, conflicts_with = "debug")]
+    pub windows: bool,
 }
 
 /// What a build leaves behind; absolute paths.

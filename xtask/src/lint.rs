@@ -2,7 +2,8 @@
 //! test`. rustfmt must have nothing to change (workspace, eBPF and fuzz
 //! crates), and clippy must find nothing with every warning an error: the
 //! workspace on the stable toolchain, the eBPF crate on the nightly for the
-//! BPF target.
+//! BPF target, and the crates that build for Windows for
+//! x86_64-pc-windows-gnu.
 
 use crate::build::{build_ebpf, ebpf_cargo};
 use crate::util::{root, run, say};
@@ -39,11 +40,14 @@ pub fn clippy() -> Result<()> {
     say("linting the workspace (cargo clippy --all-targets, -D warnings)");
     run(
         Command::new("cargo")
-            .args(["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"])
+            .args(["clippy", "--locked", "--workspace", "--all-targets"])
+            // The Wine end-to-end test builds only with this feature.
+            .args(["--features", "hoist-e2e/wine", "--", "-D", "warnings"])
             .current_dir(root())
             .env("HOIST_EBPF_OBJECT", ebpf),
         "cargo clippy",
-    )
+    )?;
+    crate::windows::clippy()
 }
 
 /// Both, formatting first.

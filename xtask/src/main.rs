@@ -14,6 +14,7 @@ mod sys;
 mod test;
 mod util;
 mod vmtest;
+mod windows;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -29,7 +30,8 @@ struct Cli {
 enum Cmd {
     /// Install what the build needs (nightly rust-src, bpf-linker, Debian packages).
     Setup,
-    /// Build the eBPF object and target/release/hoist-agent, hoist-host.
+    /// Build the eBPF object and target/release/hoist-agent, hoist-host (or, with
+    /// --windows, target/x86_64-pc-windows-gnu/release/hoist-host.exe).
     Build(build::BuildArgs),
     /// Local demo: a network namespace as the guest, agent inside, host outside.
     Run(run::RunArgs),
@@ -49,6 +51,9 @@ fn main() {
     let cli = Cli::parse();
     let r: Result<()> = match cli.cmd {
         Cmd::Setup => setup::setup_command(),
+        Cmd::Build(a) if a.windows => {
+            windows::build_host().map(|exe| util::say(format!("built {}", exe.display())))
+        }
         Cmd::Build(a) => build::build_profile(a.debug).map(|b| {
             util::say(format!(
                 "built {} and {} (eBPF object {})",

@@ -2,8 +2,10 @@
 //! runs the workspace's tests (pure, in-process, and the real-kernel ones,
 //! which spawn the binaries in network namespaces) on one thread, since the
 //! kernel tests share kernel state, then every fuzz target briefly, the VM
-//! lab and the bench's smoke mode. Needs root; nothing is skipped. Ends with
-//! one summary line, and with `cargo test`'s own exit code when that fails.
+//! lab, the bench's smoke mode, and the Windows phases (windows.rs: unit
+//! tests and hoist-host.exe under Wine). Needs root; nothing is skipped.
+//! Ends with one summary line, and with `cargo test`'s own exit code when
+//! that fails.
 
 use crate::build::build;
 use crate::util::{check, require_root, root, say};
@@ -66,13 +68,16 @@ pub fn test(args: TestArgs) -> Result<()> {
         summary(passed, failed + 1);
         return Err(e.context("the benchmark's quick mode"));
     }
-    summary(passed + 1, failed);
-    Ok(())
+    passed += 1;
+    let mut counts = (passed, failed);
+    let r = crate::windows::test(&built, &mut counts);
+    summary(counts.0, counts.1);
+    r
 }
 
 /// Runs `cargo test`, passing its output through, and adds up its
 /// "test result" lines.
-fn run_counting(cmd: &mut Command) -> Result<(u64, u64, std::process::ExitStatus)> {
+pub fn run_counting(cmd: &mut Command) -> Result<(u64, u64, std::process::ExitStatus)> {
     use std::io::{BufRead, BufReader};
     let mut child =
         cmd.stdout(std::process::Stdio::piped()).spawn().context("starting cargo test")?;

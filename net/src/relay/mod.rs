@@ -67,7 +67,10 @@ impl std::error::Error for RelayError {}
 /// directions have ended. `early` holds segment bytes already read from
 /// `data` (what a handshake read past its last frame).
 pub async fn relay(tcp: TcpStream, data: Stream, early: BytesMut) -> Result<Moved, RelayError> {
-    let splice = cfg!(target_os = "linux") && data.fd().is_some();
+    #[cfg(target_os = "linux")]
+    let splice = data.fd().is_some();
+    #[cfg(not(target_os = "linux"))]
+    let splice = false;
     run(tcp, data, early, splice).await
 }
 
@@ -175,5 +178,7 @@ fn bad_segment(e: hoist_wire::DecodeError) -> RelayError {
     RelayError::Transport(io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-#[cfg(test)]
+// In process over Unix socket pairs; net/tests/relay_tcp.rs runs a TCP
+// data connection on every OS.
+#[cfg(all(test, unix))]
 mod tests;

@@ -5,24 +5,34 @@
 //! and the local demo. Every transport yields the same [`Stream`]; the agent
 //! listens with an [`Acceptor`].
 
+pub mod hvsock;
 mod tcp;
+#[cfg(unix)]
 mod unix;
+#[cfg(target_os = "linux")]
 mod vsock;
+#[cfg(unix)]
 mod vsock_mux;
 
 use anyhow::{bail, Context, Result};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+#[cfg(unix)]
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::task::{Context as TaskContext, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream};
+#[cfg(unix)]
+use tokio::net::{UnixListener, UnixStream};
+#[cfg(target_os = "linux")]
 use tokio_vsock::{VsockListener, VsockStream};
 
+pub use hvsock::{Guid, HvVm};
+#[cfg(unix)]
 pub use vsock_mux::parse_reply as parse_mux_reply;
 
 /// `VMADDR_CID_ANY`: bind on every CID the guest has.
@@ -30,7 +40,7 @@ pub const CID_ANY: u32 = u32::MAX;
 /// `VMADDR_CID_HOST`: the hypervisor's host.
 pub const CID_HOST: u32 = 2;
 
-const SCHEMES: &str = "unix:<path>, vsock:<cid>:<port>, vsock-mux:<path>:<port>, tcp:<ip>:<port>";
+const SCHEMES: &str = "unix:<path>, vsock:<cid>:<port>, vsock-mux:<path>:<port>, tcp:<ip>:<port>, hvsock:<vm-guid|wsl>:<port>";
 
 /// Where a peer is reached or listened for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +63,13 @@ pub enum Addr {
     },
     /// `tcp:<ip>:<port>`
     Tcp(SocketAddr),
+    /// `hvsock:<vm-guid|wsl>:<port>`: a Hyper-V VM's vsock port, from Windows.
+    Hvsock {
+        /// The VM, by id or `wsl`.
+        vm: HvVm,
+        /// The guest's vsock port.
+        port: u32,
+    },
 }
 
 impl FromStr for Addr {
@@ -88,6 +105,7 @@ impl FromStr for Addr {
             "tcp" => {
                 Addr::Tcp(rest.parse().with_context(|| format!("{s:?}: expected tcp:<ip>:<port>"))?)
             }
+            "hvsock" => hvsock::parse(s, rest).map(|(vm, port)| Addr::Hvsock { vm, port })?,
             _ => bail!("address {s:?}: unknown scheme {scheme:?}: expected one of {SCHEMES}"),
         };
         Ok(addr)
@@ -106,6 +124,7 @@ impl fmt::Display for Addr {
             Addr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
             Addr::VsockMux { path, port } => write!(f, "vsock-mux:{}:{port}", path.display()),
             Addr::Tcp(a) => write!(f, "tcp:{a}"),
+            Addr::Hvsock { vm, port } => write!(f, "hvsock:{vm}:{port}"),
         }
     }
 }
@@ -113,10 +132,20 @@ impl fmt::Display for Addr {
 /// Connects to `addr`.
 pub async fn connect(addr: &Addr) -> Result<Stream> {
     let stream = match addr {
+        #[cfg(unix)]
         Addr::Unix(path) => unix::connect(path).await.map(Stream::Unix),
         Addr::Tcp(sa) => tcp::connect(*sa).await.map(Stream::Tcp),
+        #[cfg(target_os = "linux")]
         Addr::Vsock { cid, port } => vsock::connect(*cid, *port).await.map(Stream::Vsock),
+        #[cfg(unix)]
         Addr::VsockMux { path, port } => vsock_mux::connect(path, *port).await.map(Stream::Unix),
+        #[cfg(windows)]
+        Addr::Hvsock { vm: HvVm::Id(g), port } => {
+            hvsock::connect(*g, *port).await.map(Stream::Hvsock)
+        }
+        Addr::Hvsock { vm, port } => Err(hvsock::cannot_connect(*vm, *port)),
+        #[cfg(not(target_os = "linux"))]
+        other => Err(unsupported(other)),
     };
     stream.with_context(|| format!("connecting to {addr}"))
 }
@@ -143,7 +172,9 @@ pub fn check_target(addr: &Addr) -> Result<()> {
 
 /// Classifies a failed [`connect`] to `addr`.
 pub fn classify_failure(addr: &Addr, err: &anyhow::Error) -> ConnectFailure {
+    #[cfg(unix)]
     use std::os::unix::fs::FileTypeExt;
+    #[cfg(unix)]
     if let Addr::Unix(path) | Addr::VsockMux { path, .. } = addr {
         match std::fs::metadata(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -161,36 +192,56 @@ pub fn classify_failure(addr: &Addr, err: &anyhow::Error) -> ConnectFailure {
             _ => {}
         }
     }
-    let errno =
-        err.chain().find_map(|e| e.downcast_ref::<io::Error>()).and_then(io::Error::raw_os_error);
-    if matches!(addr, Addr::Vsock { .. })
-        && errno == Some(rustix::io::Errno::AFNOSUPPORT.raw_os_error())
+    #[cfg(target_os = "linux")]
     {
-        return ConnectFailure::Fatal(
-            "this kernel has no vsock support (EAFNOSUPPORT): load vhost_vsock (modprobe vhost_vsock), or reach the guest through vsock-mux: or unix:".into(),
-        );
+        let errno = err
+            .chain()
+            .find_map(|e| e.downcast_ref::<io::Error>())
+            .and_then(io::Error::raw_os_error);
+        if matches!(addr, Addr::Vsock { .. })
+            && errno == Some(rustix::io::Errno::AFNOSUPPORT.raw_os_error())
+        {
+            return ConnectFailure::Fatal(
+                "this kernel has no vsock support (EAFNOSUPPORT): load vhost_vsock (modprobe vhost_vsock), or reach the guest through vsock-mux: or unix:".into(),
+            );
+        }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (addr, err);
     ConnectFailure::Retry
+}
+
+/// The error for a transport this OS does not have.
+#[cfg(not(target_os = "linux"))]
+fn unsupported(addr: &Addr) -> anyhow::Error {
+    anyhow::anyhow!("{addr}: this transport is not available on {}", std::env::consts::OS)
 }
 
 /// A connected byte stream over any transport.
 #[derive(Debug)]
 pub enum Stream {
     /// A Unix socket (also the host side of hybrid vsock).
+    #[cfg(unix)]
     Unix(UnixStream),
     /// A TCP socket.
     Tcp(TcpStream),
     /// A kernel vsock socket.
+    #[cfg(target_os = "linux")]
     Vsock(VsockStream),
+    /// A Hyper-V socket (Windows), driven through tokio's TCP stream type.
+    #[cfg(windows)]
+    Hvsock(TcpStream),
 }
 
 impl Stream {
     /// The socket's descriptor where the relay can drive readiness itself
     /// (TCP and Unix); `None` for vsock, which the relay copies instead.
+    #[cfg(unix)]
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
             Stream::Unix(s) => Some(s.as_fd()),
             Stream::Tcp(s) => Some(s.as_fd()),
+            #[cfg(target_os = "linux")]
             Stream::Vsock(_) => None,
         }
     }
@@ -198,8 +249,12 @@ impl Stream {
     /// Waits for readiness (TCP and Unix only).
     pub async fn ready(&self, interest: Interest) -> io::Result<()> {
         match self {
+            #[cfg(unix)]
             Stream::Unix(s) => s.ready(interest).await.map(|_| ()),
             Stream::Tcp(s) => s.ready(interest).await.map(|_| ()),
+            #[cfg(windows)]
+            Stream::Hvsock(s) => s.ready(interest).await.map(|_| ()),
+            #[cfg(target_os = "linux")]
             Stream::Vsock(_) => {
                 Err(io::Error::new(io::ErrorKind::Unsupported, "no readiness for vsock"))
             }
@@ -213,8 +268,12 @@ impl Stream {
         f: impl FnOnce() -> io::Result<R>,
     ) -> io::Result<R> {
         match self {
+            #[cfg(unix)]
             Stream::Unix(s) => s.try_io(interest, f),
             Stream::Tcp(s) => s.try_io(interest, f),
+            #[cfg(windows)]
+            Stream::Hvsock(s) => s.try_io(interest, f),
+            #[cfg(target_os = "linux")]
             Stream::Vsock(_) => {
                 Err(io::Error::new(io::ErrorKind::Unsupported, "no readiness for vsock"))
             }
@@ -225,6 +284,16 @@ impl Stream {
     /// reset, not merely bytes waiting): waits until the socket is readable
     /// and peeks. False where the transport cannot tell, and when bytes are
     /// pending.
+    #[cfg(not(target_os = "linux"))]
+    pub async fn closed_by_peer(&self) -> bool {
+        false
+    }
+
+    /// Whether the peer has closed the connection (an end of stream or a
+    /// reset, not merely bytes waiting): waits until the socket is readable
+    /// and peeks. False where the transport cannot tell, and when bytes are
+    /// pending.
+    #[cfg(target_os = "linux")]
     pub async fn closed_by_peer(&self) -> bool {
         let Some(_) = self.fd() else { return false };
         loop {
@@ -244,9 +313,14 @@ impl Stream {
     /// Writes what fits now without waiting (a last word before closing);
     /// `WouldBlock` where the transport has no such write.
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        match self.fd() {
-            Some(fd) => crate::sys::try_send(fd, buf),
-            None => Err(io::ErrorKind::WouldBlock.into()),
+        match self {
+            #[cfg(unix)]
+            Stream::Unix(s) => s.try_write(buf),
+            Stream::Tcp(s) => s.try_write(buf),
+            #[cfg(windows)]
+            Stream::Hvsock(s) => s.try_write(buf),
+            #[cfg(target_os = "linux")]
+            Stream::Vsock(_) => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
 }
@@ -254,9 +328,13 @@ impl Stream {
 macro_rules! each {
     ($self:ident, $s:ident => $e:expr) => {
         match $self.get_mut() {
+            #[cfg(unix)]
             Stream::Unix($s) => $e,
             Stream::Tcp($s) => $e,
+            #[cfg(target_os = "linux")]
             Stream::Vsock($s) => $e,
+            #[cfg(windows)]
+            Stream::Hvsock($s) => $e,
         }
     };
 }
@@ -322,10 +400,12 @@ impl fmt::Display for Peer {
 #[derive(Debug)]
 pub enum Acceptor {
     /// A Unix socket and its path (removed when the acceptor is dropped).
+    #[cfg(unix)]
     Unix(UnixListener, PathBuf),
     /// A TCP listener.
     Tcp(TcpListener),
     /// A vsock listener.
+    #[cfg(target_os = "linux")]
     Vsock(VsockListener),
 }
 
@@ -346,16 +426,24 @@ impl Acceptor {
     /// Binds `addr`. A Unix socket file left behind by a dead agent is
     /// replaced; one a live agent still answers on, and any file that is not
     /// a socket, is an error.
+    #[cfg_attr(not(unix), allow(unused_variables))]
     pub async fn bind(addr: &Addr, options: AcceptorOptions) -> Result<Acceptor> {
         let acceptor = match addr {
+            #[cfg(unix)]
             Addr::Unix(path) => {
                 unix::bind(path, options.unix_mode).await.map(|l| Acceptor::Unix(l, path.clone()))
             }
             Addr::Tcp(sa) => TcpListener::bind(sa).await.map_err(Into::into).map(Acceptor::Tcp),
+            #[cfg(target_os = "linux")]
             Addr::Vsock { cid, port } => vsock::bind(*cid, *port).map(Acceptor::Vsock),
             Addr::VsockMux { .. } => {
                 bail!("{addr}: vsock-mux is a host-side address; the agent listens on vsock:")
             }
+            Addr::Hvsock { .. } => {
+                bail!("{addr}: hvsock is the Windows host's side; the agent listens on vsock:")
+            }
+            #[cfg(not(target_os = "linux"))]
+            other => Err(unsupported(other)),
         };
         acceptor.with_context(|| format!("listening on {addr}"))
     }
@@ -363,8 +451,10 @@ impl Acceptor {
     /// The bound address (with the real port for `tcp:…:0`).
     pub fn local_addr(&self) -> Result<Addr> {
         Ok(match self {
+            #[cfg(unix)]
             Acceptor::Unix(_, p) => Addr::Unix(p.clone()),
             Acceptor::Tcp(l) => Addr::Tcp(l.local_addr()?),
+            #[cfg(target_os = "linux")]
             Acceptor::Vsock(l) => {
                 let a = l.local_addr()?;
                 Addr::Vsock { cid: a.cid(), port: a.port() }
@@ -375,6 +465,7 @@ impl Acceptor {
     /// Waits for the next connection.
     pub async fn accept(&self) -> io::Result<(Stream, Peer)> {
         Ok(match self {
+            #[cfg(unix)]
             Acceptor::Unix(l, _) => {
                 let s = l.accept().await?.0;
                 let (uid, pid) = crate::sys::peer_credentials(&s)?;
@@ -385,6 +476,7 @@ impl Acceptor {
                 s.set_nodelay(true).ok();
                 (Stream::Tcp(s), Peer::Tcp(a))
             }
+            #[cfg(target_os = "linux")]
             Acceptor::Vsock(l) => {
                 let (s, a) = l.accept().await?;
                 (Stream::Vsock(s), Peer::Vsock { cid: a.cid(), port: a.port() })
@@ -393,6 +485,7 @@ impl Acceptor {
     }
 }
 
+#[cfg(unix)]
 impl Drop for Acceptor {
     fn drop(&mut self) {
         if let Acceptor::Unix(_, path) = self {
@@ -405,6 +498,7 @@ impl Drop for Acceptor {
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn failures_that_cannot_heal_are_fatal_and_missing_sockets_are_awaited() {
         let dir = std::env::temp_dir().join(format!("hoist-classify-{}", std::process::id()));

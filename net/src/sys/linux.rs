@@ -1,7 +1,7 @@
-//! The system calls this crate makes directly, as safe wrappers (rustix):
-//! the relay's pipes and splice(2), reads and writes on raw descriptors that
-//! never raise SIGPIPE, write shutdowns, and the open-file limit. Everything
-//! else goes through tokio or socket2.
+//! Linux system calls, as safe wrappers (rustix): the relay's pipes and
+//! splice(2), reads and writes on raw descriptors that never raise SIGPIPE,
+//! write shutdowns, and the open-file limit. Everything else goes through
+//! tokio or socket2.
 
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::pipe::{PipeFlags, SpliceFlags};
@@ -26,13 +26,6 @@ pub fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
 /// read(2) on a non-blocking descriptor.
 pub fn read(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
     Ok(rustix::io::read(fd, buf)?)
-}
-
-/// A non-blocking write that never waits (MSG_DONTWAIT) and never raises
-/// SIGPIPE.
-pub fn try_send(fd: impl AsFd, buf: &[u8]) -> io::Result<usize> {
-    let flags = rustix::net::SendFlags::NOSIGNAL | rustix::net::SendFlags::DONTWAIT;
-    Ok(rustix::net::send(fd, buf, flags)?)
 }
 
 /// Peeks at one byte without consuming it or waiting: 0 at the end of the

@@ -1,0 +1,231 @@
+//! hoist-host.exe under Wine against the real Linux agent. The agent runs in a
+//! fresh network namespace (the guest) on a Unix socket; a small TCP <-> Unix
+//! relay in this test stands in for the Hyper-V socket (Wine has no
+//! AF_HYPERV), and the Windows relay reaches it with `--guest tcp:`. Wine's
+//! sockets are this machine's, so the ports hoist-host.exe mirrors answer on
+//! this machine's 127.0.0.1 and ::1. Built only with the `wine` feature:
+//! `cargo xtask test` turns it on after building the .exe, and passes its path
+//! in HOIST_HOST_EXE (and the Wine prefix in the environment). Waits follow
+//! log events, each bounded; no sleeps.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn port(l: &TcpListener) -> u16 {
+    l.local_addr().unwrap().port()
+}
+
+/// Relays each TCP connection on 127.0.0.1:<port> to the agent's Unix
+/// socket, half-close included; a connection that finds no agent is closed.
+fn bridge(sock: PathBuf) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in l.incoming() {
+            let Ok(tcp) = tcp else { return };
+            let Ok(unix) = UnixStream::connect(&sock) else { continue };
+            let (tcp2, unix2) = (tcp.try_clone().unwrap(), unix.try_clone().unwrap());
+            std::thread::spawn(move || pipe(tcp, unix2, |u| u.shutdown(Shutdown::Write)));
+            std::thread::spawn(move || pipe(unix, tcp2, |t| t.shutdown(Shutdown::Write)));
+        }
+    });
+    addr
+}
+
+/// Copies `from` to `to` until end of stream, then shuts `to`'s write side.
+fn pipe<R: Read, W: Write>(mut from: R, mut to: W, fin: impl FnOnce(&W) -> std::io::Result<()>) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = fin(&to);
+}
+
+/// A lab whose host is hoist-host.exe under Wine, through the bridge.
+fn wine_lab() -> Lab {
+    let mut lab = Lab::empty();
+    lab.start_agent(&[]);
+    start_wine_host(&mut lab);
+    lab
+}
+
+fn start_wine_host(lab: &mut Lab) {
+    let exe = bin("HOIST_HOST_EXE");
+    let to = bridge(lab.sock());
+    let mut cmd = Command::new("wine");
+    cmd.arg(&exe).args(["--guest", &format!("tcp:{to}"), "--log-format", "json"]);
+    let p = Proc::spawn("host.exe", cmd);
+    p.logs.wait("hoist-host.exe to connect", |l| {
+        l.iter().any(|v| is_event(v, "connected")).then_some(())
+    });
+    lab.host = Some(p);
+}
+
+/// Deterministic, incompressible-ish bytes, so corruption cannot hide.
+fn pattern(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn sha(b: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).to_vec()
+}
+
+const MB4: usize = 4 << 20;
+
+#[test]
+fn guest_ports_answer_on_windows_loopback_intact_and_close_with_the_server() {
+    let lab = wine_lab();
+    // 4 MiB each way at once; each side half-closes when done sending.
+    let l = lab.listen("127.0.0.1:0");
+    let p = port(&l);
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(WAIT * 3)).unwrap();
+        let mut w = c.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            w.write_all(&pattern(2, MB4)).unwrap();
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        writer.join().unwrap();
+        (sha(&got), got.len(), l)
+    });
+    lab.wait_forwarded("ipv4", p);
+    let mut c = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    c.set_read_timeout(Some(WAIT * 3)).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&pattern(1, MB4)).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut down = Vec::new();
+    c.read_to_end(&mut down).unwrap();
+    writer.join().unwrap();
+    let (up_sha, up_n, l) = server.join().unwrap();
+    assert_eq!((up_n, down.len()), (MB4, MB4), "byte counts up/down");
+    assert_eq!(up_sha, sha(&pattern(1, MB4)), "upload sha256");
+    assert_eq!(sha(&down), sha(&pattern(2, MB4)), "download sha256");
+
+    // The client half-closes first; the server answers after its EOF.
+    std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        c.write_all(format!("got {} bytes", got.len()).as_bytes()).unwrap();
+    });
+    let mut c = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c.write_all(b"request").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "got 7 bytes");
+
+    // IPv6: ::1 in the guest is ::1 on the host, and only there.
+    let v6 = lab.guest(|| listen_socket("[::1]:0".parse().unwrap(), Some(true)).unwrap());
+    let p6 = port(&v6);
+    serve_echo(v6);
+    lab.wait_forwarded("ipv6", p6);
+    echo_ok(&format!("[::1]:{p6}"));
+    assert!(!serving(&lab.host_logs().snapshot()).contains(&ep("ipv4", p6)));
+
+    // The guest server exits: the port closes.
+    let l = lab.listen("127.0.0.1:0");
+    let p = port(&l);
+    lab.wait_forwarded("ipv4", p);
+    drop(l);
+    lab.wait_unforwarded("ipv4", p);
+    refused(&format!("127.0.0.1:{p}"));
+}
+
+#[test]
+fn a_port_held_by_another_program_is_reported_and_left_alone() {
+    let lab = wine_lab();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let pt = port(&taken);
+    let guest =
+        lab.guest(move || listen_socket(SocketAddr::from(([127, 0, 0, 1], pt)), None).unwrap());
+    let conflict = lab.host_logs().wait("the conflict report", |l| {
+        l.iter().find(|v| is_event(v, "host_port_conflict") && port_of(v) == Some(pt)).cloned()
+    });
+    assert_eq!(conflict["pid"], std::process::id(), "names the guest pid: {conflict}");
+    // Others keep working.
+    let other = lab.listen("127.0.0.1:0");
+    let po = port(&other);
+    serve_echo(other);
+    lab.wait_forwarded("ipv4", po);
+    echo_ok(&format!("127.0.0.1:{po}"));
+    // The program still owns its port.
+    let mut c = TcpStream::connect(("127.0.0.1", pt)).unwrap();
+    let (mut accepted, _) = taken.accept().unwrap();
+    c.write_all(b"mine").unwrap();
+    let mut b = [0u8; 4];
+    accepted.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"mine");
+    drop(guest);
+}
+
+#[test]
+fn a_restarted_agent_resyncs_and_ctrl_c_stops_the_host() {
+    let mut lab = wine_lab();
+    let a = lab.listen("127.0.0.1:0");
+    let b = lab.listen("127.0.0.1:0");
+    lab.wait_forwarded("ipv4", port(&a));
+    lab.wait_forwarded("ipv4", port(&b));
+
+    // The agent goes away while the guest changes its ports.
+    lab.agent.take().unwrap().stop();
+    let pa = port(&a);
+    drop(a);
+    let c = lab.listen("127.0.0.1:0");
+    lab.start_agent(&[]);
+    lab.host_logs().wait("hoist-host.exe to reconnect", |l| {
+        (l.iter().filter(|v| is_event(v, "connected")).count() == 2).then_some(())
+    });
+    let want = [ep("ipv4", port(&b)), ep("ipv4", port(&c))].into_iter().collect();
+    assert_eq!(serving(&lab.host_logs().snapshot()), want, "resynced to the guest's table");
+    refused(&format!("127.0.0.1:{pa}"));
+
+    // Wine turns SIGINT into the console's Ctrl-C.
+    let host = lab.host.take().unwrap();
+    let pid = rustix::process::Pid::from_raw(host.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    host.logs
+        .wait("the shutdown line", |l| l.iter().any(|v| is_event(v, "shutdown")).then_some(()));
+    assert_eq!(exit_code(pid), Some(0), "exit status after Ctrl-C");
+    refused(&format!("127.0.0.1:{}", port(&b)));
+}
+
+/// Waits (bounded) for a child to exit, leaving it for its owner to reap;
+/// its exit code.
+fn exit_code(pid: rustix::process::Pid) -> Option<i32> {
+    use rustix::process::{waitid, WaitId, WaitIdOptions};
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let st = waitid(WaitId::Pid(pid), WaitIdOptions::EXITED | WaitIdOptions::NOWAIT);
+        let _ = tx.send(st.ok().flatten().and_then(|s| s.exit_status()));
+    });
+    rx.recv_timeout(WAIT).expect("the process to exit")
+}
+
+/// Fails early with a clear message when the environment is not Wine's.
+#[test]
+fn the_exe_is_a_windows_binary() {
+    let exe = bin("HOIST_HOST_EXE");
+    let mut head = [0u8; 2];
+    std::fs::File::open(Path::new(&exe)).unwrap().read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"MZ", "{} is no Windows executable", exe.display());
+}

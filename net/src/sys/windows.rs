@@ -1,0 +1,163 @@
+//! Windows system calls (windows-sys), as safe wrappers. The only `unsafe` in
+//! this crate, each block with its reason.
+#![allow(unsafe_code)]
+
+/// Windows has no per-process socket limit to raise (sockets are handles,
+/// bounded by memory only).
+pub fn raise_fd_limit() -> Option<(u64, u64)> {
+    None
+}
+
+use crate::transport::Guid;
+use socket2::{SockAddr, SockAddrStorage, Socket};
+use std::io;
+use std::os::windows::io::AsRawSocket;
+use std::time::Duration;
+use windows_sys::core::GUID;
+use windows_sys::Win32::Foundation::{ERROR_NO_MORE_ITEMS, ERROR_SUCCESS};
+use windows_sys::Win32::Networking::WinSock::{
+    setsockopt, AF_HYPERV, SOCKET_ERROR, SOL_SOCKET, SO_EXCLUSIVEADDRUSE,
+};
+use windows_sys::Win32::System::Hypervisor::{
+    HVSOCKET_CONNECT_TIMEOUT, HVSOCKET_CONNECT_TIMEOUT_MAX, HV_PROTOCOL_RAW, SOCKADDR_HV,
+};
+use windows_sys::Win32::System::Registry::{
+    RegCloseKey, RegEnumKeyExW, RegOpenKeyExW, HKEY, HKEY_CURRENT_USER, HKEY_LOCAL_MACHINE,
+    KEY_READ,
+};
+
+/// setsockopt(2) with a plain value.
+fn set_opt<T: Copy>(s: &Socket, level: i32, name: i32, value: T) -> io::Result<()> {
+    // SAFETY: `value` lives on this frame for the whole call and its size is
+    // passed with its address; the socket is open for as long as `s` is
+    // borrowed.
+    let r = unsafe {
+        setsockopt(
+            s.as_raw_socket() as usize,
+            level,
+            name,
+            (&value as *const T).cast(),
+            std::mem::size_of::<T>() as i32,
+        )
+    };
+    if r == SOCKET_ERROR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// SO_EXCLUSIVEADDRUSE: no other socket, of any process or user, may bind
+/// the same port while this one holds it (SO_REUSEADDR elsewhere included).
+pub fn set_exclusive_addr_use(s: &Socket) -> io::Result<()> {
+    set_opt(s, SOL_SOCKET, SO_EXCLUSIVEADDRUSE, 1i32)
+}
+
+/// HVSOCKET_CONNECT_TIMEOUT: how long a Hyper-V connect may take before it
+/// fails with WSAETIMEDOUT.
+pub fn set_hv_connect_timeout(s: &Socket, t: Duration) -> io::Result<()> {
+    let ms = t.as_millis().min(u128::from(HVSOCKET_CONNECT_TIMEOUT_MAX)) as u32;
+    set_opt(s, HV_PROTOCOL_RAW as i32, HVSOCKET_CONNECT_TIMEOUT as i32, ms)
+}
+
+/// A `SOCKADDR_HV` for (VM, service), built from Microsoft's own definition.
+pub fn hv_sockaddr(vm: Guid, service: Guid) -> SockAddr {
+    let mut storage = SockAddrStorage::zeroed();
+    // SAFETY: SOCKADDR_HV is a sockaddr type of this platform and fits in
+    // the storage (36 of 128 bytes); view_as asserts the size too.
+    let hv = unsafe { storage.view_as::<SOCKADDR_HV>() };
+    *hv = SOCKADDR_HV {
+        Family: AF_HYPERV,
+        Reserved: 0,
+        VmId: GUID::from_u128(vm.0),
+        ServiceId: GUID::from_u128(service.0),
+    };
+    let len = std::mem::size_of::<SOCKADDR_HV>() as i32;
+    // SAFETY: the first `len` bytes hold the SOCKADDR_HV written above, and
+    // its family field says AF_HYPERV.
+    unsafe { SockAddr::new(storage, len) }
+}
+
+/// A registry root key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistryRoot {
+    /// HKEY_LOCAL_MACHINE
+    LocalMachine,
+    /// HKEY_CURRENT_USER
+    CurrentUser,
+}
+
+/// An open registry key, closed on drop.
+struct Key(HKEY);
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from a successful RegOpenKeyExW and is
+        // closed only here, once.
+        unsafe { RegCloseKey(self.0) };
+    }
+}
+
+/// The names of the subkeys of `root\path` (read access only). A missing
+/// key is an error of kind `NotFound`.
+pub fn registry_subkeys(root: RegistryRoot, path: &str) -> io::Result<Vec<String>> {
+    let root = match root {
+        RegistryRoot::LocalMachine => HKEY_LOCAL_MACHINE,
+        RegistryRoot::CurrentUser => HKEY_CURRENT_USER,
+    };
+    let wide: Vec<u16> = path.encode_utf16().chain(std::iter::once(0)).collect();
+    let mut key: HKEY = std::ptr::null_mut();
+    // SAFETY: `wide` is NUL-terminated and outlives the call; `key` is a
+    // valid place for the opened handle.
+    let r = unsafe { RegOpenKeyExW(root, wide.as_ptr(), 0, KEY_READ, &mut key) };
+    if r != ERROR_SUCCESS {
+        return Err(io::Error::from_raw_os_error(r as i32));
+    }
+    let key = Key(key);
+    let mut names = Vec::new();
+    for index in 0.. {
+        // Key names are at most 255 characters.
+        let mut name = [0u16; 256];
+        let mut len = name.len() as u32;
+        // SAFETY: `name` has room for `len` UTF-16 units and the call writes
+        // at most that many; the optional class and time outputs are null.
+        let r = unsafe {
+            RegEnumKeyExW(
+                key.0,
+                index,
+                name.as_mut_ptr(),
+                &mut len,
+                std::ptr::null(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        match r {
+            ERROR_SUCCESS => names.push(String::from_utf16_lossy(&name[..len as usize])),
+            ERROR_NO_MORE_ITEMS => break,
+            e => return Err(io::Error::from_raw_os_error(e as i32)),
+        }
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::hvsock::{sockaddr_hv_bytes, SOCKADDR_HV_LEN};
+
+    /// windows-sys's SOCKADDR_HV and the pure byte layout agree.
+    #[test]
+    fn sockaddr_hv_matches_the_portable_layout() {
+        let vm: Guid = "01020304-0506-0708-090A-0B0C0D0E0F10".parse().unwrap();
+        let svc = Guid::for_vsock_port(1024);
+        let a = hv_sockaddr(vm, svc);
+        assert_eq!(a.len() as usize, SOCKADDR_HV_LEN);
+        assert_eq!(a.family(), AF_HYPERV);
+        // SAFETY: `as_ptr` points at the address's storage, of which the
+        // first `len` bytes are initialised; `a` outlives the slice.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(a.as_ptr().cast::<u8>(), a.len() as usize) };
+        assert_eq!(bytes, sockaddr_hv_bytes(vm, svc));
+    }
+}
