@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use hoist_agent::{check_listen, Config, HookMode};
 use hoist_net::{AcceptorOptions, Addr, LogFormat, CID_HOST};
 use std::os::unix::fs::MetadataExt;
@@ -10,9 +10,26 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 /// Guest agent of hoist: watches TCP listeners with eBPF and serves them to the host relay.
+///
+/// Without a subcommand it runs the agent (as `hoist-agent run`).
 #[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the agent (what `hoist-agent` without a subcommand does).
+    Run(RunArgs),
+}
+
+/// How to run the agent.
+#[derive(clap::Args, Debug)]
+struct RunArgs {
     /// Where the host connects: vsock:<cid|any>:<port> (in a VM), unix:<path> (tests, demo),
     /// or tcp:<ip>:<port> (only with --token-file).
     #[arg(long, default_value = hoist_agent::DEFAULT_LISTEN)]
@@ -71,11 +88,18 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 fn main() {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    match cli.cmd {
+        None => run(cli.run),
+        Some(Cmd::Run(args)) => run(args),
+    }
+}
+
+fn run(args: RunArgs) -> ! {
     hoist_net::run_main("hoist-agent", args.log_format, || real_main(args))
 }
 
-fn real_main(args: Args) -> Result<()> {
+fn real_main(args: RunArgs) -> Result<()> {
     let token = args.token_file.as_deref().map(hoist_net::read_token_file).transpose()?;
     check_listen(&args.listen, args.allow_unprivileged_port, token.is_some())?;
     // Enter the namespace before the runtime exists: threads it spawns then

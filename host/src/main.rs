@@ -1,16 +1,33 @@
 //! `hoist-host`: command line and signal handling.
 
 use anyhow::{bail, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use hoist_host::{Config, Status};
 use hoist_net::{Addr, LogFormat};
 use std::net::IpAddr;
 use tokio_util::sync::CancellationToken;
 
 /// Host relay of hoist: mirrors every TCP listener of the guest on this host's loopback.
+///
+/// Without a subcommand it runs the relay (as `hoist-host run`).
 #[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
+#[command(version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: Option<RunArgs>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the relay (what `hoist-host --guest ...` without a subcommand does).
+    Run(RunArgs),
+}
+
+/// How to run the relay.
+#[derive(clap::Args, Debug)]
+struct RunArgs {
     /// How to reach the agent: vsock:<cid>:<port>, vsock-mux:<path>:<port> (Firecracker,
     /// Cloud Hypervisor, vhost-device-vsock), unix:<path>, tcp:<ip>:<port>, or on Windows
     /// hvsock:<vm-guid|wsl>:<port> (wsl: the running WSL2 VM, found at each connect).
@@ -37,11 +54,19 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    match (cli.cmd, cli.run) {
+        (Some(Cmd::Run(args)), _) | (None, Some(args)) => run(args),
+        // clap requires --guest when there is no subcommand.
+        (None, None) => unreachable!("clap requires the run arguments without a subcommand"),
+    }
+}
+
+fn run(args: RunArgs) -> ! {
     hoist_net::run_main("hoist-host", args.log_format, || real_main(args))
 }
 
-fn config(args: &Args) -> Result<Config> {
+fn config(args: &RunArgs) -> Result<Config> {
     let mut c = Config::new(args.guest.clone());
     c.token = args.token_file.as_deref().map(hoist_net::read_token_file).transpose()?;
     c.liveness_timeout = std::time::Duration::from_secs(args.liveness_timeout);
@@ -65,7 +90,7 @@ fn config(args: &Args) -> Result<Config> {
     Ok(c)
 }
 
-fn real_main(args: Args) -> Result<()> {
+fn real_main(args: RunArgs) -> Result<()> {
     let config = config(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
