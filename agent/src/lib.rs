@@ -24,11 +24,11 @@ pub use sys::enter_netns;
 pub use table::GuestListener;
 
 use anyhow::{Context, Result};
-use hoist_net::{Acceptor, AcceptorOptions, Addr};
+use hoist_net::{Acceptor, AcceptorOptions, Addr, Limit};
 use hoist_wire::{AgentInfo, Token};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 use tracker::{Tracker, TrackerHandle};
 
 /// How the agent treats its peers and listeners.
@@ -46,6 +46,9 @@ pub struct Settings {
     /// A shared token the host must prove it holds (and this agent proves
     /// it holds to the host).
     pub token: Option<Token>,
+    /// Client connections carried at once; beyond it (plus the host's idle
+    /// data connections) new data connections are refused.
+    pub max_connections: usize,
 }
 
 /// An agent: a source of listener events, the table it feeds, and the door
@@ -68,7 +71,14 @@ impl<S: EventSource> Agent<S> {
     /// Serves the host until `shutdown`; an error means the event source
     /// failed.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        // Each data connection holds two descriptors (it and the guest dial).
+        let max = self.settings.max_connections + hoist_wire::MAX_IDLE_DATA;
+        let limit = Limit::new(Limit::fitting(max, hoist_net::open_file_limit(), 2, 256));
+        if limit.max() < max {
+            warn!(event = "connection_limit_lowered", max = limit.max(), "the open-file limit allows only {} data connections at once (wanted {max}): raise it (ulimit -n, LimitNOFILE=)", limit.max());
+        }
         let door = serve::Door {
+            limit,
             tracker: self.handle,
             settings: self.settings,
             sessions: Default::default(),
@@ -123,6 +133,8 @@ pub struct Config {
     pub netns_inum: u32,
     /// The shared token, if any.
     pub token: Option<Token>,
+    /// Client connections carried at once.
+    pub max_connections: usize,
 }
 
 /// Runs the agent on the kernel's events, in the calling thread's network
@@ -144,6 +156,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             pid: std::process::id(),
         },
         token: config.token,
+        max_connections: config.max_connections,
     };
     let agent = Agent::new(source, acceptor, settings)?;
     info!(event = "agent_ready", listen = %config.listen, hooks = %hooks, netns = config.netns_inum, "agent ready");

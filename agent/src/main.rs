@@ -61,6 +61,10 @@ struct RunArgs {
     /// Also forward listeners bound to non-loopback addresses.
     #[arg(long)]
     forward_any_address: bool,
+    /// Client connections carried at once; beyond it new ones are refused (reset) and counted.
+    /// Lowered at start-up if the open-file limit cannot cover it.
+    #[arg(long, default_value_t = hoist_net::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
     /// Log lines as text or as one JSON object per line; filter with RUST_LOG.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -122,6 +126,7 @@ fn real_main(args: RunArgs) -> Result<()> {
         forward_any_address: args.forward_any_address,
         netns_inum,
         token,
+        max_connections: args.max_connections as usize,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

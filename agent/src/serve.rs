@@ -37,6 +37,8 @@ pub const STALL: Duration = Duration::from_millis(250);
 /// What every connection's task needs.
 #[derive(Clone)]
 pub struct Door {
+    /// The bound on data connections.
+    pub limit: hoist_net::Limit,
     pub tracker: TrackerHandle,
     pub settings: Arc<Settings>,
     pub sessions: Sessions,

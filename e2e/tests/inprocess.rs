@@ -112,10 +112,23 @@ async fn start_agent(sock: &Path, truth: Arc<Mutex<Vec<GuestListener>>>) -> (Age
     start_agent_with(sock, truth, None).await
 }
 
+async fn start_agent_limited(sock: &Path, max_connections: usize) -> (AgentTask, Guest) {
+    start_agent_full(sock, Default::default(), None, max_connections).await
+}
+
 async fn start_agent_with(
     sock: &Path,
     truth: Arc<Mutex<Vec<GuestListener>>>,
     token: Option<Token>,
+) -> (AgentTask, Guest) {
+    start_agent_full(sock, truth, token, hoist_net::DEFAULT_MAX_CONNECTIONS).await
+}
+
+async fn start_agent_full(
+    sock: &Path,
+    truth: Arc<Mutex<Vec<GuestListener>>>,
+    token: Option<Token>,
+    max_connections: usize,
 ) -> (AgentTask, Guest) {
     let (tx, rx) = mpsc::unbounded_channel();
     let drops = Arc::new(AtomicU64::new(0));
@@ -132,6 +145,7 @@ async fn start_agent_with(
             pid: std::process::id(),
         },
         token,
+        max_connections,
     };
     let agent = Agent::new(source, acceptor, settings).unwrap();
     let stop = CancellationToken::new();
@@ -337,17 +351,24 @@ impl FakeAgent {
         FakeAgent { listener: UnixListener::bind(sock).unwrap() }
     }
 
-    /// Accepts the host's control stream and welcomes it.
+    /// Accepts the host's control stream and welcomes it, closing the data
+    /// connections the host opens ahead of need on the way.
     async fn welcome(&self) -> Conn<UnixStream> {
-        let (s, _) = tokio::time::timeout(WAIT, self.listener.accept())
-            .await
-            .expect("the host connects")
-            .unwrap();
-        let mut conn = Conn::new(s);
-        assert_eq!(
-            conn.recv_within::<HostMsg>(HANDSHAKE_TIMEOUT).await.unwrap(),
-            HostMsg::Control { version: PROTOCOL_VERSION }
-        );
+        let mut conn = loop {
+            let (s, _) = tokio::time::timeout(WAIT, self.listener.accept())
+                .await
+                .expect("the host connects")
+                .unwrap();
+            let mut conn = Conn::new(s);
+            match conn.recv_within::<HostMsg>(HANDSHAKE_TIMEOUT).await.unwrap() {
+                HostMsg::Control { version } => {
+                    assert_eq!(version, PROTOCOL_VERSION);
+                    break conn;
+                }
+                HostMsg::Data { .. } => continue,
+                other => panic!("expected Control or Data, got {other:?}"),
+            }
+        };
         assert!(matches!(
             conn.recv_within::<HostMsg>(HANDSHAKE_TIMEOUT).await.unwrap(),
             HostMsg::Hello { .. }
@@ -413,4 +434,168 @@ async fn a_snapshot_that_never_ends_is_cut_off() {
     assert!(s.last_error.unwrap().contains("exceeds"), "after {sent} parts");
     assert!(!s.connected);
     host.stop().await;
+}
+
+/// Sits between the host and the agent, counting the connections the host
+/// opens: all of them, and the most open at once.
+#[derive(Clone, Default)]
+struct Tally {
+    opened: Arc<AtomicU64>,
+    open: Arc<AtomicU64>,
+    most: Arc<AtomicU64>,
+}
+
+async fn counting_proxy(front: &Path, back: PathBuf) -> Tally {
+    let _ = std::fs::remove_file(front);
+    let l = UnixListener::bind(front).unwrap();
+    let tally = Tally::default();
+    let t = tally.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut a, _) = l.accept().await.unwrap();
+            let Ok(mut b) = UnixStream::connect(&back).await else { continue };
+            t.opened.fetch_add(1, Ordering::SeqCst);
+            let now = t.open.fetch_add(1, Ordering::SeqCst) + 1;
+            t.most.fetch_max(now, Ordering::SeqCst);
+            let t = t.clone();
+            tokio::spawn(async move {
+                let (mut ar, mut aw) = a.split();
+                let (mut br, mut bw) = b.split();
+                // Open at the agent until the agent's side ends.
+                let up = async {
+                    let _ = tokio::io::copy(&mut ar, &mut bw).await;
+                    let _ = bw.shutdown().await;
+                    std::future::pending::<()>().await
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut br, &mut aw).await;
+                };
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+                t.open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    tally
+}
+
+/// A client connection held open through the host, its echo proven.
+async fn held_client(port: u16) -> std::io::Result<TcpStream> {
+    let mut c = TcpStream::connect(SocketAddr::from((HOST_IP, port))).await?;
+    c.write_all(b"ping").await?;
+    let mut back = [0u8; 4];
+    tokio::time::timeout(WAIT, c.read_exact(&mut back)).await.expect("an answer or a reset")?;
+    assert_eq!(&back, b"ping");
+    Ok(c)
+}
+
+/// Echoes through the host once a place is free (the place of a client that
+/// just ended frees when its relay has finished on both sides).
+async fn echo_once_free(port: u16) -> Vec<u8> {
+    let retry = async {
+        loop {
+            match echo_through_host(port).await {
+                Ok(b) => return b,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    tokio::task::yield_now().await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, retry).await.expect("a place frees")
+}
+
+/// Sequential clients ride the same few data connections: the host opens a
+/// handful ahead of need and reuses each after a clean end, instead of
+/// connecting to the agent once per client.
+#[tokio::test]
+async fn data_connections_are_opened_ahead_and_reused() {
+    let sock = sock_path("reuse");
+    let front = sock_path("reuse-front");
+    let (agent, guest) = start_agent(&sock, Default::default()).await;
+    let tally = counting_proxy(&front, sock.clone()).await;
+    let mut host = Host::start(&front);
+    let port = echo_server().await;
+    guest.listen(1, port);
+    host.wait("the forward", |s| s.serving.contains(&v4(port))).await;
+    const CLIENTS: u64 = 100;
+    for _ in 0..CLIENTS {
+        assert_eq!(echo_through_host(port).await.unwrap(), b"hello");
+    }
+    // The control stream, the set kept ready, and a few more at most where
+    // a client came before its connection was back.
+    let opened = tally.opened.load(Ordering::SeqCst);
+    assert!(opened <= 1 + 4 + 4, "{opened} connections to the agent for {CLIENTS} clients");
+    host.stop().await;
+    agent.stop().await;
+}
+
+/// Beyond the host's connection limit a new client is reset at once; the
+/// clients already carried are untouched, and a freed place is taken again.
+#[tokio::test]
+async fn clients_beyond_the_hosts_limit_are_reset() {
+    let sock = sock_path("host-limit");
+    let (agent, guest) = start_agent(&sock, Default::default()).await;
+    let mut host = Host::start_with(&sock, |c| c.max_connections = 2);
+    let port = echo_server().await;
+    guest.listen(1, port);
+    host.wait("the forward", |s| s.serving.contains(&v4(port))).await;
+    let first = held_client(port).await.unwrap();
+    let mut second = held_client(port).await.unwrap();
+    let over = held_client(port).await.unwrap_err();
+    assert_eq!(over.kind(), std::io::ErrorKind::ConnectionReset, "{over}");
+    drop(first);
+    assert_eq!(echo_once_free(port).await, b"hello");
+    second.write_all(b"still").await.unwrap();
+    let mut back = [0u8; 5];
+    second.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"still");
+    host.stop().await;
+    agent.stop().await;
+}
+
+/// The agent bounds its data connections too (its limit plus the host's
+/// idle ones): a host that opens more is refused, so the client beyond is
+/// reset, and never more than the bound are open at the agent.
+#[tokio::test]
+async fn data_connections_beyond_the_agents_limit_are_refused() {
+    let sock = sock_path("agent-limit");
+    let front = sock_path("agent-limit-front");
+    let (agent, guest) = start_agent_limited(&sock, 1).await;
+    let tally = counting_proxy(&front, sock.clone()).await;
+    let mut host = Host::start(&front);
+    let port = echo_server().await;
+    guest.listen(1, port);
+    host.wait("the forward", |s| s.serving.contains(&v4(port))).await;
+    let bound = 1 + hoist_wire::MAX_IDLE_DATA;
+    const MAX_PENDING: usize = 64;
+    let mut held = Vec::new();
+    let reset = loop {
+        match held_client(port).await {
+            Ok(c) => held.push(c),
+            Err(e) => break e,
+        }
+        assert!(held.len() <= bound, "{} clients carried past the bound of {bound}", held.len());
+    };
+    assert_eq!(reset.kind(), std::io::ErrorKind::ConnectionReset, "{reset}");
+    // The pool's ready connections count against the bound too.
+    assert!(held.len() + 4 >= bound, "refused early, at {} clients", held.len());
+    // Refused connections live only until their refusal is written, and
+    // wait among the handshakes (at most MAX_PENDING); then only the bound
+    // (and the control stream) remain.
+    let most = tally.most.load(Ordering::SeqCst);
+    assert!(most <= (1 + bound + MAX_PENDING) as u64, "{most} connections at the agent at once");
+    let settled = async {
+        while tally.open.load(Ordering::SeqCst) > 1 + bound as u64 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(WAIT, settled).await.expect("refused connections are closed");
+    held.pop();
+    assert_eq!(echo_once_free(port).await, b"hello");
+    host.stop().await;
+    agent.stop().await;
 }

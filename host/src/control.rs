@@ -13,7 +13,7 @@
 use crate::forwards::Forwards;
 use crate::{Config, Status};
 use anyhow::{anyhow, Context, Result};
-use hoist_net::{classify_failure, connect, ConnectFailure, Stream};
+use hoist_net::{classify_failure, connect, ConnectFailure, Limit, Stream};
 use hoist_wire::{
     random, AgentInfo, AgentMsg, Conn, Forward, HostMsg, Message, Ticket, WireError,
     HANDSHAKE_TIMEOUT, MAX_FORWARDS, PROTOCOL_VERSION,
@@ -40,6 +40,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     hoist_net::check_target(&config.guest)?;
+    let mut config = config;
+    // Each client connection holds two descriptors (it and its data
+    // connection); idle data connections and listeners need a reserve.
+    let reserve = 256 + hoist_wire::MAX_IDLE_DATA;
+    let max = Limit::fitting(config.max_connections, hoist_net::open_file_limit(), 2, reserve);
+    if max < config.max_connections {
+        warn!(event = "connection_limit_lowered", max, "the open-file limit allows only {max} client connections at once (wanted {}): raise it (ulimit -n, LimitNOFILE=)", config.max_connections);
+    }
+    config.limit = Limit::new(max);
     let config = Arc::new(config);
     let mut forwards = Forwards::new(config.clone());
     let mut backoff = BACKOFF_MIN;
@@ -50,7 +59,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             r = session(&config, &mut forwards, &status) => r,
         };
-        config.link.clear();
+        config.pool.stop();
         let (e, established) = match r {
             Ok(()) => (anyhow!("the agent closed the control stream"), true),
             Err(x) => (x.error, x.established),
@@ -158,7 +167,7 @@ async fn session(
     let mut conn = Conn::new(s);
     let (agent, ticket, table) = handshake(&mut conn, config).await.map_err(before)?;
     forwards.resync(table);
-    config.link.set(addr, ticket);
+    config.pool.start(addr, ticket);
     status.send_modify(|st| {
         st.connected = true;
         st.last_error = None;

@@ -1,17 +1,20 @@
-//! The host's end of a data connection: one per accepted client. Open a
-//! connection to the agent with the session's ticket, name the endpoint,
-//! wait for the agent to have dialled the guest, then relay. A refusal
-//! resets the client, so it sees what it would have seen connecting to a
-//! closed port in the guest. The agent's end is `agent/src/data.rs`.
+//! The host's end of a data connection: one client connection at a time,
+//! carried through the agent. Take a data connection from the pool (an idle,
+//! greeted one, or a new one greeted now), name the endpoint with `Open` and
+//! relay at once: the client's first bytes follow the `Open` without waiting
+//! for the agent's answer, which the relay reads in band (`Opened`, or
+//! `Refused`, which resets the client, so it sees what it would have seen
+//! connecting to a closed port in the guest). A clean end on both sides puts
+//! the data connection back in the pool. The agent's end is
+//! `agent/src/data.rs`.
 
-use crate::Link;
-use anyhow::{anyhow, Context, Result};
-use hoist_net::{connect, relay, RelayError};
-use hoist_wire::{
-    open_segment, parse_refused, Conn, Endpoint, HostMsg, Message, Refusal, SegmentKind, WireError,
-    PROTOCOL_VERSION,
-};
+use crate::pool::{greeting, DataPool};
+use anyhow::anyhow;
+use bytes::BytesMut;
+use hoist_net::{relay, Opening, RelayError};
+use hoist_wire::{open_segment, Endpoint, Refusal};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// How long the host waits for the agent's answer: strictly longer than the
@@ -38,18 +41,37 @@ impl std::fmt::Display for CarryError {
 }
 
 /// Carries one client connection through the agent.
-pub async fn carry(client: TcpStream, endpoint: Endpoint, link: &Link) -> Result<(), CarryError> {
+pub async fn carry(
+    client: TcpStream,
+    endpoint: Endpoint,
+    pool: &DataPool,
+) -> Result<(), CarryError> {
     client.set_nodelay(true).ok();
-    let opened = open(endpoint, link).await;
-    let (agent, early) = match opened {
-        Ok(x) => x,
+    let mut data = match pool.take().await {
+        Ok(d) => d,
         Err(e) => {
             hoist_net::reset(client);
-            return Err(e);
+            return Err(CarryError::Failed(e));
         }
     };
-    match relay(client, agent, early).await {
-        Ok(_) => Ok(()),
+    let mut opening = data.greeting.map(greeting).unwrap_or_default();
+    opening.extend_from_slice(&open_segment(&endpoint));
+    if let Err(e) = data.stream.write_all(&opening).await {
+        hoist_net::reset(client);
+        return Err(CarryError::Failed(anyhow::Error::new(e).context("opening a data connection")));
+    }
+    let relayed =
+        relay(client, &mut data.stream, BytesMut::new(), Opening::Awaited(OPEN_TIMEOUT)).await;
+    match relayed {
+        Ok(done) => {
+            // Nothing may follow a clean end unasked: a connection that
+            // carries more is not fit to be used again.
+            if done.leftover.is_empty() {
+                pool.put_back(data);
+            }
+            Ok(())
+        }
+        Err(RelayError::Refused(why, reason)) => Err(CarryError::Refused(why, reason)),
         // A client or guest server that resets is routine; the log names
         // the connection's fate at debug level (see `listener`).
         Err(e @ (RelayError::Local(_) | RelayError::Peer(_))) => {
@@ -58,35 +80,6 @@ pub async fn carry(client: TcpStream, endpoint: Endpoint, link: &Link) -> Result
         Err(e) => {
             Err(CarryError::Failed(anyhow::Error::new(e).context(format!("relaying {endpoint}"))))
         }
-    }
-}
-
-async fn open(
-    endpoint: Endpoint,
-    link: &Link,
-) -> Result<(hoist_net::Stream, bytes::BytesMut), CarryError> {
-    let failed = CarryError::Failed;
-    let (addr, ticket) = link.get().ok_or_else(|| failed(anyhow!("no session with the agent")))?;
-    let agent = connect(&addr).await.context("opening a data connection").map_err(failed)?;
-    let mut conn = Conn::new(agent);
-    let mut first = Vec::new();
-    HostMsg::Data { version: PROTOCOL_VERSION, ticket }.encode_frame(&mut first);
-    first.extend_from_slice(&open_segment(&endpoint));
-    conn.send_raw(&first).await.map_err(|e| failed(e.into()))?;
-    let (h, payload) = conn
-        .recv_segment_within(OPEN_TIMEOUT)
-        .await
-        .map_err(|e| failed(anyhow::Error::new(e).context("waiting for the agent to dial")))?;
-    match h.kind {
-        SegmentKind::Opened => Ok(conn.into_parts()),
-        SegmentKind::Refused => {
-            let (why, reason) =
-                parse_refused(&payload).map_err(|e| failed(WireError::Decode(e).into()))?;
-            Err(CarryError::Refused(why, reason))
-        }
-        _ => Err(failed(
-            WireError::Unexpected { wanted: "Opened or Refused", got: "another segment" }.into(),
-        )),
     }
 }
 

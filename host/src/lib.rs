@@ -1,7 +1,8 @@
 //! The host relay. Data path, in file order: `control` (the control stream
 //! from the agent, reconnecting with backoff) -> `forwards` (one owned handle
 //! per mirrored guest listener) -> `listener` (accepts on the host's loopback)
-//! -> `data` (one data connection to the agent per accepted client, relayed).
+//! -> `data` (each accepted client carried over a data connection to the
+//! agent, taken from the session's `pool`).
 #![forbid(unsafe_code)]
 
 mod control;
@@ -11,12 +12,12 @@ mod forwards;
 mod listener;
 #[cfg(windows)]
 mod listener_windows;
+mod pool;
 
-use hoist_net::Addr;
-use hoist_wire::{Endpoint, Ticket, Token};
+use hoist_net::{Addr, Limit};
+use hoist_wire::{Endpoint, Token};
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// What `hoist-host` is asked to do.
@@ -35,8 +36,14 @@ pub struct Config {
     pub liveness_timeout: Duration,
     /// Forwards are closed once the agent has been unreachable this long.
     pub stale_after: Duration,
-    /// What data connections need from the current session.
-    link: Link,
+    /// Client connections carried at once; beyond it new clients are reset
+    /// and counted.
+    pub max_connections: usize,
+    /// The current session's data connections.
+    pool: pool::DataPool,
+    /// The bound on client connections (from `max_connections`, fitted to
+    /// the open-file limit when the relay starts).
+    limit: Limit,
     /// For `hvsock:wsl:<port>`, the WSL VM found last.
     target: discovery::Target,
 }
@@ -57,26 +64,11 @@ impl Config {
             token: None,
             liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
             stale_after: DEFAULT_STALE_AFTER,
-            link: Link::default(),
+            max_connections: hoist_net::DEFAULT_MAX_CONNECTIONS,
+            pool: Default::default(),
+            limit: Limit::new(hoist_net::DEFAULT_MAX_CONNECTIONS),
             target: Default::default(),
         }
-    }
-}
-
-/// The agent's address and the current session's ticket, for data
-/// connections; empty while no session is up.
-#[derive(Clone, Debug, Default)]
-struct Link(Arc<RwLock<Option<(Addr, Ticket)>>>);
-
-impl Link {
-    fn set(&self, addr: Addr, ticket: Ticket) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some((addr, ticket));
-    }
-    fn clear(&self) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-    fn get(&self) -> Option<(Addr, Ticket)> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

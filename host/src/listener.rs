@@ -1,8 +1,8 @@
 //! The host listener: bind a forward's port on the host without sharing it with
 //! anyone (no SO_REUSEPORT; SO_REUSEADDR only so a port in TIME_WAIT can be
 //! re-mirrored, which Linux never lets override a live listener), and accept
-//! clients, each carried by its own task. Accept errors are logged and the
-//! loop goes on.
+//! clients, each carried by its own task, as many at once as the connection
+//! limit allows. Accept errors are logged and the loop goes on.
 
 use crate::data::{carry, CarryError};
 use crate::Config;
@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 #[cfg(windows)]
 pub use crate::listener_windows::bind_host_port;
@@ -38,14 +38,33 @@ pub fn bind_host_port(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Accepts until the task is aborted (its forward's handle dropped).
+/// Accepts until the task is aborted (its forward's handle dropped). A
+/// client beyond the connection limit is reset at once.
 pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, config: Arc<Config>) {
     loop {
         match listener.accept().await {
             Ok((client, peer)) => {
+                let permit = match config.limit.try_admit() {
+                    Ok(permit) => permit,
+                    Err(over) => {
+                        if over.first_in_burst {
+                            warn!(event = "connection_limit", max = over.max, port = endpoint.port, "at the limit of {} client connections: resetting new clients until some end", over.max);
+                        }
+                        hoist_net::reset(client);
+                        continue;
+                    }
+                };
+                if let Some(n) = permit.ended_burst {
+                    info!(
+                        event = "connection_limit_cleared",
+                        refused = n,
+                        "below the connection limit again; {n} clients were reset meanwhile"
+                    );
+                }
                 let config = config.clone();
                 tokio::spawn(async move {
-                    match carry(client, endpoint, &config.link).await {
+                    let _permit = permit;
+                    match carry(client, endpoint, &config.pool).await {
                         Ok(()) => {
                             debug!(port = endpoint.port, client = %peer, "connection finished")
                         }

@@ -48,6 +48,10 @@ struct RunArgs {
     /// back.
     #[arg(long, default_value_t = hoist_host::DEFAULT_STALE_AFTER.as_secs())]
     stale_after: u64,
+    /// Client connections carried at once; beyond it new clients are reset and counted. Lowered
+    /// at start-up if the open-file limit cannot cover it.
+    #[arg(long, default_value_t = hoist_net::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
     /// Log lines as text or as one JSON object per line; filter with RUST_LOG.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -71,6 +75,7 @@ fn config(args: &RunArgs) -> Result<Config> {
     c.token = args.token_file.as_deref().map(hoist_net::read_token_file).transpose()?;
     c.liveness_timeout = std::time::Duration::from_secs(args.liveness_timeout);
     c.stale_after = std::time::Duration::from_secs(args.stale_after);
+    c.max_connections = args.max_connections as usize;
     let (mut v4, mut v6) = (0, 0);
     for a in &args.bind_address {
         match a {

@@ -1,7 +1,8 @@
 //! hoist's runtime pieces, shared by the host relay and the guest agent: the
 //! transports that carry the wire protocol (`transport`, the only place that
 //! opens sockets to the peer), the full-duplex byte relay both sides run on
-//! data connections (`relay`), log set-up and process start-up. The wire
+//! data connections (`relay`), the bound on connections carried at once
+//! (`limit`), log set-up and process start-up. The wire
 //! format itself lives in `hoist-wire`.
 // `unsafe` lives only in sys/windows.rs (Windows system calls); elsewhere,
 // and on every other OS, there is none.
@@ -11,17 +12,20 @@
 
 #[cfg(windows)]
 mod console;
+mod limit;
 mod logging;
 mod process;
 mod relay;
 mod sys;
 mod transport;
 
+pub use limit::{Limit, Permit, Refused, DEFAULT_MAX_CONNECTIONS};
 pub use logging::LogFormat;
 pub use process::{read_token_file, run_main, stop_on_signal};
-pub use relay::{relay, reset, Moved, RelayError};
+pub use relay::{relay, reset, Moved, Opening, RelayError, Relayed};
 #[cfg(target_os = "linux")]
 pub use sys::effective_uid;
+pub use sys::open_file_limit;
 #[cfg(windows)]
 pub use sys::{registry_subkeys, set_exclusive_addr_use, RegistryRoot};
 #[cfg(unix)]

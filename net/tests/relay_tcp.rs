@@ -6,7 +6,7 @@
 //! arrives as a reset.
 
 use bytes::BytesMut;
-use hoist_net::{relay, Moved, Stream};
+use hoist_net::{relay, Moved, Opening, Stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -21,8 +21,14 @@ async fn pair() -> (TcpStream, TcpStream) {
 async fn chain(
 ) -> (TcpStream, TcpStream, tokio::task::JoinHandle<Result<Moved, hoist_net::RelayError>>) {
     let ((left, a), (d1, d2), (b, right)) = (pair().await, pair().await, pair().await);
-    let host = tokio::spawn(relay(a, Stream::Tcp(d1), BytesMut::new()));
-    tokio::spawn(relay(b, Stream::Tcp(d2), BytesMut::new()));
+    let host = tokio::spawn(async move {
+        let mut data = Stream::Tcp(d1);
+        relay(a, &mut data, BytesMut::new(), Opening::None).await.map(|r| r.moved)
+    });
+    tokio::spawn(async move {
+        let mut data = Stream::Tcp(d2);
+        relay(b, &mut data, BytesMut::new(), Opening::None).await
+    });
     (left, right, host)
 }
 

@@ -24,5 +24,5 @@ pub use msg::{
 };
 pub use segment::{
     open_segment, parse_open, parse_refused, refused_segment, Refusal, SegmentHeader, SegmentKind,
-    MAX_SEGMENT, SEGMENT_HEADER_LEN,
+    MAX_IDLE_DATA, MAX_SEGMENT, SEGMENT_HEADER_LEN,
 };

@@ -13,7 +13,7 @@
 //! | kind | segment   | payload                          | sent by                   |
 //! |------|-----------|----------------------------------|---------------------------|
 //! | 1    | `Open`    | endpoint (see `msg`)             | host, first               |
-//! | 2    | `Opened`  | none                             | agent, first: dialled      |
+//! | 2    | `Opened`  | none                             | agent, first: dialled     |
 //! | 3    | `Refused` | code:u8 reason:str               | agent, first; then closes |
 //! | 4    | `Bytes`   | 1..=[`MAX_SEGMENT`] stream bytes | both                      |
 //! | 5    | `Fin`     | none: the sender's stream ended  | both, once                |
@@ -21,6 +21,12 @@
 //!
 //! A connection ends cleanly only after a `Fin` each way; an end of stream
 //! any earlier, or a `Reset`, resets the other side's TCP connection.
+//!
+//! A data connection carries one client connection after another: after a
+//! clean end the next `Open` may follow at once, or after any idle time (the
+//! host keeps at most [`MAX_IDLE_DATA`] such connections waiting). The host
+//! sends the client's first `Bytes` right behind its `Open`, without waiting
+//! for the answer; after a `Refused` or a reset the connection is closed.
 //!
 //! [`HostMsg::Data`]: crate::HostMsg::Data
 
@@ -33,6 +39,11 @@ pub const SEGMENT_HEADER_LEN: usize = 5;
 
 /// Largest `Bytes` payload sent or accepted.
 pub const MAX_SEGMENT: usize = 1 << 20;
+
+/// Idle data connections a host keeps open to the agent at most, per
+/// session: the agent's bound on data connections is its bound on carried
+/// connections plus this.
+pub const MAX_IDLE_DATA: usize = 64;
 
 /// Longest `Refused` payload: a code, a length and a reason of 1 KiB.
 const MAX_REFUSED: usize = 3 + 1024;
@@ -121,6 +132,8 @@ pub enum Refusal {
     DialFailed,
     /// Dialling the guest listener took too long.
     DialTimedOut,
+    /// The agent already carries as many connections as it may.
+    OverLimit,
 }
 
 impl fmt::Display for Refusal {
@@ -129,6 +142,7 @@ impl fmt::Display for Refusal {
             Refusal::NotListening => "no guest listener",
             Refusal::DialFailed => "dialling the guest listener failed",
             Refusal::DialTimedOut => "dialling the guest listener timed out",
+            Refusal::OverLimit => "the agent carries as many connections as it may",
         })
     }
 }
@@ -158,6 +172,7 @@ pub fn refused_segment(why: Refusal, reason: &str) -> Vec<u8> {
         Refusal::NotListening => 1,
         Refusal::DialFailed => 2,
         Refusal::DialTimedOut => 3,
+        Refusal::OverLimit => 4,
     }];
     put_str(&mut payload, &reason[..end]);
     let mut out = SegmentHeader::new(SegmentKind::Refused, payload.len()).encode().to_vec();
@@ -172,6 +187,7 @@ pub fn parse_refused(payload: &[u8]) -> Result<(Refusal, String), DecodeError> {
         1 => Refusal::NotListening,
         2 => Refusal::DialFailed,
         3 => Refusal::DialTimedOut,
+        4 => Refusal::OverLimit,
         tag => return Err(DecodeError::UnknownTag { what: "refusal", tag }),
     };
     let reason = r.string()?;
@@ -198,6 +214,16 @@ mod tests {
             parse_refused(&[2, 0, 2, b'n', b'o']).unwrap(),
             (Refusal::DialFailed, "no".into())
         );
+        let codes = [
+            (Refusal::NotListening, 1),
+            (Refusal::DialFailed, 2),
+            (Refusal::DialTimedOut, 3),
+            (Refusal::OverLimit, 4),
+        ];
+        for (why, code) in codes {
+            assert_eq!(refused_segment(why, "")[5..], [code, 0, 0], "{why:?}");
+            assert_eq!(parse_refused(&[code, 0, 0]).unwrap(), (why, String::new()));
+        }
         let headers = [
             (SegmentKind::Opened, 0, [2, 0, 0, 0, 0]),
             (SegmentKind::Bytes, 0x0102, [4, 0, 0, 1, 2]),

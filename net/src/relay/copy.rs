@@ -2,7 +2,10 @@
 //! every transport on Windows): the same segments, copied through fixed
 //! buffers with the transport's own async reads and writes.
 
-use super::{at_end, bad_segment, local, transport, Moved, RelayError, State};
+use super::{
+    at_end, bad_segment, local, take_answer, transport, within, Moved, Opening, RelayError,
+    Relayed, State, ENDED_BEFORE_ANSWER,
+};
 use bytes::{Buf, BytesMut};
 use hoist_wire::{SegmentHeader, SegmentKind, SEGMENT_HEADER_LEN};
 use std::io;
@@ -18,12 +21,12 @@ pub(super) async fn relay<D: AsyncRead + AsyncWrite + Unpin>(
     data: &mut D,
     early: BytesMut,
     state: &State,
-) -> Result<Moved, RelayError> {
+) -> Result<Relayed, RelayError> {
     let (tcp_r, tcp_w) = tcp.split();
     let (data_r, data_w) = tokio::io::split(data);
-    let (sent, received) =
+    let (sent, (received, leftover)) =
         tokio::try_join!(encode(tcp_r, data_w, state), decode(data_r, tcp_w, early, state))?;
-    Ok(Moved { sent, received })
+    Ok(Relayed { moved: Moved { sent, received }, leftover })
 }
 
 /// TCP side -> segments, until the TCP side's end of stream (sent as `Fin`).
@@ -54,24 +57,42 @@ async fn encode(
     }
 }
 
-/// Segments -> TCP side, until the data connection ends.
+/// Segments -> TCP side, until a `Fin` went each way; returns the bytes
+/// relayed and what was read past the end.
 async fn decode(
     mut data: impl AsyncRead + Unpin,
     mut tcp: impl AsyncWrite + Unpin,
     early: BytesMut,
     state: &State,
-) -> Result<u64, RelayError> {
+) -> Result<(u64, BytesMut), RelayError> {
     let mut inbox = early;
     let mut total = 0u64;
     let mut fin = false;
-    loop {
+    if let Opening::Awaited(limit) = state.opening {
+        let answer = async {
+            while !take_answer(&mut inbox)? {
+                inbox.reserve(BUF);
+                if data.read_buf(&mut inbox).await.map_err(transport)? == 0 {
+                    return Err(ENDED_BEFORE_ANSWER);
+                }
+            }
+            Ok(())
+        };
+        within(limit, answer).await?;
+    }
+    'segments: loop {
+        // A Fin went each way: what follows belongs to the connection's
+        // next use.
+        if fin && state.fin_sent.load(Ordering::Relaxed) {
+            return Ok((total, inbox));
+        }
         while inbox.len() < SEGMENT_HEADER_LEN {
             inbox.reserve(BUF);
             // After the peer's Fin only a Reset may follow: the connection
             // is done once this side has sent its own.
             let n = tokio::select! {
                 biased;
-                _ = state.until_fin_sent(), if fin => return Ok(total),
+                _ = state.until_fin_sent(), if fin => continue 'segments,
                 r = data.read_buf(&mut inbox) => r.map_err(transport)?,
             };
             if n == 0 {
@@ -80,7 +101,7 @@ async fn decode(
                         "the data connection ended inside a segment header",
                     ));
                 }
-                return at_end(fin, state).map(|_| total);
+                return at_end(fin, state).map(|_| (total, inbox));
             }
         }
         let h = SegmentHeader::decode(inbox[..SEGMENT_HEADER_LEN].try_into().expect("5 bytes"))

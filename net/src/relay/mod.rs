@@ -38,9 +38,33 @@ pub struct Moved {
     pub received: u64,
 }
 
+/// What a relay hands back after a clean end: the counts, and the segment
+/// bytes read past the end (the start of what follows on a data connection
+/// that is used again).
+#[derive(Debug)]
+pub struct Relayed {
+    /// Bytes moved each way.
+    pub moved: Moved,
+    /// Bytes read from the data connection past this relay's end.
+    pub leftover: BytesMut,
+}
+
+/// What the data connection carries before the relayed bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opening {
+    /// Nothing: segments from the start (the agent's end).
+    None,
+    /// The agent's answer to an `Open`, due within the given time: `Opened`,
+    /// or `Refused` (the host's end, which relays the client's bytes without
+    /// waiting for it).
+    Awaited(std::time::Duration),
+}
+
 /// Why a relay ended without a clean close on both sides.
 #[derive(Debug)]
 pub enum RelayError {
+    /// The agent refused to open the connection; the TCP side was reset.
+    Refused(hoist_wire::Refusal, String),
     /// The TCP side was reset (or failed); the peer was told with `Reset`.
     Local(io::Error),
     /// The peer sent `Reset`, or the data connection ended before its `Fin`;
@@ -54,6 +78,7 @@ pub enum RelayError {
 impl std::fmt::Display for RelayError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            RelayError::Refused(why, reason) => write!(f, "refused: {why}: {reason}"),
             RelayError::Local(e) => write!(f, "the TCP side failed: {e}; the peer was reset"),
             RelayError::Peer(why) => write!(f, "{why}; the TCP side was reset"),
             RelayError::Transport(e) => write!(f, "the data connection failed: {e}"),
@@ -65,40 +90,34 @@ impl std::error::Error for RelayError {}
 
 /// Relays between `tcp` and the data connection `data` until both
 /// directions have ended. `early` holds segment bytes already read from
-/// `data` (what a handshake read past its last frame).
-pub async fn relay(tcp: TcpStream, data: Stream, early: BytesMut) -> Result<Moved, RelayError> {
+/// `data` (what a handshake read past its last frame). After a clean end
+/// `data` may carry another connection; after an error it must be closed.
+pub async fn relay(
+    tcp: TcpStream,
+    data: &mut Stream,
+    early: BytesMut,
+    opening: Opening,
+) -> Result<Relayed, RelayError> {
     #[cfg(target_os = "linux")]
     let splice = data.fd().is_some();
     #[cfg(not(target_os = "linux"))]
     let splice = false;
-    run(tcp, data, early, splice).await
+    run(tcp, data, early, opening, splice).await
 }
 
 async fn run(
     mut tcp: TcpStream,
-    mut data: Stream,
+    data: &mut Stream,
     early: BytesMut,
+    opening: Opening,
     splice: bool,
-) -> Result<Moved, RelayError> {
-    let state = State::default();
+) -> Result<Relayed, RelayError> {
+    let state = State { opening, ..State::default() };
     let r = match splice {
         #[cfg(target_os = "linux")]
-        true => splice::relay(&tcp, &data, early, &state).await,
-        _ => copy::relay(&mut tcp, &mut data, early, &state).await,
+        true => splice::relay(&tcp, data, early, &state).await,
+        _ => copy::relay(&mut tcp, data, early, &state).await,
     };
-    finish(tcp, data, r, &state).await
-}
-
-/// Closes both sides the way the outcome says: a clean close, or a reset of
-/// the TCP side and, when the failure was on the TCP side and the encoding
-/// direction is between segments, a `Reset` segment for the peer.
-#[allow(clippy::unused_async)]
-async fn finish(
-    tcp: TcpStream,
-    data: Stream,
-    r: Result<Moved, RelayError>,
-    state: &State,
-) -> Result<Moved, RelayError> {
     if let Err(e) = &r {
         reset_on_close(&tcp);
         if matches!(e, RelayError::Local(_)) && !state.mid_segment.load(Ordering::Relaxed) {
@@ -108,14 +127,13 @@ async fn finish(
             let _ = data.try_write(&reset);
         }
     }
-    drop(tcp);
-    drop(data);
     r
 }
 
 /// What the two directions share.
-#[derive(Default)]
 struct State {
+    /// Whether the decoding direction first reads the agent's answer.
+    opening: Opening,
     /// The encoding direction has announced a segment it has not finished
     /// writing: a `Reset` now would land inside its payload.
     mid_segment: AtomicBool,
@@ -124,6 +142,17 @@ struct State {
     /// Told when `fin_sent` is set, so a decoding direction that already has
     /// the peer's `Fin` can end.
     fin_sent_now: tokio::sync::Notify,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            opening: Opening::None,
+            mid_segment: AtomicBool::new(false),
+            fin_sent: AtomicBool::new(false),
+            fin_sent_now: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 impl State {
@@ -172,6 +201,53 @@ fn local(e: io::Error) -> RelayError {
 
 fn transport(e: io::Error) -> RelayError {
     RelayError::Transport(e)
+}
+
+/// Takes the agent's answer off the front of `inbox` once it is there whole
+/// (`Ok(false)`: not yet). `Opened` lets the relay go on; `Refused` ends it
+/// with the agent's reason; anything else is a protocol error.
+fn take_answer(inbox: &mut BytesMut) -> Result<bool, RelayError> {
+    use hoist_wire::{SegmentHeader, SegmentKind, SEGMENT_HEADER_LEN};
+    if inbox.len() < SEGMENT_HEADER_LEN {
+        return Ok(false);
+    }
+    let h = SegmentHeader::decode(inbox[..SEGMENT_HEADER_LEN].try_into().expect("5 bytes"))
+        .map_err(bad_segment)?;
+    // The header's bounds keep an answer small (a Refused is at most 1 KiB).
+    if inbox.len() < SEGMENT_HEADER_LEN + h.len {
+        return Ok(false);
+    }
+    let payload = &inbox[SEGMENT_HEADER_LEN..SEGMENT_HEADER_LEN + h.len];
+    match h.kind {
+        SegmentKind::Opened => {}
+        SegmentKind::Refused => {
+            let (why, reason) = hoist_wire::parse_refused(payload).map_err(bad_segment)?;
+            return Err(RelayError::Refused(why, reason));
+        }
+        other => return Err(invalid(format!("expected Opened or Refused, got {other:?}"))),
+    }
+    bytes::Buf::advance(inbox, SEGMENT_HEADER_LEN + h.len);
+    Ok(true)
+}
+
+/// Bounds the wait for the agent's answer.
+async fn within(
+    limit: std::time::Duration,
+    wait: impl std::future::Future<Output = Result<(), RelayError>>,
+) -> Result<(), RelayError> {
+    tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| {
+        Err(RelayError::Transport(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer from the agent within {limit:?}"),
+        )))
+    })
+}
+
+const ENDED_BEFORE_ANSWER: RelayError =
+    RelayError::Peer("the data connection ended before the agent's answer");
+
+fn invalid(what: String) -> RelayError {
+    RelayError::Transport(io::Error::new(io::ErrorKind::InvalidData, what))
 }
 
 fn bad_segment(e: hoist_wire::DecodeError) -> RelayError {

@@ -5,7 +5,10 @@
 //! with splice(2), never entering this process, behind a 5-byte header.
 
 use super::pipes::{Pipe, PIPE_SIZE};
-use super::{at_end, bad_segment, local, transport, Moved, RelayError, State};
+use super::{
+    at_end, bad_segment, local, take_answer, transport, within, Moved, Opening, RelayError,
+    Relayed, State, ENDED_BEFORE_ANSWER,
+};
 use crate::sys;
 use crate::transport::Stream;
 use bytes::{Buf, BytesMut};
@@ -30,12 +33,12 @@ pub(super) async fn relay(
     data: &Stream,
     early: BytesMut,
     state: &State,
-) -> Result<Moved, RelayError> {
+) -> Result<Relayed, RelayError> {
     let tcp = Fd::Tcp(tcp);
     let data = Fd::Data(data);
-    let (sent, received) =
+    let (sent, (received, leftover)) =
         tokio::try_join!(encode(&tcp, &data, state), decode(&data, &tcp, early, state))?;
-    Ok(Moved { sent, received })
+    Ok(Relayed { moved: Moved { sent, received }, leftover })
 }
 
 /// A socket the relay drives by readiness.
@@ -169,19 +172,40 @@ async fn decode(
     tcp: &Fd<'_>,
     early: BytesMut,
     state: &State,
-) -> Result<u64, RelayError> {
+) -> Result<(u64, BytesMut), RelayError> {
     let mut inbox = early;
     let mut scratch = vec![0u8; SMALL];
     let mut total = 0u64;
     let mut fin = false;
-    loop {
+    if let Opening::Awaited(limit) = state.opening {
+        let answer = async {
+            while !take_answer(&mut inbox)? {
+                let n = data
+                    .op(Interest::READABLE, |fd| sys::read(fd, &mut scratch))
+                    .await
+                    .map_err(transport)?;
+                if n == 0 {
+                    return Err(ENDED_BEFORE_ANSWER);
+                }
+                inbox.extend_from_slice(&scratch[..n]);
+            }
+            Ok(())
+        };
+        within(limit, answer).await?;
+    }
+    'segments: loop {
+        // A Fin went each way: what follows belongs to the connection's
+        // next use.
+        if fin && state.fin_sent.load(Ordering::Relaxed) {
+            return Ok((total, inbox));
+        }
         while inbox.len() < SEGMENT_HEADER_LEN {
             let read = data.op(Interest::READABLE, |fd| sys::read(fd, &mut scratch));
             // After the peer's Fin only a Reset may follow: the connection
             // is done once this side has sent its own.
             let n = tokio::select! {
                 biased;
-                _ = state.until_fin_sent(), if fin => return Ok(total),
+                _ = state.until_fin_sent(), if fin => continue 'segments,
                 r = read => r.map_err(transport)?,
             };
             if n == 0 {
@@ -190,7 +214,7 @@ async fn decode(
                         "the data connection ended inside a segment header",
                     ));
                 }
-                return at_end(fin, state).map(|_| total);
+                return at_end(fin, state).map(|_| (total, inbox));
             }
             inbox.extend_from_slice(&scratch[..n]);
         }

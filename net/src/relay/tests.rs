@@ -3,12 +3,24 @@
 //! runs the splicing and the copying relay.
 
 use super::*;
+use bytes::BytesMut;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixStream};
 use tokio::task::JoinHandle;
 
 type Ends = JoinHandle<Result<Moved, RelayError>>;
+
+/// Relays over an owned data connection, for tests that do not reuse it.
+async fn run_once(
+    tcp: TcpStream,
+    data: Stream,
+    early: BytesMut,
+    splice: bool,
+) -> Result<Moved, RelayError> {
+    let mut data = data;
+    run(tcp, &mut data, early, Opening::None, splice).await.map(|r| r.moved)
+}
 
 /// A connected TCP pair.
 async fn tcp_pair() -> (TcpStream, TcpStream) {
@@ -23,8 +35,8 @@ async fn chain(splice: bool) -> (TcpStream, TcpStream, Ends, Ends) {
     let (client, host_side) = tcp_pair().await;
     let (agent_side, server) = tcp_pair().await;
     let (ua, ub) = UnixStream::pair().unwrap();
-    let host = tokio::spawn(run(host_side, Stream::Unix(ua), BytesMut::new(), splice));
-    let agent = tokio::spawn(run(agent_side, Stream::Unix(ub), BytesMut::new(), splice));
+    let host = tokio::spawn(run_once(host_side, Stream::Unix(ua), BytesMut::new(), splice));
+    let agent = tokio::spawn(run_once(agent_side, Stream::Unix(ub), BytesMut::new(), splice));
     (client, server, host, agent)
 }
 
@@ -147,7 +159,7 @@ async fn a_data_connection_that_dies_or_lies_resets_the_tcp_side() {
         for (name, wire, client_reset) in cases {
             let (mut client, tcp) = tcp_pair().await;
             let (ua, mut ub) = UnixStream::pair().unwrap();
-            let relay = tokio::spawn(run(tcp, Stream::Unix(ua), BytesMut::new(), splice));
+            let relay = tokio::spawn(run_once(tcp, Stream::Unix(ua), BytesMut::new(), splice));
             ub.write_all(wire).await.unwrap();
             drop(ub);
             let want = client_reset.then_some(io::ErrorKind::ConnectionReset);
@@ -168,7 +180,7 @@ async fn early_bytes_come_first() {
             &hoist_wire::SegmentHeader::new(hoist_wire::SegmentKind::Bytes, 5).encode(),
         );
         early.extend_from_slice(b"early");
-        let relay = tokio::spawn(run(tcp, Stream::Unix(ua), early, splice));
+        let relay = tokio::spawn(run_once(tcp, Stream::Unix(ua), early, splice));
         ub.write_all(&[4, 0, 0, 0, 4]).await.unwrap();
         ub.write_all(b"late").await.unwrap();
         let mut got = [0u8; 9];
@@ -176,5 +188,126 @@ async fn early_bytes_come_first() {
         assert_eq!(&got, b"earlylate");
         drop((client, ub));
         let _ = relay.await.unwrap();
+    }
+}
+
+/// The host's end relays the client's bytes before the agent's answer
+/// (pipelined); `Opened` lets the relay go on, `Refused` resets the client
+/// and says why.
+#[tokio::test]
+async fn the_agents_answer_opens_or_refuses() {
+    for splice in modes() {
+        // Opened: the client's request went out before it, the reply follows.
+        let (mut client, tcp) = tcp_pair().await;
+        let (mut ua, mut ub) = UnixStream::pair().unwrap();
+        let host = tokio::spawn(async move {
+            let mut data = Stream::Unix(ua);
+            run(tcp, &mut data, BytesMut::new(), Opening::Awaited(Duration::from_secs(5)), splice)
+                .await
+                .map(|r| r.moved)
+        });
+        client.write_all(b"GET").await.unwrap();
+        let mut req = [0u8; 8];
+        ub.read_exact(&mut req).await.unwrap();
+        assert_eq!(&req, &[4, 0, 0, 0, 3, b'G', b'E', b'T'], "relayed before the answer");
+        ub.write_all(&hoist_wire::SegmentHeader::new(hoist_wire::SegmentKind::Opened, 0).encode())
+            .await
+            .unwrap();
+        ub.write_all(&[4, 0, 0, 0, 2, b'o', b'k', 5, 0, 0, 0, 0]).await.unwrap();
+        let mut reply = [0u8; 2];
+        client.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"ok");
+        client.shutdown().await.unwrap();
+        let mut fin = [0u8; 5];
+        ub.read_exact(&mut fin).await.unwrap();
+        assert_eq!(fin, [5, 0, 0, 0, 0]);
+        assert_eq!(host.await.unwrap().unwrap(), Moved { sent: 3, received: 2 });
+
+        // Refused: the client is reset, the reason comes back typed.
+        let (mut client, tcp) = tcp_pair().await;
+        (ua, ub) = UnixStream::pair().unwrap();
+        let host = tokio::spawn(async move {
+            let mut data = Stream::Unix(ua);
+            run(tcp, &mut data, BytesMut::new(), Opening::Awaited(Duration::from_secs(5)), splice)
+                .await
+                .map(|r| r.moved)
+        });
+        let mut ub = ub;
+        ub.write_all(&hoist_wire::refused_segment(hoist_wire::Refusal::NotListening, "gone"))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_until_end(&mut client).await,
+            Some(io::ErrorKind::ConnectionReset),
+            "splice {splice}"
+        );
+        match host.await.unwrap() {
+            Err(RelayError::Refused(hoist_wire::Refusal::NotListening, reason)) => {
+                assert_eq!(reason, "gone")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// After a clean end the data connection carries the next connection, even
+/// when the next one's first segments were read together with this one's
+/// last: they come back as leftover.
+#[tokio::test]
+async fn a_data_connection_carries_one_connection_after_another() {
+    for splice in modes() {
+        let (ua, mut ub) = UnixStream::pair().unwrap();
+        let mut data = Stream::Unix(ua);
+        let mut early = BytesMut::new();
+        for round in 0..3u8 {
+            let (mut client, tcp) = tcp_pair().await;
+            // The peer's bytes, its Fin, and (after round 0) the start of
+            // the next connection, all at once.
+            let mut wire = vec![4, 0, 0, 0, 1, b'a' + round, 5, 0, 0, 0, 0];
+            wire.extend_from_slice(&[4, 0, 0, 0, 1, b'z']);
+            ub.write_all(&wire[..11]).await.unwrap();
+            let relay = run(tcp, &mut data, std::mem::take(&mut early), Opening::None, splice);
+            let peer = async {
+                let mut got = [0u8; 1];
+                client.read_exact(&mut got).await.unwrap();
+                assert_eq!(got[0], b'a' + round);
+                client.shutdown().await.unwrap();
+                let mut rest = Vec::new();
+                client.read_to_end(&mut rest).await.unwrap();
+                // The client's Fin reaches the peer, which then starts the
+                // next connection at once.
+                let mut fin = [0u8; 5];
+                ub.read_exact(&mut fin).await.unwrap();
+                assert_eq!(fin, [5, 0, 0, 0, 0]);
+            };
+            let (r, ()) = tokio::join!(relay, peer);
+            let r = r.unwrap();
+            assert_eq!(r.moved, Moved { sent: 0, received: 1 }, "round {round}");
+            early = r.leftover;
+        }
+    }
+}
+
+/// An agent that never answers an `Open` does not hold the client forever:
+/// past the allowed time the client is reset and the wait named.
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_open_times_out() {
+    for splice in modes() {
+        let (mut client, tcp) = tcp_pair().await;
+        let (ua, _silent) = UnixStream::pair().unwrap();
+        let host = tokio::spawn(async move {
+            let mut data = Stream::Unix(ua);
+            run(tcp, &mut data, BytesMut::new(), Opening::Awaited(Duration::from_secs(7)), splice)
+                .await
+                .map(|r| r.moved)
+        });
+        assert_eq!(read_until_end(&mut client).await, Some(io::ErrorKind::ConnectionReset));
+        match host.await.unwrap() {
+            Err(RelayError::Transport(e)) => {
+                assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+                assert!(e.to_string().contains("7s"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -65,6 +65,11 @@ pub fn raise_fd_limit() -> Option<(u64, u64)> {
     Some((old, max.unwrap_or(u64::MAX)))
 }
 
+/// The soft open-file limit (after `raise_fd_limit`); `None` when unlimited.
+pub fn open_file_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
 /// The user and process id of a Unix socket's peer (SO_PEERCRED).
 pub fn peer_credentials(s: &impl AsFd) -> io::Result<(u32, u32)> {
     let cred = rustix::net::sockopt::socket_peercred(s)?;

@@ -8,6 +8,11 @@ pub fn raise_fd_limit() -> Option<(u64, u64)> {
     None
 }
 
+/// No descriptor limit to fit connections into (see `raise_fd_limit`).
+pub fn open_file_limit() -> Option<u64> {
+    None
+}
+
 use crate::transport::Guid;
 use socket2::{SockAddr, SockAddrStorage, Socket};
 use std::io;

@@ -310,6 +310,30 @@ impl Stream {
         }
     }
 
+    /// Whether the connection is open with nothing waiting to be read, now,
+    /// without waiting: what an idle pooled data connection must be before
+    /// it carries a client (bytes or an end of stream mean the agent gave
+    /// up on it).
+    pub fn is_quiet(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        let peeked = match self {
+            Stream::Unix(s) => crate::sys::peek(s),
+            Stream::Tcp(s) => crate::sys::peek(s),
+            Stream::Vsock(s) => crate::sys::peek(s),
+        };
+        #[cfg(not(target_os = "linux"))]
+        let peeked = match self {
+            #[cfg(unix)]
+            Stream::Unix(s) => socket2::SockRef::from(s).peek(&mut [std::mem::MaybeUninit::new(0)]),
+            Stream::Tcp(s) => socket2::SockRef::from(s).peek(&mut [std::mem::MaybeUninit::new(0)]),
+            #[cfg(windows)]
+            Stream::Hvsock(s) => {
+                socket2::SockRef::from(s).peek(&mut [std::mem::MaybeUninit::new(0)])
+            }
+        };
+        matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
     /// Writes what fits now without waiting (a last word before closing);
     /// `WouldBlock` where the transport has no such write.
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
@@ -566,5 +590,33 @@ mod tests {
             let err = s.parse::<Addr>().unwrap_err();
             assert!(format!("{err:#}").contains(want), "{s}: {err:#}");
         }
+    }
+
+    /// An idle connection is quiet; one with bytes waiting, or whose peer
+    /// closed or reset it, is not (a pooled data connection in either state
+    /// must not carry a client).
+    #[tokio::test]
+    async fn only_an_open_idle_connection_is_quiet() {
+        #[cfg(unix)]
+        {
+            use tokio::io::AsyncWriteExt;
+            let (a, mut b) = UnixStream::pair().unwrap();
+            let a = Stream::Unix(a);
+            assert!(a.is_quiet());
+            b.write_all(b"x").await.unwrap();
+            assert!(!a.is_quiet(), "bytes waiting");
+            let (a, b) = UnixStream::pair().unwrap();
+            drop(b);
+            assert!(!Stream::Unix(a).is_quiet(), "closed");
+        }
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        let a = Stream::Tcp(a);
+        assert!(a.is_quiet());
+        socket2::SockRef::from(&b).set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(b);
+        a.ready(Interest::READABLE).await.unwrap();
+        assert!(!a.is_quiet(), "reset");
     }
 }
