@@ -17,7 +17,6 @@ use hoist_wire::{
     WireError, SEGMENT_HEADER_LEN,
 };
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
@@ -92,7 +91,7 @@ pub async fn serve(conn: Conn<Stream>, ticket: Ticket, door: &Door, slot: Slot) 
 /// connection); `None` when the host closed the connection between uses.
 async fn next_open(data: &mut Stream, inbox: &mut BytesMut) -> Result<Option<Endpoint>> {
     while inbox.len() < SEGMENT_HEADER_LEN {
-        if data.read_buf(inbox).await? == 0 {
+        if data.read_some(inbox).await? == 0 {
             if inbox.is_empty() {
                 return Ok(None);
             }
@@ -108,7 +107,7 @@ async fn next_open(data: &mut Stream, inbox: &mut BytesMut) -> Result<Option<End
     }
     // The header's bounds keep an Open at its 4 bytes.
     while inbox.len() < SEGMENT_HEADER_LEN + h.len {
-        if data.read_buf(inbox).await? == 0 {
+        if data.read_some(inbox).await? == 0 {
             return Err(WireError::Closed.into());
         }
     }
@@ -128,8 +127,11 @@ async fn dial(data: &mut Stream, endpoint: Endpoint, door: &Door) -> Result<Opti
         debug!(%endpoint, "refused data connection: not listening");
         return Ok(None);
     };
-    let dial = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target));
+    let dial = tokio::time::timeout(DIAL_TIMEOUT, connect(target));
     let dialled = tokio::select! {
+        // A dial on loopback is usually done at once: the watch for a
+        // hang-up is only set while it is not.
+        biased;
         r = dial => r,
         _ = hung_up(data) => {
             debug!(%endpoint, %target, "the host hung up while dialling; dial cancelled");
@@ -137,10 +139,7 @@ async fn dial(data: &mut Stream, endpoint: Endpoint, door: &Door) -> Result<Opti
         }
     };
     let (why, reason) = match dialled {
-        Ok(Ok(guest)) => {
-            guest.set_nodelay(true).ok();
-            return Ok(Some(guest));
-        }
+        Ok(Ok(guest)) => return Ok(Some(guest)),
         // The host logs the failed connection; a listener that closed a
         // moment ago is routine, so this side only notes it.
         Ok(Err(e)) => (Refusal::DialFailed, format!("dialling {target}: {e}")),
@@ -151,6 +150,19 @@ async fn dial(data: &mut Stream, endpoint: Endpoint, door: &Door) -> Result<Opti
     debug!(%endpoint, "{reason}");
     send(data, &refused_segment(why, &reason)).await?;
     Ok(None)
+}
+
+/// Connects to a guest listener (Nagle off): most often up at once.
+async fn connect(target: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let (socket, up) = crate::sys::dial_local(target)?;
+    let guest = TcpStream::from_std(socket)?;
+    if !up {
+        guest.writable().await?;
+        if let Some(e) = guest.take_error()? {
+            return Err(e);
+        }
+    }
+    Ok(guest)
 }
 
 async fn send(data: &mut Stream, bytes: &[u8]) -> Result<()> {

@@ -1,6 +1,7 @@
 //! The agent's system calls, as safe wrappers, and its one `unsafe` block:
 //! registering an eBPF map's descriptor with tokio. Everything goes through
-//! rustix (setns, mount, netlink sockets) except what aya and tokio own.
+//! rustix (setns, mount, netlink sockets, the guest dial's connect) except
+//! what aya and tokio own.
 
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
@@ -17,6 +18,38 @@ pub fn async_fd<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
     // moves into the AsyncFd, which deregisters before dropping it, so the
     // descriptor stays open and the same for as long as it is registered.
     Ok(unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }?)
+}
+
+/// Starts a TCP connection to a listener in the agent's network namespace,
+/// non-blocking, with Nagle off; says whether it is up already. A dial on
+/// loopback is usually complete when connect(2) returns (the handshake runs
+/// inside the call), and a zero-timeout poll tells, sparing a round through
+/// the reactor. A dial that failed at once is an error.
+pub fn dial_local(addr: std::net::SocketAddr) -> io::Result<(std::net::TcpStream, bool)> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    use rustix::io::Errno;
+    let family = if addr.is_ipv6() { AddressFamily::INET6 } else { AddressFamily::INET };
+    let fd = rustix::net::socket_with(
+        family,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::sockopt::set_tcp_nodelay(&fd, true)?;
+    match rustix::net::connect(&fd, &addr) {
+        Ok(()) => return Ok((fd.into(), true)),
+        Err(Errno::INPROGRESS) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+    poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 }))?;
+    let got = fds[0].revents();
+    if got.intersects(PollFlags::ERR | PollFlags::HUP) {
+        rustix::net::sockopt::socket_error(&fd)??;
+        return Err(io::ErrorKind::ConnectionRefused.into());
+    }
+    let up = got.contains(PollFlags::OUT);
+    Ok((fd.into(), up))
 }
 
 /// Moves the calling thread into the network namespace of `file` (a file

@@ -481,6 +481,9 @@ fn data_connection_to_a_port_not_listening_is_refused_and_a_bad_frame_closes_onl
             }
             other => panic!("{other:?}"),
         };
+        // The ticket is good once the snapshot comes (the session is up).
+        let snapshot = control.recv_within::<AgentMsg>(HANDSHAKE_TIMEOUT).await.unwrap();
+        assert!(matches!(snapshot, AgentMsg::Snapshot { .. }), "{snapshot:?}");
         // A port nobody listens on in the guest, and a ticket nobody issued.
         let closed = lab.guest(|| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
         for (ticket, want) in [(ticket, "no guest listener"), ([0; 16], "no session with this ticket")] {

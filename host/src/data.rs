@@ -46,6 +46,8 @@ pub async fn carry(
     endpoint: Endpoint,
     pool: &DataPool,
 ) -> Result<(), CarryError> {
+    // On Linux the client inherited Nagle off from the host listener.
+    #[cfg(not(target_os = "linux"))]
     client.set_nodelay(true).ok();
     let mut data = match pool.take().await {
         Ok(d) => d,

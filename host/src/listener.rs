@@ -20,8 +20,8 @@ use tracing::{debug, info, warn};
 #[cfg(windows)]
 pub use crate::listener_windows::bind_host_port;
 
-/// Binds and listens on `addr`; IPv6 sockets are v6-only so they never take
-/// the IPv4 port as well.
+/// Binds and listens on `addr` with Nagle off for every client; IPv6
+/// sockets are v6-only so they never take the IPv4 port as well.
 #[cfg(unix)]
 pub fn bind_host_port(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(
@@ -33,6 +33,9 @@ pub fn bind_host_port(addr: SocketAddr) -> io::Result<TcpListener> {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
+    // Accepted connections inherit it (Linux copies the listener's TCP
+    // options): one system call per port instead of one per client.
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
@@ -85,6 +88,23 @@ pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, config: Arc<
                 // Out of descriptors: pause instead of spinning on the error.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// Clients come with Nagle off without a system call each: they inherit
+    /// it from the host listener.
+    #[tokio::test]
+    async fn clients_inherit_nodelay_from_the_host_listener() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(l) = bind_host_port(addr.parse().unwrap()) else { continue };
+            let _c = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (accepted, _) = l.accept().await.unwrap();
+            assert!(accepted.nodelay().unwrap(), "{addr}");
         }
     }
 }

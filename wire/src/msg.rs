@@ -212,7 +212,8 @@ pub enum AgentMsg {
         version: u16,
         /// Who the agent is.
         agent: AgentInfo,
-        /// The ticket data connections of this session present.
+        /// The ticket data connections of this session present; good from
+        /// the first `Snapshot` frame on (after the token check, if any).
         ticket: Ticket,
         /// Present when the agent has a shared token: the host must check the
         /// proof and answer with [`HostMsg::Auth`].

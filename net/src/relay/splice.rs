@@ -62,19 +62,60 @@ impl Fd<'_> {
         mut f: impl FnMut(BorrowedFd<'_>) -> io::Result<usize>,
     ) -> io::Result<usize> {
         loop {
-            match self {
-                Fd::Tcp(s) => s.ready(interest).await.map(drop)?,
-                Fd::Data(s) => s.ready(interest).await?,
+            self.ready(interest).await?;
+            match self.try_io(interest, &mut f) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
             }
-            let fd = self.fd();
-            let r = match self {
-                Fd::Tcp(s) => s.try_io(interest, || f(fd)),
-                Fd::Data(s) => s.try_io(interest, || f(fd)),
-            };
+        }
+    }
+
+    /// A read of up to `want` bytes (with `f`), waiting for readiness as
+    /// needed. A read that comes back short drained the socket: its
+    /// readiness is cleared with it, so the next read waits for the kernel's
+    /// word instead of trying once in vain (tokio clears only what it saw
+    /// before the read, so bytes that arrive meanwhile are never missed).
+    async fn read(
+        &self,
+        want: usize,
+        mut f: impl FnMut(BorrowedFd<'_>) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        loop {
+            self.ready(Interest::READABLE).await?;
+            let mut short = None;
+            let r = self.try_io(Interest::READABLE, |fd| match f(fd) {
+                Ok(n) if n > 0 && n < want => {
+                    short = Some(n);
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+                r => r,
+            });
+            if let Some(n) = short {
+                return Ok(n);
+            }
             match r {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return r,
             }
+        }
+    }
+
+    async fn ready(&self, interest: Interest) -> io::Result<()> {
+        match self {
+            Fd::Tcp(s) => s.ready(interest).await.map(drop),
+            Fd::Data(s) => s.ready(interest).await,
+        }
+    }
+
+    fn try_io(
+        &self,
+        interest: Interest,
+        f: impl FnOnce(BorrowedFd<'_>) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let fd = self.fd();
+        match self {
+            Fd::Tcp(s) => s.try_io(interest, || f(fd)),
+            Fd::Data(s) => s.try_io(interest, || f(fd)),
         }
     }
 
@@ -109,7 +150,7 @@ async fn encode(tcp: &Fd<'_>, data: &Fd<'_>, state: &State) -> Result<u64, Relay
     loop {
         let n = if !bulk {
             let n = tcp
-                .op(Interest::READABLE, |fd| sys::read(fd, &mut buf[SEGMENT_HEADER_LEN..]))
+                .read(SMALL, |fd| sys::read(fd, &mut buf[SEGMENT_HEADER_LEN..]))
                 .await
                 .map_err(local)?;
             if n > 0 {
@@ -136,7 +177,7 @@ async fn encode(tcp: &Fd<'_>, data: &Fd<'_>, state: &State) -> Result<u64, Relay
             // The pool is used up: this chunk goes through a buffer.
             fallback.resize(SEGMENT_HEADER_LEN + FALLBACK, 0);
             let n = tcp
-                .op(Interest::READABLE, |fd| sys::read(fd, &mut fallback[SEGMENT_HEADER_LEN..]))
+                .read(FALLBACK, |fd| sys::read(fd, &mut fallback[SEGMENT_HEADER_LEN..]))
                 .await
                 .map_err(local)?;
             if n > 0 {
@@ -180,10 +221,8 @@ async fn decode(
     if let Opening::Awaited(limit) = state.opening {
         let answer = async {
             while !take_answer(&mut inbox)? {
-                let n = data
-                    .op(Interest::READABLE, |fd| sys::read(fd, &mut scratch))
-                    .await
-                    .map_err(transport)?;
+                let n =
+                    data.read(SMALL, |fd| sys::read(fd, &mut scratch)).await.map_err(transport)?;
                 if n == 0 {
                     return Err(ENDED_BEFORE_ANSWER);
                 }
@@ -200,7 +239,7 @@ async fn decode(
             return Ok((total, inbox));
         }
         while inbox.len() < SEGMENT_HEADER_LEN {
-            let read = data.op(Interest::READABLE, |fd| sys::read(fd, &mut scratch));
+            let read = data.read(SMALL, |fd| sys::read(fd, &mut scratch));
             // After the peer's Fin only a Reset may follow: the connection
             // is done once this side has sent its own.
             let n = tokio::select! {
@@ -246,7 +285,7 @@ async fn decode(
                             }
                             let want = left.min(scratch.len());
                             let n = data
-                                .op(Interest::READABLE, |fd| sys::read(fd, &mut scratch[..want]))
+                                .read(want, |fd| sys::read(fd, &mut scratch[..want]))
                                 .await
                                 .map_err(transport)?;
                             tcp.write_all(&scratch[..n]).await.map_err(local)?;

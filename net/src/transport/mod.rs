@@ -310,6 +310,45 @@ impl Stream {
         }
     }
 
+    /// Reads what is there (up to `buf`'s spare room, at least 4 KiB made),
+    /// appending it to `buf`; waits until something is; 0 at the end of the
+    /// stream. On Linux a short read clears the socket's readiness with it,
+    /// so the next read waits for the kernel's word instead of trying once
+    /// in vain (see the relay's reads).
+    pub async fn read_some(&mut self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+        buf.reserve(4096);
+        #[cfg(target_os = "linux")]
+        if self.fd().is_some() {
+            let start = buf.len();
+            let want = buf.capacity() - start;
+            buf.resize(start + want, 0);
+            let r = loop {
+                if let Err(e) = self.ready(Interest::READABLE).await {
+                    break Err(e);
+                }
+                let fd = self.fd().expect("checked above");
+                let mut short = None;
+                let r = self.try_io(Interest::READABLE, || {
+                    match crate::sys::read(fd, &mut buf[start..]) {
+                        Ok(n) if n > 0 && n < want => {
+                            short = Some(n);
+                            Err(io::ErrorKind::WouldBlock.into())
+                        }
+                        r => r,
+                    }
+                });
+                match (short, r) {
+                    (Some(n), _) => break Ok(n),
+                    (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    (None, r) => break r,
+                }
+            };
+            buf.truncate(start + *r.as_ref().unwrap_or(&0));
+            return r;
+        }
+        tokio::io::AsyncReadExt::read_buf(self, buf).await
+    }
+
     /// Whether the connection is open with nothing waiting to be read, now,
     /// without waiting: what an idle pooled data connection must be before
     /// it carries a client (bytes or an end of stream mean the agent gave
