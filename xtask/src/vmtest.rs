@@ -26,6 +26,9 @@ const CMD_PORT: u32 = 2000;
 /// Guest vsock port the agent listens on.
 const AGENT_PORT: u32 = 1023;
 const GUEST_CID: u32 = 3;
+/// Clients carried one after another after the agent's restart.
+const POOLED_CLIENTS: usize = 20;
+
 /// Guest TCP ports the scenarios use.
 const ECHO: u16 = 47001;
 const EARLY: u16 = 47002;
@@ -700,6 +703,21 @@ fn scenarios(vm: &mut Vm, hoist_host: &Path, hooks: Option<&str>, want: &str) ->
     vm.start_agent(hooks)?;
     let t = vm.wait_in_sync("resync after the agent restart", &[LATER])?;
     say(format!("  agent restarted: host resynced to the guest's table {t:?}"));
+
+    // Clients after the restart ride the new session's data connections
+    // (the old session's idle ones, opened ahead before it, are discarded),
+    // one after another on the same few.
+    vm.cmd(&format!("spawn echo /bin/hoist-vmlab-guest echo {ECHO}"))?;
+    vm.sh(&format!(
+        "while ! grep -q ':{ECHO:04X} 00000000:0000 0A' /proc/net/tcp; do sleep 0.05; done"
+    ))?;
+    vm.wait_in_sync("the echo server after the agent restart", &[LATER, ECHO])?;
+    for _ in 0..POOLED_CLIENTS {
+        echo_check(ECHO, 64 << 10)?;
+    }
+    vm.cmd("kill echo")?;
+    vm.wait_in_sync("the echo server's exit", &[LATER])?;
+    say(format!("  after the agent restart: {POOLED_CLIENTS} clients in a row intact over pooled data connections"));
 
     // The host restarts while the guest opens and closes ports: changes
     // land while it is down, while it connects and after it has resynced.
