@@ -1,11 +1,13 @@
 //! A data connection's segments: `SegmentHeader::decode` on the first five
 //! bytes and, for the segments whose payload the receiver parses, the payload
-//! parsers. Never panics; an accepted header re-encodes to the same bytes, and
-//! an accepted `Open` or `Refused` payload round-trips.
+//! parsers. Never panics; an accepted header re-encodes to the same bytes, an
+//! accepted `Open` or `Refused` payload round-trips, and an accepted
+//! `Datagram` fits one UDP datagram.
 #![no_main]
 
 use hoist_wire::{
-    open_segment, parse_open, parse_refused, refused_segment, SegmentHeader, SegmentKind,
+    datagram_header, open_segment, parse_open, parse_refused, refused_segment, SegmentHeader,
+    SegmentKind, MAX_DATAGRAM,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -23,6 +25,10 @@ fuzz_target!(|data: &[u8]| {
             if let Ok((why, reason)) = parse_refused(payload) {
                 assert_eq!(parse_refused(&refused_segment(why, &reason)[5..]), Ok((why, reason)));
             }
+        }
+        SegmentKind::Datagram => {
+            assert!(h.len <= MAX_DATAGRAM);
+            assert_eq!(datagram_header(h.len), *head);
         }
         _ => {}
     }

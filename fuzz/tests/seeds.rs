@@ -85,6 +85,9 @@ fn segment_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("bytes", [h(SegmentKind::Bytes, 4), b"ping".to_vec()].concat()),
         ("fin", h(SegmentKind::Fin, 0)),
         ("reset", h(SegmentKind::Reset, 0)),
+        ("open-udp", open_segment(&Endpoint::udp(Family::V6, 53))),
+        ("datagram", [h(SegmentKind::Datagram, 5), b"query".to_vec()].concat()),
+        ("datagram-empty", h(SegmentKind::Datagram, 0)),
     ]
 }
 

@@ -23,6 +23,6 @@ pub use msg::{
     MAX_COMM, MAX_FORWARDS, MAX_HOST_FRAME, PROTOCOL_VERSION, SNAPSHOT_CHUNK,
 };
 pub use segment::{
-    open_segment, parse_open, parse_refused, refused_segment, Refusal, SegmentHeader, SegmentKind,
-    MAX_IDLE_DATA, MAX_SEGMENT, SEGMENT_HEADER_LEN,
+    datagram_header, open_segment, parse_open, parse_refused, refused_segment, Refusal,
+    SegmentHeader, SegmentKind, MAX_DATAGRAM, MAX_IDLE_DATA, MAX_SEGMENT, SEGMENT_HEADER_LEN,
 };

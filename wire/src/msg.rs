@@ -117,6 +117,11 @@ impl Endpoint {
     pub fn tcp(family: Family, port: u16) -> Endpoint {
         Endpoint { proto: Proto::Tcp, family, port }
     }
+
+    /// A UDP endpoint.
+    pub fn udp(family: Family, port: u16) -> Endpoint {
+        Endpoint { proto: Proto::Udp, family, port }
+    }
 }
 
 impl fmt::Display for Endpoint {

@@ -2,7 +2,9 @@
 //! both ways, each a 5-byte header and a payload. The bytes of the client's
 //! (or guest server's) stream travel in `Bytes` segments; a stream's end and a
 //! reset travel in band, so they survive every transport (a Unix socket or a
-//! vsock multiplexer has no reset and may not carry a half-close).
+//! vsock multiplexer has no reset and may not carry a half-close). A UDP flow
+//! (an `Open` of a UDP endpoint) carries one datagram per `Datagram`
+//! segment instead, so datagram boundaries survive the byte stream.
 //!
 //! ```text
 //! +-----------+---------------+-------------------+
@@ -18,9 +20,13 @@
 //! | 4    | `Bytes`   | 1..=[`MAX_SEGMENT`] stream bytes | both                      |
 //! | 5    | `Fin`     | none: the sender's stream ended  | both, once                |
 //! | 6    | `Reset`   | none: the sender's side reset    | both                      |
+//! | 7    | `Datagram`| one UDP datagram, 0..=[`MAX_DATAGRAM`] bytes | both, UDP flows only |
 //!
 //! A connection ends cleanly only after a `Fin` each way; an end of stream
-//! any earlier, or a `Reset`, resets the other side's TCP connection.
+//! any earlier, or a `Reset`, resets the other side's TCP connection. A UDP
+//! flow carries `Datagram`s, never `Bytes`; the host ends it with `Fin` when
+//! it has been idle (the agent answers `Fin`), and either side may `Reset`
+//! it.
 //!
 //! A data connection carries one client connection after another: after a
 //! clean end the next `Open` may follow at once, or after any idle time (the
@@ -39,6 +45,10 @@ pub const SEGMENT_HEADER_LEN: usize = 5;
 
 /// Largest `Bytes` payload sent or accepted.
 pub const MAX_SEGMENT: usize = 1 << 20;
+
+/// Largest `Datagram` payload: a UDP length field's maximum (the largest
+/// datagram IPv4 carries is 65,507 bytes, IPv6 65,527).
+pub const MAX_DATAGRAM: usize = 65_535;
 
 /// Idle data connections a host keeps open to the agent at most, per
 /// session: the agent's bound on data connections is its bound on carried
@@ -63,6 +73,8 @@ pub enum SegmentKind {
     Fin,
     /// The sender's side was reset.
     Reset,
+    /// One UDP datagram, whole (a UDP flow's only payload).
+    Datagram,
 }
 
 /// A segment's header.
@@ -89,6 +101,7 @@ impl SegmentHeader {
             SegmentKind::Bytes => 4,
             SegmentKind::Fin => 5,
             SegmentKind::Reset => 6,
+            SegmentKind::Datagram => 7,
         };
         let len = (self.len as u32).to_be_bytes();
         [kind, len[0], len[1], len[2], len[3]]
@@ -104,6 +117,7 @@ impl SegmentHeader {
             4 => Bytes,
             5 => Fin,
             6 => Reset,
+            7 => Datagram,
             tag => return Err(DecodeError::UnknownTag { what: "segment", tag }),
         };
         let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
@@ -112,6 +126,8 @@ impl SegmentHeader {
             Opened | Fin | Reset => len == 0,
             Refused => (3..=MAX_REFUSED).contains(&len),
             Bytes => (1..=MAX_SEGMENT).contains(&len),
+            // An empty datagram is a datagram.
+            Datagram => len <= MAX_DATAGRAM,
         };
         if !ok {
             return Err(DecodeError::Invalid { what: "segment length", value: len as u64 });
@@ -145,6 +161,13 @@ impl fmt::Display for Refusal {
             Refusal::OverLimit => "the agent carries as many connections as it may",
         })
     }
+}
+
+/// The header of a `Datagram` segment carrying `len` bytes (at most
+/// [`MAX_DATAGRAM`]: the payload is one UDP datagram).
+pub fn datagram_header(len: usize) -> [u8; SEGMENT_HEADER_LEN] {
+    debug_assert!(len <= MAX_DATAGRAM, "a UDP datagram holds at most {MAX_DATAGRAM} bytes");
+    SegmentHeader::new(SegmentKind::Datagram, len).encode()
 }
 
 /// The `Open` segment for `endpoint`, header included.
@@ -206,6 +229,10 @@ mod tests {
         let e = Endpoint { proto: Proto::Tcp, family: Family::V6, port: 443 };
         assert_eq!(open_segment(&e), [1, 0, 0, 0, 4, 6, 6, 1, 187]);
         assert_eq!(parse_open(&[6, 6, 1, 187]).unwrap(), e);
+        let u = Endpoint::udp(Family::V4, 53);
+        assert_eq!(open_segment(&u), [1, 0, 0, 0, 4, 17, 4, 0, 53]);
+        assert_eq!(parse_open(&[17, 4, 0, 53]).unwrap(), u);
+        assert_eq!(datagram_header(3), [7, 0, 0, 0, 3]);
         assert_eq!(
             refused_segment(Refusal::DialFailed, "no"),
             [3, 0, 0, 0, 5, 2, 0, 2, b'n', b'o']
@@ -229,6 +256,8 @@ mod tests {
             (SegmentKind::Bytes, 0x0102, [4, 0, 0, 1, 2]),
             (SegmentKind::Fin, 0, [5, 0, 0, 0, 0]),
             (SegmentKind::Reset, 0, [6, 0, 0, 0, 0]),
+            (SegmentKind::Datagram, 0, [7, 0, 0, 0, 0]),
+            (SegmentKind::Datagram, 65_535, [7, 0, 0, 0xff, 0xff]),
         ];
         for (kind, len, bytes) in headers {
             assert_eq!(SegmentHeader::new(kind, len).encode(), bytes, "{kind:?}");
@@ -255,6 +284,11 @@ mod tests {
                 Invalid { what: "segment length", value: 3 },
             ),
             ("huge refusal", [3, 0, 1, 0, 0], Invalid { what: "segment length", value: 65536 }),
+            (
+                "datagram longer than UDP allows",
+                [7, 0, 1, 0, 0],
+                Invalid { what: "segment length", value: 65536 },
+            ),
         ];
         for (name, bytes, want) in cases {
             assert_eq!(&SegmentHeader::decode(*bytes).unwrap_err(), want, "{name}");
