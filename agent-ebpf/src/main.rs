@@ -16,8 +16,10 @@
 //!   LISTEN outside listen(2) (io_uring, the kernel's own listeners) is
 //!   reported at once as unconfirmed: the agent checks it with a snapshot.
 //!
-//! Only TCP sockets are reported: SCTP reaches the LISTEN state and DCCP
-//! `inet_csk_listen_start` too, and neither may become a TCP forward.
+//! Only TCP sockets are reported here: SCTP reaches the LISTEN state and DCCP
+//! `inet_csk_listen_start` too, and neither may become a TCP forward. UDP
+//! servers have hooks of their own in `udp` (both sets), sharing the ring
+//! buffer, the socket reads and the globals below.
 //!
 //! An event the full ring buffer cannot take is counted in `DROPS`, never
 //! lost silently. Struct offsets are read-only globals the agent fills in
@@ -40,6 +42,8 @@ use aya_ebpf::EbpfContext;
 use aya_log_ebpf::{debug, warn};
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use core::ptr::read_volatile;
+
+mod udp;
 use hoist_common::{
     ListenEvent, ABSENT, AF_INET, AF_INET6, EVENTS_RING_BYTES, EVENT_LISTEN,
     EVENT_LISTEN_UNCONFIRMED, EVENT_UNLISTEN, IPPROTO_TCP,
@@ -70,13 +74,13 @@ static IN_LISTEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
 // must be plain statics read with read_volatile: the compiler would otherwise
 // fold them to these placeholder values.
 #[no_mangle]
-static NETNS_INUM: u32 = 0;
+pub(crate) static NETNS_INUM: u32 = 0;
 #[no_mangle]
-static OFF_FAMILY: u32 = ABSENT;
+pub(crate) static OFF_FAMILY: u32 = ABSENT;
 #[no_mangle]
-static OFF_PROTOCOL: u32 = ABSENT;
+pub(crate) static OFF_PROTOCOL: u32 = ABSENT;
 #[no_mangle]
-static PROTOCOL_SIZE: u32 = 0;
+pub(crate) static PROTOCOL_SIZE: u32 = 0;
 #[no_mangle]
 static OFF_NUM: u32 = ABSENT;
 #[no_mangle]
@@ -88,9 +92,9 @@ static OFF_IPV6ONLY_BYTE: u32 = ABSENT;
 #[no_mangle]
 static IPV6ONLY_BIT: u32 = 0;
 #[no_mangle]
-static OFF_NET: u32 = ABSENT;
+pub(crate) static OFF_NET: u32 = ABSENT;
 #[no_mangle]
-static OFF_NET_INUM: u32 = ABSENT;
+pub(crate) static OFF_NET_INUM: u32 = ABSENT;
 #[no_mangle]
 static OFF_INET_SPORT: u32 = ABSENT;
 #[no_mangle]
@@ -100,7 +104,7 @@ const TCP_LISTEN: i32 = 10;
 const TCP_CLOSE: i32 = 7;
 
 #[inline(always)]
-fn global(g: &'static u32) -> u32 {
+pub(crate) fn global(g: &'static u32) -> u32 {
     // SAFETY: a valid static; volatile keeps the load from being folded.
     unsafe { read_volatile(g) }
 }
@@ -108,14 +112,21 @@ fn global(g: &'static u32) -> u32 {
 /// A load at a BTF-checked offset from a kernel pointer the verifier knows
 /// the type of; the verifier rejects any offset not inside a real member.
 #[inline(always)]
-unsafe fn load<T: Copy>(base: *const u8, off: u32) -> T {
+pub(crate) unsafe fn load<T: Copy>(base: *const u8, off: u32) -> T {
     read_volatile(base.add(off as usize) as *const T)
 }
 
-/// Builds the event for `sk`, or `None` for a socket this agent does not
-/// watch (other family, other network namespace).
+/// Builds the event for a TCP socket `sk`, or `None` for a socket this agent
+/// does not watch (other protocol or family, other network namespace).
 #[inline(always)]
 unsafe fn describe(sk: *const u8, kind: u8) -> Option<ListenEvent> {
+    describe_as(sk, kind, IPPROTO_TCP)
+}
+
+/// Builds the event for `sk` if its protocol is `protocol` (and its family and
+/// network namespace are watched). The port is the caller's to fill in.
+#[inline(always)]
+pub(crate) unsafe fn describe_as(sk: *const u8, kind: u8, protocol: u8) -> Option<ListenEvent> {
     let family: u16 = load(sk, global(&OFF_FAMILY));
     if family != AF_INET && family != AF_INET6 {
         return None;
@@ -127,7 +138,7 @@ unsafe fn describe(sk: *const u8, kind: u8) -> Option<ListenEvent> {
         1 => load::<u8>(sk, global(&OFF_PROTOCOL)) as u16,
         _ => return None,
     };
-    if proto != IPPROTO_TCP as u16 {
+    if proto != protocol as u16 {
         return None;
     }
     let net: *const u8 = load(sk, global(&OFF_NET));
@@ -141,7 +152,7 @@ unsafe fn describe(sk: *const u8, kind: u8) -> Option<ListenEvent> {
     }
     let mut ev = ListenEvent::zeroed();
     ev.kind = kind;
-    ev.proto = IPPROTO_TCP;
+    ev.proto = protocol;
     ev.family = family;
     ev.netns = netns;
     ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -190,8 +201,14 @@ unsafe fn sport(sk: *const u8) -> u16 {
     u16::from_be(load::<u16>(tp, global(&OFF_INET_SPORT)))
 }
 
+/// The local port in `skc_num` (host order): set once the socket is bound.
 #[inline(always)]
-fn emit<C: EbpfContext>(ctx: &C, ev: &ListenEvent) {
+pub(crate) unsafe fn sport_num(sk: *const u8) -> u16 {
+    load::<u16>(sk, global(&OFF_NUM))
+}
+
+#[inline(always)]
+pub(crate) fn emit<C: EbpfContext>(ctx: &C, ev: &ListenEvent) {
     let Some(mut slot) = EVENTS.reserve::<ListenEvent>(0) else {
         count_drop();
         warn!(ctx, "hoist: ring buffer full, event for port {} lost", ev.port);
@@ -204,7 +221,7 @@ fn emit<C: EbpfContext>(ctx: &C, ev: &ListenEvent) {
 
 /// Counts an event the full ring buffer could not take: the agent resyncs.
 #[inline(always)]
-fn count_drop() {
+pub(crate) fn count_drop() {
     if let Some(n) = DROPS.get_ptr_mut(0) {
         // SAFETY: a valid, 8-byte aligned map value. Every CPU adds to it,
         // hence the atomic; its result is unused, so it compiles to the plain
@@ -220,7 +237,7 @@ fn count_drop() {
 /// into one load from `ctx + (8 or 16)`, a modified context pointer the
 /// verifier refuses to dereference.
 #[inline(always)]
-fn ctx_slot<const OFF: i16>(ctx: &FExitContext) -> u64 {
+pub(crate) fn ctx_slot<const OFF: i16>(ctx: &FExitContext) -> u64 {
     let v: u64;
     // SAFETY: a load from the context; the verifier checks OFF against the
     // traced function's BTF prototype.
@@ -319,7 +336,7 @@ pub fn listen_enter(_ctx: TracePointContext) -> i32 {
 
 /// Offset of `ret` in the syscall-exit tracepoint record (a stable ABI:
 /// common header, `__syscall_nr`, padding, `long ret`).
-const SYS_EXIT_RET: usize = 16;
+pub(crate) const SYS_EXIT_RET: usize = 16;
 
 #[tracepoint(category = "syscalls", name = "sys_exit_listen")]
 pub fn listen_exit(ctx: TracePointContext) -> i32 {

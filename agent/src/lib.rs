@@ -17,8 +17,8 @@ mod table;
 mod tracker;
 
 pub use source::{
-    listening_tcp, parse_diag_replies, snapshot, DiagSocket, EventSource, HookMode, Hooks,
-    KernelSource, Offsets,
+    classify_udp, ephemeral_ports, listening_tcp, parse_diag_replies, snapshot, unconnected_udp,
+    DiagSocket, EventSource, HookMode, Hooks, KernelSource, Offsets, UdpVerdict, Watch,
 };
 pub use sys::enter_netns;
 pub use table::GuestListener;
@@ -129,8 +129,8 @@ pub struct Config {
     pub allowed_uids: Vec<u32>,
     /// Also expose listeners bound to non-loopback addresses.
     pub forward_any_address: bool,
-    /// Inode of the network namespace whose listeners are tracked.
-    pub netns_inum: u32,
+    /// The network namespace whose listeners are tracked.
+    pub watch: Watch,
     /// The shared token, if any.
     pub token: Option<Token>,
     /// Client connections carried at once.
@@ -144,7 +144,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     // any program is loaded into the kernel.
     let acceptor = Acceptor::bind(&config.listen, config.acceptor).await?;
     let source =
-        KernelSource::load(config.hooks, config.netns_inum).context("loading the eBPF programs")?;
+        KernelSource::load(config.hooks, config.watch).context("loading the eBPF programs")?;
     let hooks = source.hooks();
     let settings = Settings {
         accept_cid: config.accept_cid,
@@ -159,7 +159,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         max_connections: config.max_connections,
     };
     let agent = Agent::new(source, acceptor, settings)?;
-    info!(event = "agent_ready", listen = %config.listen, hooks = %hooks, netns = config.netns_inum, "agent ready");
+    info!(event = "agent_ready", listen = %config.listen, hooks = %hooks, netns = config.watch.inum, "agent ready");
     agent.run(shutdown).await
 }
 

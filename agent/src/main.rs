@@ -5,7 +5,6 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hoist_agent::{check_listen, Config, HookMode};
 use hoist_net::{AcceptorOptions, Addr, LogFormat, CID_HOST};
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
@@ -114,9 +113,7 @@ fn real_main(args: RunArgs) -> Result<()> {
         hoist_agent::enter_netns(&f)
             .with_context(|| format!("entering network namespace {}", path.display()))?;
     }
-    let netns_inum = std::fs::metadata("/proc/thread-self/ns/net")
-        .context("reading own network namespace")?
-        .ino() as u32;
+    let watch = hoist_agent::Watch::current()?;
     let config = Config {
         listen: args.listen,
         acceptor: AcceptorOptions { unix_mode: args.socket_mode },
@@ -124,7 +121,7 @@ fn real_main(args: RunArgs) -> Result<()> {
         accept_cid: args.accept_cid.0,
         allowed_uids: args.allow_uid,
         forward_any_address: args.forward_any_address,
-        netns_inum,
+        watch,
         token,
         max_connections: args.max_connections as usize,
     };

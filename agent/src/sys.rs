@@ -1,7 +1,8 @@
-//! The agent's system calls, as safe wrappers, and its one `unsafe` block:
-//! registering an eBPF map's descriptor with tokio. Everything goes through
-//! rustix (setns, mount, netlink sockets, the guest dial's connect) except
-//! what aya and tokio own.
+//! The agent's system calls, as safe wrappers, and its two `unsafe` blocks:
+//! registering an eBPF map's descriptor with tokio, and reading a network
+//! namespace's cookie (`SO_NETNS_COOKIE`, which rustix does not wrap).
+//! Everything else goes through rustix (setns, mount, netlink sockets, the
+//! guest dial's connect) except what aya and tokio own.
 
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
@@ -57,6 +58,40 @@ pub fn dial_local(addr: std::net::SocketAddr) -> io::Result<(std::net::TcpStream
 pub fn enter_netns(file: &std::fs::File) -> io::Result<()> {
     use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
     Ok(move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))?)
+}
+
+/// Mounts a cgroup v2 hierarchy at `target` (an existing directory).
+pub fn mount_cgroup2(target: &Path) -> io::Result<()> {
+    use rustix::mount::{mount, MountFlags};
+    Ok(mount("cgroup2", target, "cgroup2", MountFlags::empty(), None)?)
+}
+
+/// The cookie of the calling thread's network namespace (Linux 5.14+), as
+/// `bpf_get_netns_cookie` reports it for that namespace's sockets.
+pub fn netns_cookie() -> io::Result<u64> {
+    let fd = rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, a u64 of
+    // that size, and the new length into `len`; `fd` is an open socket.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// Mounts tracefs at `target`.

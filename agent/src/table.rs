@@ -1,22 +1,26 @@
-//! The listener table: every TCP listener of the guest's namespace, keyed by
-//! socket cookie, and what the host must expose for it. Pure: kernel events
-//! and `sock_diag` snapshots go in, the set of host endpoints comes out, and
-//! [`changes`] turns two such sets into the messages for the host. Keyed by
-//! cookie, two `SO_REUSEPORT` listeners on one port are two entries, and the
-//! port stays exposed until the last of them closes. `tracker` drives it.
+//! The listener table: every TCP listener and UDP server of the guest's
+//! namespace, keyed by socket cookie, and what the host must expose for it.
+//! Pure: kernel events and `sock_diag` snapshots go in, the set of host
+//! endpoints comes out, and [`changes`] turns two such sets into the messages
+//! for the host. Keyed by cookie, two `SO_REUSEPORT` sockets on one port are
+//! two entries, and the port stays exposed until the last of them closes; a
+//! TCP listener and a UDP server on one port are two endpoints. The address
+//! rules are the same for both protocols. `tracker` drives it.
 
-use hoist_common::{ListenEvent, AF_INET, AF_INET6, IPPROTO_TCP};
-use hoist_wire::{AgentMsg, Endpoint, Family, Forward};
+use hoist_common::{ListenEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+use hoist_wire::{AgentMsg, Endpoint, Family, Forward, Proto};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// One listening socket of the guest.
+/// One listening socket of the guest: a TCP listener or a UDP server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestListener {
     /// The kernel's socket cookie: stable for the socket's life.
     pub cookie: u64,
+    pub proto: Proto,
     pub addr: IpAddr,
-    /// 0 while an autobind listen waits for its port (resolved by snapshot).
+    /// 0 while an autobind listen waits for its port, or a UDP server on the
+    /// IPv6 wildcard for its v6-only flag (both resolved by snapshot).
     pub port: u16,
     pub ipv6only: bool,
     /// Process that listened (0 when unknown).
@@ -28,9 +32,11 @@ impl GuestListener {
     /// The listener a kernel event describes; `None` for a family or a
     /// protocol the table does not handle.
     pub fn from_event(ev: &ListenEvent) -> Option<GuestListener> {
-        if ev.proto != IPPROTO_TCP {
-            return None;
-        }
+        let proto = match ev.proto {
+            IPPROTO_TCP => Proto::Tcp,
+            IPPROTO_UDP => Proto::Udp,
+            _ => return None,
+        };
         let addr = match ev.family {
             AF_INET => IpAddr::V4(Ipv4Addr::new(ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3])),
             AF_INET6 => IpAddr::V6(Ipv6Addr::from(ev.addr)),
@@ -39,6 +45,7 @@ impl GuestListener {
         let end = ev.comm.iter().position(|&b| b == 0).unwrap_or(ev.comm.len());
         Some(GuestListener {
             cookie: ev.cookie,
+            proto,
             addr,
             port: ev.port,
             ipv6only: ev.ipv6only != 0,
@@ -143,7 +150,7 @@ impl Table {
         let mut best: BTreeMap<Endpoint, (u8, u64, Exposure)> = BTreeMap::new();
         for l in self.listeners.values() {
             for (family, dial_ip, rank) in host_sides(l, self.forward_any_address) {
-                let endpoint = Endpoint::tcp(family, l.port);
+                let endpoint = Endpoint { proto: l.proto, family, port: l.port };
                 let exposure = Exposure {
                     forward: Forward {
                         endpoint,
@@ -233,6 +240,7 @@ mod tests {
     fn l(cookie: u64, addr: &str, port: u16, ipv6only: bool) -> GuestListener {
         GuestListener {
             cookie,
+            proto: Proto::Tcp,
             addr: addr.parse().unwrap(),
             port,
             ipv6only,
@@ -456,10 +464,53 @@ mod tests {
         rec[56..64].copy_from_slice(&99u64.to_ne_bytes());
         assert_eq!(ListenEvent::from_bytes(&rec), Some(ev));
         assert_eq!(ListenEvent::from_bytes(&rec[..63]), None, "a short record is refused");
+        ev.proto = IPPROTO_UDP;
+        assert_eq!(GuestListener::from_event(&ev).unwrap().proto, Proto::Udp, "a UDP server");
         ev.proto = 132; // SCTP
-        assert_eq!(GuestListener::from_event(&ev), None, "only TCP listeners");
+        assert_eq!(GuestListener::from_event(&ev), None, "only TCP listeners and UDP servers");
         ev.proto = IPPROTO_TCP;
         ev.family = 1;
         assert_eq!(GuestListener::from_event(&ev), None);
+    }
+
+    fn u(cookie: u64, addr: &str, port: u16, ipv6only: bool) -> GuestListener {
+        GuestListener { proto: Proto::Udp, ..l(cookie, addr, port, ipv6only) }
+    }
+
+    fn udp(family: Family, port: u16) -> Endpoint {
+        Endpoint { proto: Proto::Udp, family, port }
+    }
+
+    /// UDP servers follow the TCP address rules, on endpoints of their own:
+    /// a TCP listener and a UDP server on one port are two forwards, and a
+    /// group of UDP sockets on one port is one until the last goes.
+    #[test]
+    fn udp_servers_are_endpoints_of_their_own_with_the_same_address_rules() {
+        use Family::*;
+        let mut t = Table::new(false);
+        t.listen(l(1, "127.0.0.1", 53, false));
+        t.listen(u(2, "127.0.0.1", 53, false));
+        t.listen(u(3, "::", 5353, false));
+        t.listen(u(4, "::", 5354, true));
+        t.listen(u(5, "10.0.0.1", 5355, false));
+        t.listen(u(6, "::", 0, false));
+        let want = vec![
+            (ep(V4, 53), "127.0.0.1:53".to_string()),
+            (udp(V4, 53), "127.0.0.1:53".into()),
+            (udp(V4, 5353), "127.0.0.1:5353".into()),
+            (udp(V6, 5353), "[::1]:5353".into()),
+            (udp(V6, 5354), "[::1]:5354".into()),
+        ];
+        assert_eq!(summary(&t.exposed()), want, "a v6 wildcard waiting for its snapshot is not");
+        assert!(t.has_unresolved());
+        // SO_REUSEPORT: counted until the last.
+        t.listen(u(7, "0.0.0.0", 9000, false));
+        t.listen(u(8, "0.0.0.0", 9000, false));
+        t.unlisten(7);
+        assert!(t.exposed().contains_key(&udp(V4, 9000)));
+        t.unlisten(8);
+        assert!(!t.exposed().contains_key(&udp(V4, 9000)));
+        let msgs = changes(&t.exposed(), &Exposed::new());
+        assert!(msgs.contains(&AgentMsg::Removed(udp(V6, 5353))), "{msgs:?}");
     }
 }

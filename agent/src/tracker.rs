@@ -1,16 +1,20 @@
 //! The table's driver: the one task that owns the listener table. It drains
 //! kernel events into the table, takes a snapshot when the table must be
 //! resynced (start, a control connection from the host, ring-buffer loss, a
-//! listen whose port the kernel had not chosen yet), and publishes the
-//! resulting host endpoints on a watch channel. The one timer: a listen the
-//! kernel could not confirm (io_uring, the kernel's own listeners) is
-//! checked against snapshots, quickly at first, until it shows up or goes;
-//! no timer exists while nothing is unconfirmed.
+//! listen whose port the kernel had not chosen yet, a UDP server on the IPv6
+//! wildcard whose v6-only flag the cgroup hooks cannot read), and publishes
+//! the resulting host endpoints on a watch channel. The one timer: a listen
+//! the kernel could not confirm (io_uring, the kernel's own listeners), or a
+//! UDP server's connect it could not confirm (io_uring), is checked against
+//! snapshots, quickly at first, until it shows up or goes; no timer exists
+//! while nothing is unconfirmed.
 
 use crate::source::EventSource;
 use crate::table::{Change, Exposed, GuestListener, Table};
 use anyhow::{Context, Result};
-use hoist_common::{ListenEvent, EVENT_LISTEN, EVENT_LISTEN_UNCONFIRMED, EVENT_UNLISTEN};
+use hoist_common::{
+    ListenEvent, EVENT_LISTEN, EVENT_LISTEN_UNCONFIRMED, EVENT_UNLISTEN, EVENT_UNLISTEN_UNCONFIRMED,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +57,10 @@ pub struct Tracker<S> {
     /// Listens the kernel reported as unconfirmed, by cookie: what the event
     /// said, and how many snapshots have not shown them yet.
     unconfirmed: HashMap<u64, (GuestListener, u32)>,
-    /// When to look for them next.
+    /// UDP servers whose connect the kernel could not confirm, by cookie:
+    /// how many snapshots have still shown them unconnected.
+    doubted: HashMap<u64, u32>,
+    /// When to look at both next.
     check_at: Option<Instant>,
     /// Cookies whose UNLISTEN came while the table did not know them: a
     /// LISTEN for one of them afterwards may be a listen that is already
@@ -87,6 +94,7 @@ impl<S: EventSource> Tracker<S> {
             resync,
             drops_seen,
             unconfirmed: HashMap::new(),
+            doubted: HashMap::new(),
             check_at: None,
             orphans: Default::default(),
         };
@@ -160,6 +168,12 @@ impl<S: EventSource> Tracker<S> {
                         self.schedule_check(0);
                     }
                 }
+                EVENT_UNLISTEN_UNCONFIRMED => {
+                    if self.table.get(ev.cookie).is_some() {
+                        self.doubted.insert(ev.cookie, 0);
+                        self.schedule_check(0);
+                    }
+                }
                 k => warn!(kind = k, "ignoring kernel event of unknown kind"),
             }
         }
@@ -194,7 +208,8 @@ impl<S: EventSource> Tracker<S> {
     /// Takes a snapshot for the unconfirmed listens: those it shows join the
     /// table (with the pid and command the event named, when /proc knows no
     /// owner, as for the kernel's own listeners); the others wait for the
-    /// next check, until given up.
+    /// next check, until given up. The same snapshot settles the doubted UDP
+    /// servers.
     fn check_unconfirmed(&mut self) {
         self.check_at = None;
         if let Err(e) = self.resync_now() {
@@ -219,6 +234,23 @@ impl<S: EventSource> Tracker<S> {
                         "an unconfirmed listen never showed up; given up"
                     ),
                 },
+            }
+        }
+        // A server the snapshot still shows unconnected: its connect failed,
+        // or has not happened yet; gone from the table: it connected (or
+        // closed), and the snapshot's reconcile removed it.
+        for (cookie, tries) in std::mem::take(&mut self.doubted) {
+            if self.table.get(cookie).is_none() {
+                continue;
+            }
+            match confirm_delay(tries + 1) {
+                Some(_) => {
+                    retry = Some(retry.map_or(tries + 1, |r: u32| r.min(tries + 1)));
+                    self.doubted.insert(cookie, tries + 1);
+                }
+                None => {
+                    info!(cookie, "a UDP server's unconfirmed connect never showed; still a server")
+                }
             }
         }
         if let Some(tries) = retry {
@@ -262,10 +294,10 @@ fn log_change(change: Option<Change>, via: &'static str) {
     match change {
         Some(Change::Listen(l)) if l.port == 0 => {}
         Some(Change::Listen(l)) => {
-            info!(event = "listen", port = l.port, address = %l.addr, ipv6only = l.ipv6only, pid = l.pid, comm = %l.comm, via, "guest listener opened")
+            info!(event = "listen", proto = %l.proto, port = l.port, address = %l.addr, ipv6only = l.ipv6only, pid = l.pid, comm = %l.comm, via, "guest listener opened")
         }
         Some(Change::Unlisten(l)) => {
-            info!(event = "unlisten", port = l.port, address = %l.addr, pid = l.pid, comm = %l.comm, via, "guest listener closed")
+            info!(event = "unlisten", proto = %l.proto, port = l.port, address = %l.addr, pid = l.pid, comm = %l.comm, via, "guest listener closed")
         }
         None => {}
     }
@@ -363,6 +395,47 @@ mod tests {
                 .unwrap()
                 .clone();
         assert_eq!(exposed.keys().map(|e| e.port).collect::<Vec<_>>(), [9090]);
+        stop.cancel();
+        run.await.unwrap().unwrap();
+    }
+
+    /// A UDP server whose connect the kernel could not confirm (io_uring)
+    /// stays until a snapshot shows it connected (or closed); one whose
+    /// connect failed stays a server once the checks give up.
+    #[tokio::test(start_paused = true)]
+    async fn an_unconfirmed_udp_connect_is_settled_by_snapshots() {
+        let udp = |cookie, port| {
+            let mut e = event(EVENT_LISTEN, cookie, port);
+            e.proto = hoist_common::IPPROTO_UDP;
+            GuestListener::from_event(&e).unwrap()
+        };
+        let truth = Arc::new(std::sync::Mutex::new(vec![udp(1, 5353), udp(2, 5354)]));
+        let (tx, events) = mpsc::unbounded_channel();
+        let (tracker, handle) =
+            Tracker::new(Scripted { events, truth: truth.clone() }, false).unwrap();
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(tracker.run(stop.clone()));
+        let mut exposed = handle.exposed.clone();
+        let ports = |x: &Exposed| x.keys().map(|e| e.port).collect::<Vec<_>>();
+        assert_eq!(ports(&exposed.borrow_and_update()), [5353, 5354]);
+        for cookie in [1, 2] {
+            let mut e = event(EVENT_UNLISTEN_UNCONFIRMED, cookie, 0);
+            e.proto = hoist_common::IPPROTO_UDP;
+            tx.send(e).unwrap();
+        }
+        // The first check comes before the connect has happened: both stay.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        assert_eq!(ports(&exposed.borrow_and_update()), [5353, 5354]);
+        // Server 1 connects; server 2's connect failed.
+        truth.lock().unwrap().retain(|l| l.cookie != 1);
+        let x = tokio::time::timeout(Duration::from_secs(5), exposed.wait_for(|x| x.len() == 1))
+            .await
+            .unwrap()
+            .unwrap()
+            .clone();
+        assert_eq!(ports(&x), [5354]);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(ports(&exposed.borrow_and_update()), [5354], "a failed connect leaves a server");
         stop.cancel();
         run.await.unwrap().unwrap();
     }

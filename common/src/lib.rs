@@ -1,6 +1,8 @@
 //! The ABI between the eBPF program (`agent-ebpf`) and the agent: the one event
-//! type that crosses the ring buffer, and the names of the maps and read-only
-//! globals the agent fills in at load time. `no_std` so both sides share it.
+//! type that crosses the ring buffer (for TCP listeners and UDP servers alike,
+//! the protocol a field), the map of explicitly bound UDP sockets both sides
+//! read, and the names of the maps and read-only globals the agent fills in
+//! at load time. `no_std` so both sides share it.
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -13,11 +15,19 @@ pub const EVENT_UNLISTEN: u8 = 2;
 /// listen, a listener the kernel opens itself), where no syscall exit can
 /// confirm it succeeded: the agent confirms it with a snapshot.
 pub const EVENT_LISTEN_UNCONFIRMED: u8 = 3;
+/// A UDP server may have stopped being one: it began a connect() outside
+/// connect(2) (io_uring), where no syscall exit tells whether it succeeded.
+/// The agent checks with a snapshot.
+pub const EVENT_UNLISTEN_UNCONFIRMED: u8 = 4;
 
-/// `IPPROTO_TCP`: the only protocol reported as a listener.
+/// `IPPROTO_TCP`: a listener (listen() succeeded).
 pub const IPPROTO_TCP: u8 = 6;
-/// `IPPROTO_UDP`.
+/// `IPPROTO_UDP`: a server (bound to a port it named, not connected).
 pub const IPPROTO_UDP: u8 = 17;
+
+/// `SOCK_BINDPORT_LOCK` in `sk_userlocks`: bind() was given the port (the
+/// kernel did not choose it).
+pub const SOCK_BINDPORT_LOCK: u8 = 4;
 
 /// `AF_INET` as the kernel spells it.
 pub const AF_INET: u16 = 2;
@@ -30,6 +40,46 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_DROPS: &str = "DROPS";
 /// Size of the ring buffer in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+/// Hash map: cookie -> [`UdpBound`] of every UDP socket of the watched
+/// namespace bound to a port it named, while it lives (see [`UdpBound`]).
+pub const MAP_UDP_BOUND: &str = "UDP_BOUND";
+/// Entries [`MAP_UDP_BOUND`] holds at most.
+pub const UDP_BOUND_ENTRIES: u32 = 65536;
+
+/// A UDP socket bound to a port it named (`bind()` with a port, which sets
+/// [`SOCK_BINDPORT_LOCK`]): the value of [`MAP_UDP_BOUND`], keyed by the
+/// socket's cookie. The eBPF program adds it at bind and removes it at close;
+/// the agent adds the ones it finds in a snapshot whose port the kernel
+/// cannot have chosen, so their close is reported too. Such a socket is a
+/// server while it is not connected.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct UdpBound {
+    /// The bound port, host order.
+    pub port: u16,
+    /// 1 while the socket is connected (a client): its UNLISTEN was sent.
+    pub connected: u8,
+    /// Padding, zero.
+    pub _pad: u8,
+}
+
+impl UdpBound {
+    /// Size of the map value.
+    pub const SIZE: usize = core::mem::size_of::<UdpBound>();
+
+    /// The map value's bytes (native order, the `repr(C)` layout).
+    pub fn to_bytes(self) -> [u8; 4] {
+        let p = self.port.to_ne_bytes();
+        [p[0], p[1], self.connected, self._pad]
+    }
+
+    /// A map value from its bytes.
+    pub fn from_bytes(b: [u8; 4]) -> UdpBound {
+        UdpBound { port: u16::from_ne_bytes([b[0], b[1]]), connected: b[2], _pad: b[3] }
+    }
+}
+
+const _: () = assert!(UdpBound::SIZE == 4);
 
 /// Names of the eBPF programs, one per hook.
 pub mod prog {
@@ -43,6 +93,38 @@ pub mod prog {
     pub const LISTEN_START: &str = "listen_start";
     /// `fentry/inet_csk_listen_stop`: the trampoline path's unlisten.
     pub const LISTEN_STOP: &str = "listen_stop";
+    /// `fexit/inet_bind`: the trampoline path's UDP bind (IPv4 sockets).
+    pub const UDP_BIND: &str = "udp_bind";
+    /// `fexit/inet6_bind`: the trampoline path's UDP bind (IPv6 sockets).
+    pub const UDP_BIND6: &str = "udp_bind6";
+    /// `fexit/__ip4_datagram_connect`: a UDP server connected (IPv4, and
+    /// an IPv6 socket connecting to an IPv4 peer).
+    pub const UDP_CONNECTED: &str = "udp_connected";
+    /// `fexit/__ip6_datagram_connect`: a UDP server connected (IPv6).
+    pub const UDP_CONNECTED6: &str = "udp_connected6";
+    /// `fexit/udp_disconnect`: a connected UDP socket with a port it named
+    /// dissolved its association (connect(AF_UNSPEC)): a server again.
+    pub const UDP_DISCONNECTED: &str = "udp_disconnected";
+    /// `fentry/udp_lib_unhash`: a UDP socket closes.
+    pub const UDP_UNHASH: &str = "udp_unhash";
+    /// `cgroup/bind4`: the port an IPv4 bind() asks for, before it runs.
+    pub const CG_BIND4: &str = "cg_bind4";
+    /// `cgroup/bind6`: the port an IPv6 bind() asks for, before it runs.
+    pub const CG_BIND6: &str = "cg_bind6";
+    /// `cgroup/post_bind4`: an IPv4 bind() succeeded.
+    pub const CG_POST_BIND4: &str = "cg_post_bind4";
+    /// `cgroup/post_bind6`: an IPv6 bind() succeeded.
+    pub const CG_POST_BIND6: &str = "cg_post_bind6";
+    /// `cgroup/connect4`: an IPv4 connect() is about to run.
+    pub const CG_CONNECT4: &str = "cg_connect4";
+    /// `cgroup/connect6`: an IPv6 connect() is about to run.
+    pub const CG_CONNECT6: &str = "cg_connect6";
+    /// `cgroup/sock_release`: an inet socket closes.
+    pub const CG_RELEASE: &str = "cg_release";
+    /// `tracepoint/syscalls/sys_enter_connect`: marks a thread inside connect(2).
+    pub const SYS_ENTER_CONNECT: &str = "connect_enter";
+    /// `tracepoint/syscalls/sys_exit_connect`: confirms a UDP server's connect.
+    pub const SYS_EXIT_CONNECT: &str = "connect_exit";
 }
 
 /// Names of the read-only globals (`.rodata`) the agent sets from the running
@@ -50,6 +132,9 @@ pub mod prog {
 pub mod global {
     /// Only report sockets of this network-namespace inode (0: all).
     pub const NETNS_INUM: &str = "NETNS_INUM";
+    /// The same namespace's cookie (`SO_NETNS_COOKIE`), for the cgroup
+    /// hooks, which cannot read the socket's namespace (0: all).
+    pub const NETNS_COOKIE: &str = "NETNS_COOKIE";
     /// `struct sock_common.skc_family` (u16).
     pub const OFF_FAMILY: &str = "OFF_FAMILY";
     /// `struct sock.sk_protocol`: a u16 since Linux 5.6, an 8-bit field
@@ -73,6 +158,13 @@ pub mod global {
     pub const OFF_NET_INUM: &str = "OFF_NET_INUM";
     /// `struct tcp_sock` -> `inet_sport` (u16, network order).
     pub const OFF_INET_SPORT: &str = "OFF_INET_SPORT";
+    /// Byte of `struct sock` holding `sk_userlocks` (a u8, or a 4-bit
+    /// field before Linux 6.2).
+    pub const OFF_USERLOCKS_BYTE: &str = "OFF_USERLOCKS_BYTE";
+    /// Bit of that byte where `sk_userlocks` starts.
+    pub const USERLOCKS_SHIFT: &str = "USERLOCKS_SHIFT";
+    /// `struct socket.sk` (pointer to `struct sock`).
+    pub const OFF_SOCKET_SK: &str = "OFF_SOCKET_SK";
     /// Parameter count of `inet_csk_listen_start` (2 before Linux 5.19, 1
     /// since): fexit finds the return value right after the parameters. 0 when
     /// the kernel's BTF has no such function.
@@ -82,20 +174,23 @@ pub mod global {
 /// Offset value meaning "the running kernel has no such member".
 pub const ABSENT: u32 = u32::MAX;
 
-/// One listen or unlisten, as the eBPF program writes it into the ring buffer.
+/// One listen or unlisten, as the eBPF program writes it into the ring buffer:
+/// a TCP socket that starts or stops listening, or a UDP socket that starts
+/// or stops being a server (see [`UdpBound`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenEvent {
-    /// [`EVENT_LISTEN`] or [`EVENT_UNLISTEN`].
+    /// One of the `EVENT_*` kinds.
     pub kind: u8,
     /// 1 when an `AF_INET6` socket has `IPV6_V6ONLY` set.
     pub ipv6only: u8,
     /// [`AF_INET`] or [`AF_INET6`].
     pub family: u16,
-    /// Local port in host byte order; 0 when the kernel had not chosen it yet
-    /// (the agent resolves it by `cookie`).
+    /// Local port in host byte order; 0 when the kernel had not chosen it yet,
+    /// or when the event cannot tell whether an IPv6 wildcard socket is
+    /// v6-only (the agent resolves both by `cookie` from a snapshot).
     pub port: u16,
-    /// The socket's protocol ([`IPPROTO_TCP`]).
+    /// The socket's protocol ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]).
     pub proto: u8,
     /// Padding, zero.
     pub _pad: u8,

@@ -73,6 +73,7 @@ fn event(kind: u8, cookie: u64, port: u16) -> ListenEvent {
 fn listener(cookie: u64, port: u16) -> GuestListener {
     GuestListener {
         cookie,
+        proto: hoist_wire::Proto::Tcp,
         addr: "127.0.0.1".parse().unwrap(),
         port,
         ipv6only: false,

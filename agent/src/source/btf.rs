@@ -51,7 +51,29 @@ pub struct Offsets {
     /// Parameter count of `inet_csk_listen_start` (where fexit finds the
     /// return value); 0 when the BTF has no such function.
     pub listen_start_nargs: u32,
+    /// Byte of `struct sock` holding `sk_userlocks`.
+    pub userlocks_byte: u32,
+    /// Bit of that byte where `sk_userlocks` starts (0 for the u8 of Linux
+    /// 6.2 and later, 4 for the 4-bit field before).
+    pub userlocks_shift: u32,
+    /// `struct socket.sk`.
+    pub socket_sk: u32,
+    /// Parameter counts of the functions the UDP trampoline hooks trace
+    /// (fexit finds the return value after them), in the order of
+    /// [`UDP_TRAMPOLINE_FUNCS`]; 0 for one the BTF does not have.
+    pub udp_nargs: [u32; UDP_TRAMPOLINE_FUNCS.len()],
 }
+
+/// The functions the UDP trampoline hooks trace, and the parameter count
+/// each hook is written for.
+pub const UDP_TRAMPOLINE_FUNCS: [(&str, u32); 6] = [
+    ("inet_bind", 3),
+    ("inet6_bind", 3),
+    ("__ip4_datagram_connect", 3),
+    ("__ip6_datagram_connect", 3),
+    ("udp_disconnect", 2),
+    ("udp_lib_unhash", 1),
+];
 
 impl Offsets {
     pub fn from_running_kernel() -> Result<Offsets> {
@@ -127,6 +149,26 @@ impl Offsets {
             bail!("struct tcp_sock inet_sport is {} bytes, expected 2", sport.size);
         }
         let listen_start_nargs = btf.func_params("inet_csk_listen_start")?.unwrap_or(0);
+        // sk_userlocks: a u8 since Linux 6.2, a 4-bit field before; the
+        // BINDPORT bit must sit in the byte read.
+        let locks = btf.named(sock, &["sk_userlocks"])?;
+        let (userlocks_byte, userlocks_shift) = (locks.bit_offset / 8, locks.bit_offset % 8);
+        if locks.bits < 3 || userlocks_shift + locks.bits.min(8) > 8 {
+            bail!(
+                "struct sock.sk_userlocks is {} bits at bit {}: not within one byte",
+                locks.bits,
+                locks.bit_offset
+            );
+        }
+        let socket = btf.find_struct("socket")?;
+        let sk = btf.named(socket, &["sk"])?;
+        if sk.bitfield || sk.size != 8 {
+            bail!("struct socket.sk is {} bytes, expected a pointer", sk.size);
+        }
+        let mut udp_nargs = [0; UDP_TRAMPOLINE_FUNCS.len()];
+        for (n, (func, _)) in udp_nargs.iter_mut().zip(UDP_TRAMPOLINE_FUNCS) {
+            *n = btf.func_params(func)?.unwrap_or(0);
+        }
         Ok(Offsets {
             family,
             protocol,
@@ -140,6 +182,10 @@ impl Offsets {
             net_inum: inum.bit_offset / 8,
             inet_sport: sport.bit_offset / 8,
             listen_start_nargs,
+            userlocks_byte,
+            userlocks_shift,
+            socket_sk: sk.bit_offset / 8,
+            udp_nargs,
         })
     }
 }
@@ -595,12 +641,25 @@ mod tests {
             m.push(("skc_v6_rcv_saddr", in6, 576, 0));
         }
         let sock_common = b.compound(KIND_STRUCT, "sock_common", 136, &m);
-        let protocol = match old_protocol {
-            // unsigned int sk_padding:1, ..., sk_userlocks:4, sk_protocol:8, sk_type:16
-            true => ("sk_protocol", u32t, 4096 + 8, 8),
-            false => ("sk_protocol", u16t, 4160, 0),
+        let (protocol, userlocks) = match old_protocol {
+            // unsigned int sk_padding:1, ..., sk_userlocks:4, sk_protocol:8,
+            // sk_type:16; later u8 sk_gso_disabled:1, ..., sk_userlocks:4.
+            true => (("sk_protocol", u32t, 4096 + 8, 8), ("sk_userlocks", u8t, 5000 + 4, 4)),
+            false => (("sk_protocol", u16t, 4160, 0), ("sk_userlocks", u8t, 1944, 0)),
         };
-        b.compound(KIND_STRUCT, "sock", 760, &[("__sk_common", sock_common, 0, 0), protocol]);
+        let sock = b.compound(
+            KIND_STRUCT,
+            "sock",
+            760,
+            &[("__sk_common", sock_common, 0, 0), protocol, userlocks],
+        );
+        let sock_ptr_t = b.ptr(sock);
+        b.compound(
+            KIND_STRUCT,
+            "socket",
+            128,
+            &[("state", u32t, 0, 0), ("type", u16t, 32, 0), ("sk", sock_ptr_t, 192, 0)],
+        );
         let inet_sock = b.compound(
             KIND_STRUCT,
             "inet_sock",
@@ -624,6 +683,9 @@ mod tests {
                 std::iter::once(sock_ptr).chain(std::iter::repeat_n(idx, n - 1)).collect();
             b.func("inet_csk_listen_start", idx, &params);
         }
+        for (name, n) in UDP_TRAMPOLINE_FUNCS {
+            b.func(name, idx, &vec![sock_ptr_t; n as usize]);
+        }
         b.finish()
     }
 
@@ -643,6 +705,10 @@ mod tests {
             // 8 (wrapper) + 8 (inet_sock in inet_connection_sock) + 814.
             inet_sport: 830,
             listen_start_nargs: 1,
+            userlocks_byte: 243,
+            userlocks_shift: 0,
+            socket_sk: 24,
+            udp_nargs: [3, 3, 3, 3, 2, 1],
         };
         let cases = [
             ("with IPv6", mini_kernel(true, Some(1)), linux),
@@ -662,9 +728,20 @@ mod tests {
                 Offsets { listen_start_nargs: 0, ..linux },
             ),
             (
-                "before 5.6: sk_protocol:8",
+                "before 5.6: sk_protocol:8 (and sk_userlocks:4, as before 6.2)",
                 mini_kernel_with(true, Some(1), true),
-                Offsets { protocol: 513, protocol_size: 1, ..linux },
+                Offsets {
+                    protocol: 513,
+                    protocol_size: 1,
+                    userlocks_byte: 625,
+                    userlocks_shift: 4,
+                    ..linux
+                },
+            ),
+            (
+                "no udp_disconnect",
+                renamed(&mini_kernel(true, Some(1)), "udp_disconnect", "udp_disconnecX"),
+                Offsets { udp_nargs: [3, 3, 3, 3, 0, 1], ..linux },
             ),
         ];
         for (name, blob, want) in cases {
@@ -707,6 +784,8 @@ mod tests {
             ),
             ("no inet_sport", renamed(&good, "inet_sport", "inet_spoXt"), "<struct inet_sock>.inet_sport of struct tcp_sock"),
             ("no sk_protocol", renamed(&good, "sk_protocol", "sk_protocoX"), "member sk_protocol of struct sock not found"),
+            ("no sk_userlocks", renamed(&good, "sk_userlocks", "sk_userlockX"), "member sk_userlocks of struct sock not found"),
+            ("no socket.sk", renamed(&good, "socket", "sockeX"), "struct socket not found"),
         ];
         for (name, blob, want) in cases {
             let err = Offsets::from_btf(&blob).unwrap_err();

@@ -1,8 +1,9 @@
-//! The snapshot's first half: every listening TCP socket of the calling
-//! thread's network namespace, from one `NETLINK_SOCK_DIAG` dump per family.
-//! Taken at start and on resync, never periodically. The messages are
-//! modelled by `netlink-packet-sock-diag`; parsing a reply is a pure function
-//! and strict: a malformed message is an error, not a guess.
+//! The snapshot's first half: every listening TCP socket and every
+//! unconnected, bound UDP socket of the calling thread's network namespace,
+//! from one `NETLINK_SOCK_DIAG` dump per protocol and family. Taken at start
+//! and on resync, never periodically. The messages are modelled by
+//! `netlink-packet-sock-diag`; parsing a reply is a pure function and strict:
+//! a malformed message is an error, not a guess.
 
 use anyhow::{bail, Context, Result};
 use netlink_packet_core::{
@@ -11,10 +12,11 @@ use netlink_packet_core::{
 use netlink_packet_sock_diag::inet::{
     nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags,
 };
-use netlink_packet_sock_diag::{SockDiagMessage, AF_INET, AF_INET6, IPPROTO_TCP};
+use netlink_packet_sock_diag::{SockDiagMessage, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 use std::net::IpAddr;
 
-/// One listening TCP socket as sock_diag reports it.
+/// One listening TCP socket, or one unconnected UDP socket, as sock_diag
+/// reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiagSocket {
     /// Bound address (IPv4 for AF_INET, IPv6 for AF_INET6, as bound).
@@ -33,11 +35,22 @@ pub struct DiagSocket {
 
 /// Every TCP socket in LISTEN state, both families.
 pub fn listening_tcp() -> Result<Vec<DiagSocket>> {
+    dump(IPPROTO_TCP, StateFlags::LISTEN)
+}
+
+/// Every bound UDP socket that is not connected, both families: the ones
+/// that may be servers (UDP sockets are CLOSE when not connected,
+/// ESTABLISHED when they are; an unbound one is not in the table at all).
+pub fn unconnected_udp() -> Result<Vec<DiagSocket>> {
+    dump(IPPROTO_UDP, StateFlags::CLOSE)
+}
+
+fn dump(protocol: u8, states: StateFlags) -> Result<Vec<DiagSocket>> {
     let fd = crate::sys::sock_diag_socket().context("opening a NETLINK_SOCK_DIAG socket")?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
     for (family, seq) in [(AF_INET, 1u32), (AF_INET6, 2)] {
-        crate::sys::netlink_send(&fd, &request(family, seq))
+        crate::sys::netlink_send(&fd, &request(family, protocol, states.clone(), seq))
             .context("sending the sock_diag request")?;
         loop {
             let n =
@@ -52,16 +65,11 @@ pub fn listening_tcp() -> Result<Vec<DiagSocket>> {
     Ok(out)
 }
 
-/// The dump request for listening TCP sockets of `family`.
-fn request(family: u8, seq: u32) -> Vec<u8> {
+/// The dump request for sockets of `protocol` and `family` in `states`.
+fn request(family: u8, protocol: u8, states: StateFlags, seq: u32) -> Vec<u8> {
     let socket_id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
-    let req = InetRequest {
-        family,
-        protocol: IPPROTO_TCP,
-        extensions: ExtensionFlags::empty(),
-        states: StateFlags::LISTEN,
-        socket_id,
-    };
+    let req =
+        InetRequest { family, protocol, extensions: ExtensionFlags::empty(), states, socket_id };
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     header.sequence_number = seq;
@@ -258,16 +266,23 @@ mod tests {
     }
 
     #[test]
-    fn requests_ask_for_listening_tcp_sockets() {
-        let r = request(AF_INET6, 7);
-        // nlmsghdr: len, type SOCK_DIAG_BY_FAMILY, flags REQUEST|DUMP, seq 7.
-        assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()) as usize, r.len());
-        assert_eq!(u16::from_ne_bytes([r[4], r[5]]), SOCK_DIAG_BY_FAMILY);
-        assert_eq!(u16::from_ne_bytes([r[6], r[7]]), NLM_F_REQUEST | NLM_F_DUMP);
-        assert_eq!(u32::from_ne_bytes(r[8..12].try_into().unwrap()), 7);
-        // inet_diag_req_v2: family, protocol, ext, pad, states.
-        assert_eq!(&r[16..20], &[AF_INET6, IPPROTO_TCP, 0, 0]);
-        assert_eq!(u32::from_ne_bytes(r[20..24].try_into().unwrap()), 1 << 10);
+    fn requests_ask_for_listening_tcp_and_unconnected_udp_sockets() {
+        // (family, protocol, states, state bits: TCP_LISTEN 10, TCP_CLOSE 7)
+        let cases = [
+            (AF_INET6, IPPROTO_TCP, StateFlags::LISTEN, 1u32 << 10),
+            (AF_INET, IPPROTO_UDP, StateFlags::CLOSE, 1 << 7),
+        ];
+        for (family, protocol, states, bits) in cases {
+            let r = request(family, protocol, states, 7);
+            // nlmsghdr: len, type SOCK_DIAG_BY_FAMILY, flags REQUEST|DUMP, seq 7.
+            assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()) as usize, r.len());
+            assert_eq!(u16::from_ne_bytes([r[4], r[5]]), SOCK_DIAG_BY_FAMILY);
+            assert_eq!(u16::from_ne_bytes([r[6], r[7]]), NLM_F_REQUEST | NLM_F_DUMP);
+            assert_eq!(u32::from_ne_bytes(r[8..12].try_into().unwrap()), 7);
+            // inet_diag_req_v2: family, protocol, ext, pad, states.
+            assert_eq!(&r[16..20], &[family, protocol, 0, 0]);
+            assert_eq!(u32::from_ne_bytes(r[20..24].try_into().unwrap()), bits);
+        }
     }
 
     fn libc_eperm() -> i32 {

@@ -1,19 +1,26 @@
 //! The kernel event source: loads the embedded eBPF object with struct
 //! offsets from the running kernel's BTF, attaches the best hook set the
-//! kernel allows (trampoline, else tracepoint), forwards the programs' aya-log
+//! kernel allows (trampoline, else tracepoint, whose UDP half is a set of
+//! cgroup hooks on the cgroup v2 root), forwards the programs' aya-log
 //! records to the agent's log, and reads the `EVENTS` ring buffer through
 //! tokio's `AsyncFd`: the agent sleeps until the kernel has something to say.
+//! Its snapshots apply the UDP server rule with the hooks' record of UDP
+//! sockets bound to a port they named (`UDP_BOUND`).
 
-use super::btf::Offsets;
-use super::EventSource;
+use super::btf::{Offsets, UDP_TRAMPOLINE_FUNCS};
+use super::udp_rule::{classify, ephemeral_ports, Verdict};
+use super::{DiagSocket, EventSource};
 use crate::table::GuestListener;
 use anyhow::{anyhow, bail, Context, Result};
-use aya::maps::{Array, MapData, RingBuf};
-use aya::programs::{BtfTracePoint, FEntry, FExit, TracePoint};
+use aya::maps::{Array, HashMap, MapData, RingBuf};
+use aya::programs::{
+    BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, FEntry, FExit, TracePoint,
+};
 use aya::{Btf, Ebpf, EbpfLoader};
-use hoist_common::{global, prog, ListenEvent, MAP_DROPS, MAP_EVENTS};
+use hoist_common::{global, prog, ListenEvent, UdpBound, MAP_DROPS, MAP_EVENTS, MAP_UDP_BOUND};
 use std::fmt;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
@@ -22,9 +29,11 @@ use tracing::{info, warn};
 pub enum HookMode {
     /// Trampolines where the kernel allows them, else tracepoints.
     Auto,
-    /// fexit on inet_csk_listen_start, fentry on inet_csk_listen_stop.
+    /// fexit/fentry: inet_csk_listen_start/stop, and for UDP inet_bind,
+    /// the datagram connects and udp_lib_unhash.
     Trampoline,
-    /// tp_btf/inet_sock_set_state with syscalls/sys_exit_listen.
+    /// tp_btf/inet_sock_set_state with syscalls/sys_exit_listen, and for UDP
+    /// cgroup hooks on the cgroup v2 root with syscalls/sys_exit_connect.
     Tracepoint,
 }
 
@@ -46,11 +55,37 @@ impl fmt::Display for Hooks {
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("HOIST_EBPF_OBJECT_PATH"));
 
+/// Which network namespace's sockets the hooks report: its inode (what the
+/// BTF-reading hooks compare) and its cookie (what the cgroup hooks can
+/// read). Zero for both: every namespace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Watch {
+    /// The namespace's inode.
+    pub inum: u32,
+    /// The namespace's cookie (`SO_NETNS_COOKIE`).
+    pub cookie: u64,
+}
+
+impl Watch {
+    /// The calling thread's network namespace.
+    pub fn current() -> Result<Watch> {
+        use std::os::unix::fs::MetadataExt;
+        let inum = std::fs::metadata("/proc/thread-self/ns/net")
+            .context("reading own network namespace")?
+            .ino() as u32;
+        let cookie = crate::sys::netns_cookie()
+            .context("reading own network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+)")?;
+        Ok(Watch { inum, cookie })
+    }
+}
+
 /// The attached eBPF programs and the ring buffer they write to. Dropping it
 /// detaches the programs and stops the log forwarding task.
 pub struct KernelSource {
     ring: AsyncFd<RingBuf<MapData>>,
     drops: Array<MapData, u64>,
+    /// Cookie -> `UdpBound` bytes: UDP sockets bound to a port they named.
+    udp_bound: HashMap<MapData, u64, u32>,
     hooks: Hooks,
     log_task: Option<tokio::task::JoinHandle<()>>,
     // Holds the programs and their links: dropping it detaches everything.
@@ -67,15 +102,19 @@ impl Drop for KernelSource {
 
 impl KernelSource {
     /// Loads the embedded object with offsets from the running kernel's BTF
-    /// and attaches the best hook set `mode` allows; only sockets of network
-    /// namespace `netns_inum` are reported (0: all). Must run inside a tokio
+    /// and attaches the best hook set `mode` allows; only sockets of the
+    /// network namespace `watch` names are reported. Must run inside a tokio
     /// runtime: the ring buffer and the log forwarding are driven by it.
-    pub fn load(mode: HookMode, netns_inum: u32) -> Result<KernelSource> {
+    pub fn load(mode: HookMode, watch: Watch) -> Result<KernelSource> {
         tokio::runtime::Handle::try_current()
             .context("KernelSource::load must run inside a tokio runtime")?;
         let offsets = Offsets::from_running_kernel()?;
         let mut ebpf = EbpfLoader::new()
-            .override_global(global::NETNS_INUM, &netns_inum, true)
+            .override_global(global::NETNS_INUM, &watch.inum, true)
+            .override_global(global::NETNS_COOKIE, &watch.cookie, true)
+            .override_global(global::OFF_USERLOCKS_BYTE, &offsets.userlocks_byte, true)
+            .override_global(global::USERLOCKS_SHIFT, &offsets.userlocks_shift, true)
+            .override_global(global::OFF_SOCKET_SK, &offsets.socket_sk, true)
             .override_global(global::OFF_FAMILY, &offsets.family, true)
             .override_global(global::OFF_PROTOCOL, &offsets.protocol, true)
             .override_global(global::PROTOCOL_SIZE, &offsets.protocol_size, true)
@@ -120,8 +159,41 @@ impl KernelSource {
             .context("opening map EVENTS")?;
         let drops = Array::try_from(ebpf.take_map(MAP_DROPS).context("map DROPS missing")?)
             .context("opening map DROPS")?;
+        let udp_bound =
+            HashMap::try_from(ebpf.take_map(MAP_UDP_BOUND).context("map UDP_BOUND missing")?)
+                .context("opening map UDP_BOUND")?;
         let ring = crate::sys::async_fd(ring).context("registering the ring buffer")?;
-        Ok(KernelSource { ring, drops, hooks, log_task, _ebpf: ebpf })
+        Ok(KernelSource { ring, drops, udp_bound, hooks, log_task, _ebpf: ebpf })
+    }
+
+    /// Whether an unconnected UDP socket of a snapshot is a server (see
+    /// `udp_rule`); one judged by its port is added to `UDP_BOUND`, so the
+    /// hooks report its close, and one recorded as connected that no longer
+    /// is (a dissolved association no hook saw) is marked unconnected again.
+    fn udp_server(&mut self, d: &DiagSocket, ephemeral: &std::ops::RangeInclusive<u16>) -> bool {
+        let recorded =
+            self.udp_bound.get(&d.cookie, 0).ok().map(|v| UdpBound::from_bytes(v.to_ne_bytes()));
+        let verdict = classify(d.port, recorded, ephemeral);
+        let learn = match (verdict, recorded) {
+            (Verdict::ByPort, _) => Some(1),
+            (Verdict::Recorded, Some(r)) if r.connected != 0 => Some(0),
+            _ => None,
+        };
+        if let Some(flags) = learn {
+            let value = UdpBound { port: d.port, connected: 0, _pad: 0 };
+            // BPF_NOEXIST (1) for a new entry: the hooks' own, if they made one
+            // meanwhile, is newer.
+            if let Err(e) =
+                self.udp_bound.insert(d.cookie, u32::from_ne_bytes(value.to_bytes()), flags)
+            {
+                warn!(
+                    cookie = d.cookie,
+                    port = d.port,
+                    "recording a UDP server found by snapshot: {e}"
+                );
+            }
+        }
+        verdict != Verdict::Client
     }
 
     /// The hook set attached.
@@ -166,7 +238,8 @@ impl EventSource for KernelSource {
         KernelSource::drops(self)
     }
     fn snapshot(&mut self, owner_known: &dyn Fn(u64) -> bool) -> Result<Vec<GuestListener>> {
-        super::snapshot(owner_known)
+        let ephemeral = ephemeral_ports()?;
+        super::snapshot(owner_known, &mut |d| self.udp_server(d, &ephemeral))
     }
 }
 
@@ -207,19 +280,49 @@ fn attach_trampolines(ebpf: &mut Ebpf, btf: &Btf, offsets: &Offsets) -> Result<(
     let p: &mut FEntry = program(ebpf, prog::LISTEN_STOP)?.try_into()?;
     p.load("inet_csk_listen_stop", btf).context("loading fentry/inet_csk_listen_stop")?;
     p.attach().context("attaching fentry/inet_csk_listen_stop")?;
+    // The UDP hooks read each function's return value after its
+    // parameters: a prototype they were not written for would make them
+    // read something else.
+    for ((func, want), got) in UDP_TRAMPOLINE_FUNCS.iter().zip(offsets.udp_nargs) {
+        if got != *want {
+            bail!("{func} has {got} parameters in the kernel's BTF (expected {want}; 0: absent)");
+        }
+    }
+    for (name, func) in UDP_FEXITS {
+        let p: &mut FExit = program(ebpf, name)?.try_into()?;
+        p.load(func, btf).with_context(|| format!("loading fexit/{func}"))?;
+        p.attach().with_context(|| format!("attaching fexit/{func}"))?;
+    }
+    let p: &mut FEntry = program(ebpf, prog::UDP_UNHASH)?.try_into()?;
+    p.load("udp_lib_unhash", btf).context("loading fentry/udp_lib_unhash")?;
+    p.attach().context("attaching fentry/udp_lib_unhash")?;
     Ok(())
 }
 
+/// The UDP trampoline set's fexit programs and the functions they trace.
+const UDP_FEXITS: [(&str, &str); 5] = [
+    (prog::UDP_BIND, "inet_bind"),
+    (prog::UDP_BIND6, "inet6_bind"),
+    (prog::UDP_CONNECTED, "__ip4_datagram_connect"),
+    (prog::UDP_CONNECTED6, "__ip6_datagram_connect"),
+    (prog::UDP_DISCONNECTED, "udp_disconnect"),
+];
+
 /// Undoes a half-done trampoline attach before falling back.
 fn detach_trampolines(ebpf: &mut Ebpf) {
-    if let Some(p) = ebpf.program_mut(prog::LISTEN_START) {
-        if let Ok(p) = <&mut FExit>::try_from(p) {
-            let _ = p.unload();
+    let fexits = [prog::LISTEN_START].into_iter().chain(UDP_FEXITS.map(|(name, _)| name));
+    for name in fexits {
+        if let Some(p) = ebpf.program_mut(name) {
+            if let Ok(p) = <&mut FExit>::try_from(p) {
+                let _ = p.unload();
+            }
         }
     }
-    if let Some(p) = ebpf.program_mut(prog::LISTEN_STOP) {
-        if let Ok(p) = <&mut FEntry>::try_from(p) {
-            let _ = p.unload();
+    for name in [prog::LISTEN_STOP, prog::UDP_UNHASH] {
+        if let Some(p) = ebpf.program_mut(name) {
+            if let Ok(p) = <&mut FEntry>::try_from(p) {
+                let _ = p.unload();
+            }
         }
     }
 }
@@ -240,7 +343,75 @@ fn attach_tracepoints(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
     let p: &mut BtfTracePoint = program(ebpf, prog::STATE)?.try_into()?;
     p.load("inet_sock_set_state", btf).context("loading tp_btf/inet_sock_set_state")?;
     p.attach().context("attaching tp_btf/inet_sock_set_state")?;
+    // UDP: the connect confirmations before the hooks that stash for them.
+    for (name, tp) in [
+        (prog::SYS_ENTER_CONNECT, "sys_enter_connect"),
+        (prog::SYS_EXIT_CONNECT, "sys_exit_connect"),
+    ] {
+        let p: &mut TracePoint = program(ebpf, name)?.try_into()?;
+        p.load().with_context(|| format!("loading tracepoint/syscalls/{tp}"))?;
+        p.attach("syscalls", tp).with_context(|| format!("attaching tracepoint/syscalls/{tp}"))?;
+    }
+    let root = cgroup2_root()?;
+    let cgroup = std::fs::File::open(&root)
+        .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
+    // A link to the cgroup (Linux 5.7+) is detached when the agent exits,
+    // however it exits; it runs beside any other program attached there.
+    for (name, hook) in [
+        (prog::CG_BIND4, "bind4"),
+        (prog::CG_BIND6, "bind6"),
+        (prog::CG_CONNECT4, "connect4"),
+        (prog::CG_CONNECT6, "connect6"),
+    ] {
+        let p: &mut CgroupSockAddr = program(ebpf, name)?.try_into()?;
+        p.load().with_context(|| format!("loading cgroup/{hook}"))?;
+        p.attach(&cgroup, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching cgroup/{hook} to {}", root.display()))?;
+    }
+    for (name, hook) in [
+        (prog::CG_POST_BIND4, "post_bind4"),
+        (prog::CG_POST_BIND6, "post_bind6"),
+        (prog::CG_RELEASE, "sock_release"),
+    ] {
+        let p: &mut CgroupSock = program(ebpf, name)?.try_into()?;
+        p.load().with_context(|| format!("loading cgroup/{hook}"))?;
+        p.attach(&cgroup, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching cgroup/{hook} to {}", root.display()))?;
+    }
     Ok(())
+}
+
+/// Where a cgroup v2 hierarchy is mounted: the first one mountinfo lists, or
+/// one mounted now under /run (a minimal guest, or `ip netns exec`, which
+/// remounts /sys, may have none). Hooks attached to its root see every
+/// process's sockets (in a cgroup namespace: the namespace's).
+fn cgroup2_root() -> Result<PathBuf> {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    if let Some(p) = cgroup2_mount(&mountinfo) {
+        return Ok(p);
+    }
+    let target = Path::new("/run/hoist-agent/cgroup2");
+    std::fs::create_dir_all(target)
+        .with_context(|| format!("creating {} to mount cgroup2 on", target.display()))?;
+    crate::sys::mount_cgroup2(target).with_context(|| {
+        format!("no cgroup v2 hierarchy is mounted and mounting one on {} failed", target.display())
+    })?;
+    info!("mounted the cgroup v2 hierarchy on {}", target.display());
+    Ok(target.to_path_buf())
+}
+
+/// The mount point of the first cgroup2 file system in a mountinfo text.
+fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // "<id> <parent> <dev> <root> <mount point> <options> [tags] - <fstype> ..."
+        let (before, after) = line.split_once(" - ")?;
+        let fstype = after.split_whitespace().next()?;
+        let mount_point = before.split_whitespace().nth(4)?;
+        // Octal escapes (\040 for a space) are left as they are: such a
+        // path fails to open and says so.
+        (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
@@ -289,6 +460,19 @@ fn start_ebpf_log(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cgroup2_mount_is_found_in_mountinfo() {
+        let hybrid = "35 25 0:29 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      36 35 0:30 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw\n\
+                      37 35 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let unified = "30 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(cgroup2_mount(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        let v1_only = "37 35 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(cgroup2_mount(v1_only), None);
+        assert_eq!(cgroup2_mount(""), None);
+    }
 
     #[test]
     fn bpf_failures_users_can_act_on_are_explained() {

@@ -7,14 +7,17 @@ mod btf;
 mod diag;
 mod kernel;
 mod owners;
+mod udp_rule;
 
 pub use btf::Offsets;
-pub use diag::{listening_tcp, parse_replies as parse_diag_replies, DiagSocket};
-pub use kernel::{HookMode, Hooks, KernelSource};
+pub use diag::{listening_tcp, parse_replies as parse_diag_replies, unconnected_udp, DiagSocket};
+pub use kernel::{HookMode, Hooks, KernelSource, Watch};
+pub use udp_rule::{classify as classify_udp, ephemeral_ports, Verdict as UdpVerdict};
 
 use crate::table::GuestListener;
 use anyhow::Result;
 use hoist_common::ListenEvent;
+use hoist_wire::Proto;
 use std::future::Future;
 
 /// The table's inputs: listen/unlisten events as they happen, and the full
@@ -33,20 +36,31 @@ pub trait EventSource: Send + 'static {
     fn snapshot(&mut self, owner_known: &dyn Fn(u64) -> bool) -> Result<Vec<GuestListener>>;
 }
 
-/// The real snapshot: `sock_diag` for the listeners, `/proc` for the owners
-/// `owner_known` does not know.
-pub fn snapshot(owner_known: &dyn Fn(u64) -> bool) -> Result<Vec<GuestListener>> {
+/// The real snapshot: `sock_diag` for the TCP listeners and the unconnected
+/// UDP sockets, of which `udp_server` keeps the servers (see `udp_rule`),
+/// and `/proc` for the owners `owner_known` does not know.
+pub fn snapshot(
+    owner_known: &dyn Fn(u64) -> bool,
+    udp_server: &mut dyn FnMut(&DiagSocket) -> bool,
+) -> Result<Vec<GuestListener>> {
     use anyhow::Context;
-    let found = listening_tcp().context("sock_diag snapshot of TCP listeners")?;
+    let tcp = listening_tcp().context("sock_diag snapshot of TCP listeners")?;
+    let udp = unconnected_udp().context("sock_diag snapshot of UDP sockets")?;
+    let found: Vec<(Proto, DiagSocket)> = tcp
+        .into_iter()
+        .map(|d| (Proto::Tcp, d))
+        .chain(udp.into_iter().filter(|d| udp_server(d)).map(|d| (Proto::Udp, d)))
+        .collect();
     let inodes: Vec<u64> =
-        found.iter().filter(|d| !owner_known(d.cookie)).map(|d| d.inode).collect();
+        found.iter().filter(|(_, d)| !owner_known(d.cookie)).map(|(_, d)| d.inode).collect();
     let owners = owners::owners(&inodes);
     Ok(found
         .into_iter()
-        .map(|d| {
+        .map(|(proto, d)| {
             let (pid, comm) = owners.get(&d.inode).cloned().unwrap_or_default();
             GuestListener {
                 cookie: d.cookie,
+                proto,
                 addr: d.addr,
                 port: d.port,
                 ipv6only: d.ipv6only,
