@@ -11,6 +11,7 @@
 
 #[cfg(windows)]
 mod console;
+pub mod docs;
 mod logging;
 mod process;
 mod relay;
