@@ -21,15 +21,6 @@ pub enum Shell {
 impl Shell {
     /// Every shell, in the order the artifacts list them.
     pub const ALL: [Shell; 3] = [Shell::Bash, Shell::Zsh, Shell::Fish];
-
-    /// Where a Debian package installs the completion script of `bin`.
-    pub fn install_path(self, bin: &str) -> String {
-        match self {
-            Shell::Bash => format!("usr/share/bash-completion/completions/{bin}"),
-            Shell::Zsh => format!("usr/share/zsh/vendor-completions/_{bin}"),
-            Shell::Fish => format!("usr/share/fish/vendor_completions.d/{bin}.fish"),
-        }
-    }
 }
 
 /// The hidden subcommands both binaries carry; flattened into their `Cmd`
