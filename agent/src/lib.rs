@@ -9,6 +9,7 @@
 
 mod control;
 mod data;
+mod privileges;
 mod serve;
 mod session;
 mod source;
@@ -145,6 +146,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let acceptor = Acceptor::bind(&config.listen, config.acceptor).await?;
     let source =
         KernelSource::load(config.hooks, config.netns_inum).context("loading the eBPF programs")?;
+    privileges::check_owner_access()?;
     let hooks = source.hooks();
     let settings = Settings {
         accept_cid: config.accept_cid,

@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use hoist_agent::{check_listen, Config, HookMode};
 use hoist_net::{AcceptorOptions, Addr, LogFormat, CID_HOST};
 use std::os::unix::fs::MetadataExt;
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 ///
 /// Without a subcommand it runs the agent (as `hoist-agent run`).
 #[derive(Parser, Debug)]
-#[command(version, args_conflicts_with_subcommands = true)]
+#[command(version = env!("HOIST_VERSION"), args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -25,6 +25,9 @@ struct Cli {
 enum Cmd {
     /// Run the agent (what `hoist-agent` without a subcommand does).
     Run(RunArgs),
+    /// Hidden: `completions <shell>` and `man [--dir DIR]` (cargo xtask dist).
+    #[command(flatten)]
+    Docs(hoist_net::docs::DocsCmd),
 }
 
 /// How to run the agent.
@@ -96,6 +99,7 @@ fn main() {
     match cli.cmd {
         None => run(cli.run),
         Some(Cmd::Run(args)) => run(args),
+        Some(Cmd::Docs(d)) => hoist_net::docs::run_and_exit(&d, Cli::command()),
     }
 }
 
@@ -138,3 +142,6 @@ fn real_main(args: RunArgs) -> Result<()> {
         hoist_agent::run(config, shutdown).await
     })
 }
+
+#[cfg(test)]
+mod cli_tests;

@@ -1,7 +1,7 @@
 //! `hoist-host`: command line and signal handling.
 
 use anyhow::{bail, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use hoist_host::{Config, Status};
 use hoist_net::{Addr, LogFormat};
 use std::net::IpAddr;
@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 ///
 /// Without a subcommand it runs the relay (as `hoist-host run`).
 #[derive(Parser, Debug)]
-#[command(version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(version = env!("HOIST_VERSION"), args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -23,6 +23,9 @@ struct Cli {
 enum Cmd {
     /// Run the relay (what `hoist-host --guest ...` without a subcommand does).
     Run(RunArgs),
+    /// Hidden: `completions <shell>` and `man [--dir DIR]` (cargo xtask dist).
+    #[command(flatten)]
+    Docs(hoist_net::docs::DocsCmd),
 }
 
 /// How to run the relay.
@@ -61,6 +64,7 @@ fn main() {
     let cli = Cli::parse();
     match (cli.cmd, cli.run) {
         (Some(Cmd::Run(args)), _) | (None, Some(args)) => run(args),
+        (Some(Cmd::Docs(d)), _) => hoist_net::docs::run_and_exit(&d, Cli::command()),
         // clap requires --guest when there is no subcommand.
         (None, None) => unreachable!("clap requires the run arguments without a subcommand"),
     }
@@ -105,3 +109,6 @@ fn real_main(args: RunArgs) -> Result<()> {
         hoist_host::run(config, status, shutdown).await
     })
 }
+
+#[cfg(test)]
+mod cli_tests;

@@ -12,6 +12,7 @@
 
 #[cfg(windows)]
 mod console;
+pub mod docs;
 mod limit;
 mod logging;
 mod process;

@@ -101,7 +101,9 @@ impl KernelSource {
                 Hooks::Trampoline
             }
             HookMode::Tracepoint => {
-                attach_tracepoints(&mut ebpf, &btf).context("attaching the tracepoint hooks")?;
+                attach_tracepoints(&mut ebpf, &btf)
+                    .map_err(explained)
+                    .context("attaching the tracepoint hooks")?;
                 Hooks::Tracepoint
             }
             HookMode::Auto => match attach_trampolines(&mut ebpf, &btf, &offsets) {
@@ -110,6 +112,7 @@ impl KernelSource {
                     info!("trampoline hooks refused by this kernel ({e:#}); using tracepoints");
                     detach_trampolines(&mut ebpf);
                     attach_tracepoints(&mut ebpf, &btf)
+                        .map_err(explained)
                         .context("attaching the tracepoint hooks")?;
                     Hooks::Tracepoint
                 }
@@ -173,7 +176,7 @@ impl EventSource for KernelSource {
 /// What to do about a bpf() failure a user can act on, in one line.
 pub fn advice(errno: i32) -> Option<&'static str> {
     match errno {
-        1 => Some("hoist-agent needs root, or the capabilities CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN: run it as root (or as the systemd unit does)"),
+        1 => Some(crate::privileges::NEEDS),
         38 => Some("this kernel has no bpf() system call (CONFIG_BPF_SYSCALL is off): hoist-agent needs a kernel with BPF and BTF, see README's kernel requirements"),
         _ => None,
     }
@@ -250,15 +253,27 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
 /// Classic tracepoints are found through tracefs, which many VMs (and `ip
 /// netns exec`, which remounts /sys) leave unmounted: mount it if needed.
 fn ensure_tracefs() -> Result<()> {
-    let candidates = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
-    if candidates.iter().any(|p| std::path::Path::new(p).join("events").exists()) {
+    // Mounted but root's alone (mode 0700) is not the same as not mounted.
+    let readable = || -> Result<bool> {
+        for p in ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"] {
+            match std::fs::metadata(p) {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(crate::privileges::tracefs_unreadable(p.as_ref(), &e))
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(false)
+    };
+    if readable()? {
         return Ok(());
     }
     if let Err(e) = crate::sys::mount_tracefs("/sys/kernel/tracing") {
-        bail!("tracefs is not mounted and mounting it on /sys/kernel/tracing failed: {e}");
+        return Err(crate::privileges::tracefs_unmountable("/sys/kernel/tracing", &e));
     }
     info!("mounted tracefs on /sys/kernel/tracing");
-    Ok(())
+    readable().map(|_| ())
 }
 
 /// Forwards the eBPF programs' aya-log records to the `log` facade.
