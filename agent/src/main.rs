@@ -25,9 +25,26 @@ struct Cli {
 enum Cmd {
     /// Run the agent (what `hoist-agent` without a subcommand does).
     Run(RunArgs),
+    /// Show what the running agent sees: its listeners (pid, command), hook set, ring-buffer
+    /// losses, the connected host, data connections.
+    Status(StatusArgs),
     /// Hidden: `completions <shell>` and `man [--dir DIR]` (cargo xtask dist).
     #[command(flatten)]
     Docs(hoist_net::docs::DocsCmd),
+}
+
+/// How to show the status.
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    /// The agent's admin socket; default: /run/hoist/hoist-agent.sock for root.
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Stream changes as they happen, one JSON object per line (the first is the whole status).
+    #[arg(long)]
+    watch: bool,
 }
 
 /// How to run the agent.
@@ -61,9 +78,10 @@ struct RunArgs {
     /// Accept vsock connections only from this CID ("any" to accept every peer).
     #[arg(long, default_value = "2", value_parser = parse_cid)]
     accept_cid: CidFilter,
-    /// Also forward listeners bound to non-loopback addresses.
+    /// Where `hoist-agent status` reaches this agent; default: /run/hoist/hoist-agent.sock for
+    /// root ($XDG_RUNTIME_DIR/hoist/ for others).
     #[arg(long)]
-    forward_any_address: bool,
+    admin_socket: Option<PathBuf>,
     /// Client connections carried at once; beyond it new ones are refused (reset) and counted.
     /// Lowered at start-up if the open-file limit cannot cover it.
     #[arg(long, default_value_t = hoist_net::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
@@ -99,7 +117,23 @@ fn main() {
     match cli.cmd {
         None => run(cli.run),
         Some(Cmd::Run(args)) => run(args),
+        Some(Cmd::Status(args)) => status(args),
         Some(Cmd::Docs(d)) => hoist_net::docs::run_and_exit(&d, Cli::command()),
+    }
+}
+
+fn status(args: StatusArgs) -> ! {
+    let path = args.admin_socket.unwrap_or_else(|| hoist_net::admin::default_path("hoist-agent"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let r = rt
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(hoist_agent::show_status(&path, args.json, args.watch)));
+    match r {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("hoist-agent: {e:#}");
+            std::process::exit(1);
+        }
     }
 }
 
@@ -127,10 +161,12 @@ fn real_main(args: RunArgs) -> Result<()> {
         hooks: args.hooks,
         accept_cid: args.accept_cid.0,
         allowed_uids: args.allow_uid,
-        forward_any_address: args.forward_any_address,
         netns_inum,
         token,
         max_connections: args.max_connections as usize,
+        admin_socket: Some(
+            args.admin_socket.unwrap_or_else(|| hoist_net::admin::default_path("hoist-agent")),
+        ),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -2,9 +2,10 @@
 
 use anyhow::{bail, Result};
 use clap::{CommandFactory, Parser, Subcommand};
-use hoist_host::{Config, Status};
+use hoist_host::{Config, RuleSource, Status};
 use hoist_net::{Addr, LogFormat};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 /// Host relay of hoist: mirrors every TCP listener of the guest on this host's loopback.
@@ -23,9 +24,36 @@ struct Cli {
 enum Cmd {
     /// Run the relay (what `hoist-host --guest ...` without a subcommand does).
     Run(RunArgs),
+    /// Show what the running relay forwards: host address, guest listener, process, state,
+    /// connections, bytes.
+    Status(StatusArgs),
+    /// Make the running relay read its rules again (as SIGHUP does); a bad file is refused with
+    /// file:line:column and the old rules stay in force.
+    Reload(AdminArgs),
     /// Hidden: `completions <shell>` and `man [--dir DIR]` (cargo xtask dist).
     #[command(flatten)]
     Docs(hoist_net::docs::DocsCmd),
+}
+
+/// Which relay to ask.
+#[derive(clap::Args, Debug)]
+struct AdminArgs {
+    /// The relay's admin socket (a named pipe on Windows); default: this user's.
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+}
+
+/// How to show the status.
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Stream changes as they happen, one JSON object per line (the first is the whole status).
+    #[arg(long)]
+    watch: bool,
 }
 
 /// How to run the relay.
@@ -55,6 +83,20 @@ struct RunArgs {
     /// at start-up if the open-file limit cannot cover it.
     #[arg(long, default_value_t = hoist_net::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
+    /// Forwarding rules (TOML, [[rule]] tables); default: /etc/hoist/host.toml for root,
+    /// ~/.config/hoist/host.toml for others (%APPDATA%\hoist\host.toml on Windows), if it exists.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A forwarding rule as key=value pairs, e.g. port=22,action=ignore or
+    /// port=8000-8100,host_port_offset=1000 (the config file's keys); before the file's rules.
+    #[arg(long = "rule")]
+    rules: Vec<String>,
+    /// Also forward guest listeners bound to non-loopback addresses (at the host's loopback).
+    #[arg(long)]
+    forward_any_address: bool,
+    /// Where `hoist-host status` and `reload` reach this relay; default: this user's.
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
     /// Log lines as text or as one JSON object per line; filter with RUST_LOG.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -64,9 +106,34 @@ fn main() {
     let cli = Cli::parse();
     match (cli.cmd, cli.run) {
         (Some(Cmd::Run(args)), _) | (None, Some(args)) => run(args),
+        (Some(Cmd::Status(args)), _) => {
+            let path = admin_path(&args.admin);
+            client(async move { hoist_host::show_status(&path, args.json, args.watch).await })
+        }
+        (Some(Cmd::Reload(args)), _) => {
+            let path = admin_path(&args);
+            client(async move { hoist_host::reload(&path).await })
+        }
         (Some(Cmd::Docs(d)), _) => hoist_net::docs::run_and_exit(&d, Cli::command()),
         // clap requires --guest when there is no subcommand.
         (None, None) => unreachable!("clap requires the run arguments without a subcommand"),
+    }
+}
+
+fn admin_path(args: &AdminArgs) -> PathBuf {
+    args.admin_socket.clone().unwrap_or_else(|| hoist_net::admin::default_path("hoist-host"))
+}
+
+/// Runs a command that talks to the running relay: its error is one line.
+fn client(f: impl std::future::Future<Output = Result<()>>) -> ! {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let r = rt.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(f));
+    match r {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("hoist-host: {e:#}");
+            std::process::exit(1);
+        }
     }
 }
 
@@ -80,6 +147,15 @@ fn config(args: &RunArgs) -> Result<Config> {
     c.liveness_timeout = std::time::Duration::from_secs(args.liveness_timeout);
     c.stale_after = std::time::Duration::from_secs(args.stale_after);
     c.max_connections = args.max_connections as usize;
+    c.rules = RuleSource {
+        flags: args.rules.clone(),
+        file: args.config.clone().or_else(hoist_host::default_config_path),
+        file_required: args.config.is_some(),
+        forward_any_address: args.forward_any_address,
+    };
+    c.admin_socket = Some(
+        args.admin_socket.clone().unwrap_or_else(|| hoist_net::admin::default_path("hoist-host")),
+    );
     let (mut v4, mut v6) = (0, 0);
     for a in &args.bind_address {
         match a {

@@ -10,6 +10,7 @@
 #![cfg_attr(windows, deny(unsafe_code))]
 #![warn(missing_docs)]
 
+pub mod admin;
 #[cfg(windows)]
 mod console;
 pub mod docs;
@@ -23,7 +24,7 @@ mod transport;
 pub use limit::{Limit, Permit, Refused, DEFAULT_MAX_CONNECTIONS};
 pub use logging::LogFormat;
 pub use process::{read_token_file, run_main, stop_on_signal};
-pub use relay::{relay, reset, Moved, Opening, RelayError, Relayed};
+pub use relay::{relay, reset, Moved, Opening, RelayError, Relayed, Traffic};
 #[cfg(target_os = "linux")]
 pub use sys::effective_uid;
 pub use sys::open_file_limit;
