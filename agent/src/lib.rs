@@ -18,7 +18,7 @@ mod tracker;
 
 pub use source::{
     listening_tcp, parse_diag_replies, snapshot, DiagSocket, EventSource, HookMode, Hooks,
-    KernelSource, Offsets,
+    KernelSource, Offsets, PidNs,
 };
 pub use sys::enter_netns;
 pub use table::GuestListener;

@@ -37,6 +37,8 @@ const DCCP: u16 = 47021;
 const BARRIER: u16 = 47022;
 /// A server that resets its connections mid-response.
 const ABORT: u16 = 47023;
+/// A listener held in a PID namespace of its own.
+const NSHELD: u16 = 47024;
 /// Guest ports 47010..47018 open and close while hoist-host restarts.
 const CHURN: u16 = 47010;
 const CHURN_COUNT: u16 = 8;
@@ -649,10 +651,19 @@ fn scenarios(vm: &mut Vm, hoist_host: &Path, hooks: Option<&str>, want: &str) ->
     vm.wait_in_sync("the listener from before the agent", &[EARLY])?;
     say("  a listener from before the agent is forwarded");
 
-    vm.cmd(&format!("spawn echo /bin/hoist-vmlab-guest echo {ECHO}"))?;
+    let echo_pid = vm.cmd(&format!("spawn echo /bin/hoist-vmlab-guest echo {ECHO}"))?;
     let host = vm.host.as_ref().unwrap();
     host.wait_line("the echo forward", Duration::from_secs(30), |l| {
         l.iter().any(|x| x.contains("forward_opened") && x.contains(&format!("\"port\":{ECHO},")))
+    })?;
+    // The owner is named by its pid in the agent's PID namespace (the
+    // guest's root one here), which the lab's spawn answered.
+    host.wait_line("the echo forward naming the server's pid", Duration::from_secs(1), |l| {
+        l.iter().any(|x| {
+            x.contains("forward_opened")
+                && x.contains(&format!("\"port\":{ECHO},"))
+                && x.contains(&format!("\"pid\":{},", echo_pid.trim()))
+        })
     })?;
     echo_check(ECHO, 4 << 20)?;
     vm.cmd("kill echo")?;
@@ -662,6 +673,28 @@ fn scenarios(vm: &mut Vm, hoist_host: &Path, hooks: Option<&str>, want: &str) ->
         other => bail!("127.0.0.1:{ECHO} should refuse after the server exited: {other:?}"),
     }
     say("  4 MiB each way intact over real vsock, half-close included; the port closes when the server exits");
+
+    // A listener of another PID namespace (another WSL distro's, say) is
+    // named by its command, pid 0.
+    let unshare =
+        vm.cmd(&format!("spawn nsheld unshare -p -f /bin/hoist-vmlab-guest hold {NSHELD}"))?;
+    vm.host.as_ref().unwrap().wait_line(
+        "the forward of another PID namespace's listener",
+        Duration::from_secs(30),
+        |l| {
+            l.iter().any(|x| {
+                x.contains("forward_opened")
+                    && x.contains(&format!("\"port\":{NSHELD},"))
+                    && x.contains("\"pid\":0,")
+                    && x.contains("\"comm\":\"hoist-vmlab-gue\"")
+            })
+        },
+    )?;
+    // unshare waits for its child, the server: that one is killed first.
+    vm.sh(&format!("kill -9 $(ps -o pid,ppid | awk '$2 == {} {{print $1}}')", unshare.trim()))?;
+    vm.cmd("kill nsheld")?;
+    vm.wait_in_sync("the other PID namespace's listener closing", &[EARLY])?;
+    say("  owners are named by their pid in the agent's PID namespace; another namespace's by command, pid 0");
 
     // A guest server that resets mid-response resets the client.
     vm.cmd(&format!("spawn abort /bin/hoist-vmlab-guest abort {ABORT}"))?;

@@ -5,6 +5,7 @@
 //! tokio's `AsyncFd`: the agent sleeps until the kernel has something to say.
 
 use super::btf::Offsets;
+use super::pidns::PidNs;
 use super::EventSource;
 use crate::table::GuestListener;
 use anyhow::{anyhow, bail, Context, Result};
@@ -68,14 +69,18 @@ impl Drop for KernelSource {
 impl KernelSource {
     /// Loads the embedded object with offsets from the running kernel's BTF
     /// and attaches the best hook set `mode` allows; only sockets of network
-    /// namespace `netns_inum` are reported (0: all). Must run inside a tokio
-    /// runtime: the ring buffer and the log forwarding are driven by it.
+    /// namespace `netns_inum` are reported (0: all), and tasks are named by
+    /// their pid in the calling process's PID namespace. Must run inside a
+    /// tokio runtime: the ring buffer and the log forwarding are driven by it.
     pub fn load(mode: HookMode, netns_inum: u32) -> Result<KernelSource> {
         tokio::runtime::Handle::try_current()
             .context("KernelSource::load must run inside a tokio runtime")?;
         let offsets = Offsets::from_running_kernel()?;
+        let pidns = PidNs::of_self()?;
         let mut ebpf = EbpfLoader::new()
             .override_global(global::NETNS_INUM, &netns_inum, true)
+            .override_global(global::PIDNS_DEV, &pidns.dev, true)
+            .override_global(global::PIDNS_INO, &pidns.ino, true)
             .override_global(global::OFF_FAMILY, &offsets.family, true)
             .override_global(global::OFF_PROTOCOL, &offsets.protocol, true)
             .override_global(global::PROTOCOL_SIZE, &offsets.protocol_size, true)
