@@ -7,6 +7,7 @@
 //! [`Agent::new`] assembles an agent from any [`EventSource`]; the binary
 //! uses [`run`], which loads the kernel source.
 
+pub mod check;
 mod control;
 mod data;
 mod serve;

@@ -1,5 +1,6 @@
-//! The agent's system calls, as safe wrappers, and its one `unsafe` block:
-//! registering an eBPF map's descriptor with tokio. Everything goes through
+//! The agent's system calls, as safe wrappers, and its only `unsafe` blocks:
+//! registering an eBPF map's descriptor with tokio, and unsharing the mount
+//! namespace (`hoist-agent check`). Everything goes through
 //! rustix (setns, mount, netlink sockets) except what aya and tokio own.
 
 use rustix::fd::{AsFd, OwnedFd};
@@ -24,6 +25,20 @@ pub fn async_fd<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
 pub fn enter_netns(file: &std::fs::File) -> io::Result<()> {
     use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
     Ok(move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))?)
+}
+
+/// Moves the calling process into a mount namespace of its own whose mounts
+/// propagate nowhere: what it mounts afterwards vanishes with it. Only from
+/// a single-threaded process (CLONE_NEWNS implies CLONE_FS, which the kernel
+/// refuses to a thread sharing its fs with others).
+pub fn private_mount_namespace() -> io::Result<()> {
+    use rustix::mount::{mount_change, MountPropagationFlags};
+    use rustix::thread::{unshare_unsafe, UnshareFlags};
+    // SAFETY: only the mount namespace is unshared, not the descriptor table
+    // (CLONE_FILES), so no thread can lose sight of a descriptor.
+    unsafe { unshare_unsafe(UnshareFlags::NEWNS) }?;
+    mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)?;
+    Ok(())
 }
 
 /// Mounts tracefs at `target`.

@@ -95,6 +95,7 @@ pub fn vm_test() -> Result<()> {
     let started = Instant::now();
     let result = (|| -> Result<()> {
         vm.wait_for_guest()?;
+        check_in_guest(&vm)?;
         for (flag, want) in [(None, "trampoline"), (Some("tracepoint"), "tracepoint")] {
             scenarios(&mut vm, &built.host, flag, want)
                 .with_context(|| format!("scenarios with the {want} hooks"))?;
@@ -635,6 +636,26 @@ fn echo_check(port: u16, n: usize) -> Result<()> {
 
 fn fnv(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf29ce484222325u64, |h, &x| (h ^ x as u64).wrapping_mul(0x100000001b3))
+}
+
+/// `hoist-agent check` on the guest's kernel, which allows trampolines: it
+/// passes on them, with the virtio vsock transport.
+fn check_in_guest(vm: &Vm) -> Result<()> {
+    let report = vm
+        .sh(&format!("/bin/hoist-agent check --listen vsock:any:{AGENT_PORT}"))
+        .context("hoist-agent check should pass on the guest's kernel (exit status 0)")?;
+    for want in [
+        "ok       hooks.trampoline",
+        "ok       hooks.tracepoint",
+        "ok       vsock             transport loaded: virtio",
+        "verdict: hoist-agent can run here, on the trampoline hooks",
+    ] {
+        if !report.contains(want) {
+            bail!("hoist-agent check in the guest should report {want:?}:\n{report}");
+        }
+    }
+    say("  hoist-agent check passes in the guest, on the trampoline hooks");
+    Ok(())
 }
 
 fn scenarios(vm: &mut Vm, hoist_host: &Path, hooks: Option<&str>, want: &str) -> Result<()> {

@@ -230,7 +230,7 @@ impl EventSource for KernelSource {
 /// What to do about a bpf() failure a user can act on, in one line.
 pub fn advice(errno: i32) -> Option<&'static str> {
     match errno {
-        1 => Some("hoist-agent needs root, or the capabilities CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN: run it as root (or as the systemd unit does)"),
+        1 => Some("hoist-agent needs root, or the capabilities CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN too to mount tracefs or enter --netns): run it as root, and `hoist-agent check` to see what else this system lacks"),
         38 => Some("this kernel has no bpf() system call (CONFIG_BPF_SYSCALL is off): hoist-agent needs a kernel with BPF and BTF, see README's kernel requirements"),
         _ => None,
     }

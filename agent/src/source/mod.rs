@@ -10,8 +10,8 @@ mod owners;
 mod pidns;
 
 pub use btf::Offsets;
-pub use diag::{listening_tcp, parse_replies as parse_diag_replies, DiagSocket};
-pub use kernel::{HookMode, Hooks, KernelSource};
+pub use diag::{listening_tcp, parse_replies as parse_diag_replies, DiagSocket, Parsed};
+pub use kernel::{HookMode, Hooks, KernelSource, Object};
 pub use pidns::PidNs;
 
 use crate::table::GuestListener;
