@@ -84,10 +84,28 @@ impl Item {
     }
 }
 
+/// The report's items, in the order [`run`] gives them.
+pub const ITEMS: &[&str] = &[
+    "privileges",
+    "btf",
+    "bpf",
+    "ringbuf",
+    "tracefs",
+    "hooks.trampoline",
+    "hooks.tracepoint",
+    "sock_diag.tcp4",
+    "sock_diag.tcp6",
+    "sock_diag.udp4",
+    "sock_diag.udp6",
+    "vsock",
+    "netns",
+    "pidns",
+];
+
 /// The kernel options behind each item (`=y`, or a module loaded), in report
 /// order. An option may stand behind several items.
 pub const KERNEL_CONFIG: &[(&str, &[&str])] = &[
-    ("btf", &["CONFIG_DEBUG_INFO_BTF"]),
+    ("btf", &["CONFIG_DEBUG_INFO_BTF", "CONFIG_DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT"]),
     ("bpf", &["CONFIG_BPF", "CONFIG_BPF_SYSCALL", "CONFIG_BPF_JIT"]),
     ("ringbuf", &["CONFIG_BPF_SYSCALL"]),
     ("tracefs", &["CONFIG_FTRACE"]),
@@ -118,6 +136,7 @@ pub const KERNEL_CONFIG: &[(&str, &[&str])] = &[
         "vsock",
         &[
             "CONFIG_VSOCKETS",
+            "CONFIG_HYPERV",
             "CONFIG_HYPERV_VSOCKETS",
             "CONFIG_VIRTIO_VSOCKETS",
             "CONFIG_VMWARE_VMCI_VSOCKETS",
@@ -1161,6 +1180,78 @@ verdict: hoist-agent can run here, on the tracepoint hooks
             "{}",
             i.detail
         );
+    }
+
+    /// The `CONFIG_` names in a text.
+    fn config_names(text: &str) -> std::collections::BTreeSet<&str> {
+        text.match_indices("CONFIG_")
+            .map(|(i, _)| {
+                let rest = &text[i..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect()
+    }
+
+    /// packaging/wsl/hoist.config, README's kernel requirements and what
+    /// check tests name the same options: an option added to one and not the
+    /// others fails here.
+    #[test]
+    fn the_wsl_fragment_readme_and_check_name_the_same_kernel_options() {
+        use std::collections::BTreeSet;
+        let fragment = include_str!("../../packaging/wsl/hoist.config");
+        let readme = include_str!("../../README.md");
+        let named: BTreeSet<&str> =
+            KERNEL_CONFIG.iter().flat_map(|(_, o)| o.iter().copied()).collect();
+
+        let mut in_fragment = BTreeSet::new();
+        for line in fragment.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let option = line.strip_suffix("=y").unwrap_or_else(|| {
+                panic!("{line}: a custom WSL kernel loads no modules, every option is =y")
+            });
+            assert!(in_fragment.insert(option), "{option} twice in the fragment");
+        }
+        let for_wsl: BTreeSet<&str> =
+            named.iter().filter(|o| !NOT_FOR_WSL.contains(o)).copied().collect();
+        assert_eq!(
+            for_wsl.difference(&in_fragment).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "check tests for these, packaging/wsl/hoist.config lacks them"
+        );
+        assert_eq!(
+            in_fragment.difference(&named).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "packaging/wsl/hoist.config sets these, no item of check names them (KERNEL_CONFIG)"
+        );
+
+        let section = readme
+            .split("### Guest kernel requirements")
+            .nth(1)
+            .expect("README has a section \"Guest kernel requirements\"")
+            .split("\n#")
+            .next()
+            .unwrap();
+        let in_readme = config_names(section);
+        assert_eq!(
+            named.difference(&in_readme).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "check tests for these, README's kernel requirements do not name them"
+        );
+        assert_eq!(
+            in_readme.difference(&named).collect::<Vec<_>>(),
+            Vec::<&&str>::new(),
+            "README's kernel requirements name these, check does not (KERNEL_CONFIG)"
+        );
+        for (key, _) in KERNEL_CONFIG {
+            assert!(ITEMS.contains(key), "{key} is no item of the report");
+            assert!(section.contains(&format!("`{key}`")), "README's table lacks the item {key}");
+        }
+        assert!(readme.contains("packaging/wsl/hoist.config"));
     }
 
     #[test]
