@@ -26,21 +26,24 @@ const CMD_PORT: u32 = 2000;
 /// Guest vsock port the agent listens on.
 const AGENT_PORT: u32 = 1023;
 const GUEST_CID: u32 = 3;
-/// Guest TCP ports the scenarios use.
-const ECHO: u16 = 47001;
-const EARLY: u16 = 47002;
-const LATER: u16 = 47003;
-const LAST: u16 = 47004;
+/// Guest TCP ports the scenarios use, mirrored on this machine's loopback:
+/// below 32768, outside Linux's ephemeral port range (32768-60999), so no
+/// client connection of another test on this machine can hold one of them
+/// (one held 47012, when they were 470xx, and that forward stayed in conflict).
+const ECHO: u16 = 27001;
+const EARLY: u16 = 27002;
+const LATER: u16 = 27003;
+const LAST: u16 = 27004;
 /// An SCTP and a DCCP listener, and a TCP barrier after them.
-const SCTP: u16 = 47020;
-const DCCP: u16 = 47021;
-const BARRIER: u16 = 47022;
+const SCTP: u16 = 27020;
+const DCCP: u16 = 27021;
+const BARRIER: u16 = 27022;
 /// A server that resets its connections mid-response.
-const ABORT: u16 = 47023;
+const ABORT: u16 = 27023;
 /// A listener held in a PID namespace of its own.
-const NSHELD: u16 = 47024;
-/// Guest ports 47010..47018 open and close while hoist-host restarts.
-const CHURN: u16 = 47010;
+const NSHELD: u16 = 27024;
+/// Guest ports 27010..27018 open and close while hoist-host restarts.
+const CHURN: u16 = 27010;
 const CHURN_COUNT: u16 = 8;
 /// The guest session's hard limit (it takes about 15 s): past it the
 /// watchdog kills QEMU and the daemon, so every wait fails fast and the logs
