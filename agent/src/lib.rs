@@ -8,6 +8,7 @@
 //! uses [`run`], which loads the kernel source.
 
 mod admin;
+pub mod check;
 mod control;
 mod data;
 mod privileges;
@@ -21,7 +22,7 @@ mod tracker;
 pub use admin::show_status;
 pub use source::{
     listening_tcp, parse_diag_replies, snapshot, DiagSocket, EventSource, HookMode, Hooks,
-    KernelSource, Offsets,
+    KernelSource, Offsets, PidNs,
 };
 pub use sys::enter_netns;
 pub use table::GuestListener;

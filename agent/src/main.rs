@@ -31,6 +31,26 @@ enum Cmd {
     /// Hidden: `completions <shell>` and `man [--dir DIR]` (cargo xtask dist).
     #[command(flatten)]
     Docs(hoist_net::docs::DocsCmd),
+    /// Tell whether this kernel and this process can run the agent: one line per need (ok,
+    /// missing or refused, and what to do); exit status 0 only when the agent can run.
+    Check(CheckArgs),
+}
+
+/// What `check` vouches for: the run these options would make.
+#[derive(clap::Args, Debug)]
+struct CheckArgs {
+    /// Where the agent would listen (a vsock address needs a vsock transport).
+    #[arg(long, default_value = hoist_agent::DEFAULT_LISTEN)]
+    listen: Addr,
+    /// The network namespace the agent would watch (a file such as /run/netns/NAME).
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// The hook sets the agent may use.
+    #[arg(long, value_enum, default_value = "auto")]
+    hooks: HookMode,
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    json: bool,
 }
 
 /// How to show the status.
@@ -117,6 +137,7 @@ fn main() {
     match cli.cmd {
         None => run(cli.run),
         Some(Cmd::Run(args)) => run(args),
+        Some(Cmd::Check(args)) => check(args),
         Some(Cmd::Status(args)) => status(args),
         Some(Cmd::Docs(d)) => hoist_net::docs::run_and_exit(&d, Cli::command()),
     }
@@ -135,6 +156,19 @@ fn status(args: StatusArgs) -> ! {
             std::process::exit(1);
         }
     }
+}
+
+fn check(args: CheckArgs) -> ! {
+    use hoist_agent::check;
+    let config = check::Config { listen: args.listen, netns: args.netns, hooks: args.hooks };
+    // Before any thread exists: the probes unshare the mount namespace.
+    let items = check::run(&config);
+    if args.json {
+        println!("{}", check::json(&items, args.hooks));
+    } else {
+        print!("{}", check::text(&items, args.hooks));
+    }
+    std::process::exit(if check::verdict(&items, args.hooks).runs { 0 } else { 1 })
 }
 
 fn run(args: RunArgs) -> ! {

@@ -1,7 +1,8 @@
-//! The agent's system calls, as safe wrappers, and its one `unsafe` block:
-//! registering an eBPF map's descriptor with tokio. Everything goes through
-//! rustix (setns, mount, netlink sockets, the guest dial's connect) except
-//! what aya and tokio own.
+//! The agent's system calls, as safe wrappers, and its only `unsafe` blocks:
+//! registering an eBPF map's descriptor with tokio, and unsharing the mount
+//! namespace (`hoist-agent check`). Everything goes through
+//! rustix (setns, mount, netlink sockets, the guest dial's connect)
+//! except what aya and tokio own.
 
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
@@ -57,6 +58,20 @@ pub fn dial_local(addr: std::net::SocketAddr) -> io::Result<(std::net::TcpStream
 pub fn enter_netns(file: &std::fs::File) -> io::Result<()> {
     use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
     Ok(move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))?)
+}
+
+/// Moves the calling process into a mount namespace of its own whose mounts
+/// propagate nowhere: what it mounts afterwards vanishes with it. Only from
+/// a single-threaded process (CLONE_NEWNS implies CLONE_FS, which the kernel
+/// refuses to a thread sharing its fs with others).
+pub fn private_mount_namespace() -> io::Result<()> {
+    use rustix::mount::{mount_change, MountPropagationFlags};
+    use rustix::thread::{unshare_unsafe, UnshareFlags};
+    // SAFETY: only the mount namespace is unshared, not the descriptor table
+    // (CLONE_FILES), so no thread can lose sight of a descriptor.
+    unsafe { unshare_unsafe(UnshareFlags::NEWNS) }?;
+    mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)?;
+    Ok(())
 }
 
 /// Mounts tracefs at `target`.

@@ -10,6 +10,7 @@ mod control;
 mod data;
 mod discovery;
 mod forwards;
+pub mod install;
 mod listener;
 #[cfg(windows)]
 mod listener_windows;

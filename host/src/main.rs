@@ -33,6 +33,28 @@ enum Cmd {
     /// Hidden: `completions <shell>` and `man [--dir DIR]` (cargo xtask dist).
     #[command(flatten)]
     Docs(hoist_net::docs::DocsCmd),
+    /// Start the relay at each logon of the current user, no admin needed (the HKCU Run key):
+    /// `run --guest hvsock:wsl:1023 --log-file %LOCALAPPDATA%\hoist\hoist-host.log`.
+    #[cfg(windows)]
+    Install(InstallArgs),
+    /// Remove the logon entry `install` wrote.
+    #[cfg(windows)]
+    Uninstall,
+}
+
+/// What `install` puts in the logon entry.
+#[cfg(windows)]
+#[derive(clap::Args, Debug)]
+struct InstallArgs {
+    /// How the relay reaches the agent.
+    #[arg(long, default_value = hoist_host::install::DEFAULT_GUEST)]
+    guest: String,
+    /// Where the relay logs (default: %LOCALAPPDATA%\hoist\hoist-host.log).
+    #[arg(long)]
+    log_file: Option<std::path::PathBuf>,
+    /// More options for `hoist-host run`, after `--` (e.g. `-- --token-file C:\hoist\token`).
+    #[arg(last = true)]
+    run_args: Vec<String>,
 }
 
 /// Which relay to ask.
@@ -100,6 +122,10 @@ struct RunArgs {
     /// Log lines as text or as one JSON object per line; filter with RUST_LOG.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Append the log to this file instead of stderr (on Windows, a relay started on its own
+    /// then lets go of its console window).
+    #[arg(long)]
+    log_file: Option<std::path::PathBuf>,
 }
 
 fn main() {
@@ -115,6 +141,10 @@ fn main() {
             client(async move { hoist_host::reload(&path).await })
         }
         (Some(Cmd::Docs(d)), _) => hoist_net::docs::run_and_exit(&d, Cli::command()),
+        #[cfg(windows)]
+        (Some(Cmd::Install(args)), _) => done(install(args)),
+        #[cfg(windows)]
+        (Some(Cmd::Uninstall), _) => done(hoist_host::install::uninstall()),
         // clap requires --guest when there is no subcommand.
         (None, None) => unreachable!("clap requires the run arguments without a subcommand"),
     }
@@ -138,7 +168,55 @@ fn client(f: impl std::future::Future<Output = Result<()>>) -> ! {
 }
 
 fn run(args: RunArgs) -> ! {
-    hoist_net::run_main("hoist-host", args.log_format, || real_main(args))
+    let log_file = args.log_file.clone();
+    #[cfg(windows)]
+    if log_file.is_some() {
+        // Started at logon Windows opens a console window for this process
+        // alone; its log goes to the file.
+        hoist_net::release_own_console();
+    }
+    hoist_net::run_main_logging_to("hoist-host", args.log_format, log_file.as_deref(), || {
+        real_main(args)
+    })
+}
+
+/// Prints what a one-shot command says, or its error; exits.
+#[cfg(windows)]
+fn done(r: Result<String>) -> ! {
+    match r {
+        Ok(said) => {
+            println!("{said}");
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("hoist-host: {e:#}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// Checks the run options as `run` will parse them, then writes the logon
+/// entry.
+#[cfg(windows)]
+fn install(a: InstallArgs) -> Result<String> {
+    use anyhow::Context;
+    use hoist_host::install;
+    let log_file = match a.log_file {
+        Some(f) => f,
+        None => {
+            let local = std::env::var_os("LOCALAPPDATA")
+                .context("LOCALAPPDATA is not set: pass --log-file")?;
+            install::default_log_file(std::path::Path::new(&local))
+        }
+    };
+    let args = install::run_args(&a.guest, &log_file.display().to_string(), &a.run_args);
+    let parsed = Cli::try_parse_from(std::iter::once("hoist-host".to_string()).chain(args.clone()))
+        .map_err(|e| anyhow::anyhow!("these run options would not start: {e}"))?;
+    if let Some(Cmd::Run(run)) = parsed.cmd {
+        config(&run)?;
+    }
+    let exe = std::env::current_exe().context("finding this executable's path")?;
+    install::install(&exe, &args, &log_file)
 }
 
 fn config(args: &RunArgs) -> Result<Config> {

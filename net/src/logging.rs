@@ -27,6 +27,30 @@ pub fn init(format: LogFormat) -> Result<()> {
     .map_err(|e| anyhow!("installing the logger: {e}"))
 }
 
+/// Installs the global subscriber writing to the end of `path` (created if
+/// missing, never truncated), without terminal colours.
+pub fn init_file(format: LogFormat, path: &std::path::Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow!("creating the log file's folder {}: {e}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| anyhow!("opening the log file {}: {e}", path.display()))?;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file));
+    match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    }
+    .map_err(|e| anyhow!("installing the logger: {e}"))
+}
+
 /// Whether text lines on `out` get colours: only on a terminal, and not when
 /// `NO_COLOR` is set to anything but the empty string.
 pub fn colours(out: &impl std::io::IsTerminal) -> bool {

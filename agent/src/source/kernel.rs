@@ -5,6 +5,7 @@
 //! tokio's `AsyncFd`: the agent sleeps until the kernel has something to say.
 
 use super::btf::Offsets;
+use super::pidns::PidNs;
 use super::EventSource;
 use crate::table::GuestListener;
 use anyhow::{anyhow, bail, Context, Result};
@@ -65,17 +66,30 @@ impl Drop for KernelSource {
     }
 }
 
-impl KernelSource {
-    /// Loads the embedded object with offsets from the running kernel's BTF
-    /// and attaches the best hook set `mode` allows; only sockets of network
-    /// namespace `netns_inum` are reported (0: all). Must run inside a tokio
-    /// runtime: the ring buffer and the log forwarding are driven by it.
-    pub fn load(mode: HookMode, netns_inum: u32) -> Result<KernelSource> {
-        tokio::runtime::Handle::try_current()
-            .context("KernelSource::load must run inside a tokio runtime")?;
+/// The embedded object in the kernel, with this kernel's struct offsets and
+/// the agent's namespaces: its maps exist, and each hook set's programs are
+/// loaded and attached with [`Object::attach`] (and taken out again with
+/// [`Object::detach`]). [`KernelSource`] attaches one set for good;
+/// `hoist-agent check` tries each and detaches it. Dropping it unloads
+/// everything.
+pub struct Object {
+    ebpf: Ebpf,
+    btf: Btf,
+    offsets: Offsets,
+}
+
+impl Object {
+    /// Loads the object: offsets from the running kernel's BTF, sockets of
+    /// network namespace `netns_inum` only (0: all), tasks named by their pid
+    /// in the calling process's PID namespace. Creates the maps; loads no
+    /// program yet.
+    pub fn load(netns_inum: u32) -> Result<Object> {
         let offsets = Offsets::from_running_kernel()?;
-        let mut ebpf = EbpfLoader::new()
+        let pidns = PidNs::of_self()?;
+        let ebpf = EbpfLoader::new()
             .override_global(global::NETNS_INUM, &netns_inum, true)
+            .override_global(global::PIDNS_DEV, &pidns.dev, true)
+            .override_global(global::PIDNS_INO, &pidns.ino, true)
             .override_global(global::OFF_FAMILY, &offsets.family, true)
             .override_global(global::OFF_PROTOCOL, &offsets.protocol, true)
             .override_global(global::PROTOCOL_SIZE, &offsets.protocol_size, true)
@@ -91,34 +105,75 @@ impl KernelSource {
             .load(OBJECT)
             .map_err(|e| explained(anyhow::Error::new(e)))
             .context("loading the eBPF object")?;
-        // Before any program runs, so no log record is missed.
-        let log_task = start_ebpf_log(&mut ebpf);
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        Ok(Object { ebpf, btf, offsets })
+    }
+
+    /// Loads and attaches the programs of one hook set.
+    pub fn attach(&mut self, hooks: Hooks) -> Result<()> {
+        match hooks {
+            Hooks::Trampoline => attach_trampolines(&mut self.ebpf, &self.btf, &self.offsets)
+                .context("attaching the trampoline hooks (fexit/fentry)"),
+            Hooks::Tracepoint => attach_tracepoints(&mut self.ebpf, &self.btf)
+                .map_err(explained)
+                .context("attaching the tracepoint hooks"),
+        }
+    }
+
+    /// Detaches and unloads the programs of one hook set, also after a
+    /// half-done [`Object::attach`].
+    pub fn detach(&mut self, hooks: Hooks) {
+        let names: &[&str] = match hooks {
+            Hooks::Trampoline => &[prog::LISTEN_START, prog::LISTEN_STOP],
+            Hooks::Tracepoint => &[prog::SYS_ENTER_LISTEN, prog::SYS_EXIT_LISTEN, prog::STATE],
+        };
+        for name in names {
+            use aya::programs::Program;
+            // Unloading a program detaches its links; one never loaded says so.
+            let _ = match self.ebpf.program_mut(name) {
+                Some(Program::FExit(p)) => p.unload(),
+                Some(Program::FEntry(p)) => p.unload(),
+                Some(Program::TracePoint(p)) => p.unload(),
+                Some(Program::BtfTracePoint(p)) => p.unload(),
+                _ => Ok(()),
+            };
+        }
+    }
+}
+
+impl KernelSource {
+    /// Loads the embedded object (see [`Object::load`]) and attaches the best
+    /// hook set `mode` allows; only sockets of network namespace
+    /// `netns_inum` are reported (0: all), and tasks are named by their pid
+    /// in the calling process's PID namespace. Must run inside a tokio
+    /// runtime: the ring buffer and the log forwarding are driven by it.
+    pub fn load(mode: HookMode, netns_inum: u32) -> Result<KernelSource> {
+        tokio::runtime::Handle::try_current()
+            .context("KernelSource::load must run inside a tokio runtime")?;
+        let mut object = Object::load(netns_inum)?;
+        // Before any program runs, so no log record is missed.
+        let log_task = start_ebpf_log(&mut object.ebpf);
         let hooks = match mode {
             HookMode::Trampoline => {
-                attach_trampolines(&mut ebpf, &btf, &offsets)
-                    .context("attaching the trampoline hooks (fexit/fentry)")?;
+                object.attach(Hooks::Trampoline)?;
                 Hooks::Trampoline
             }
             HookMode::Tracepoint => {
-                attach_tracepoints(&mut ebpf, &btf)
-                    .map_err(explained)
-                    .context("attaching the tracepoint hooks")?;
+                object.attach(Hooks::Tracepoint)?;
                 Hooks::Tracepoint
             }
-            HookMode::Auto => match attach_trampolines(&mut ebpf, &btf, &offsets) {
+            HookMode::Auto => match object.attach(Hooks::Trampoline) {
                 Ok(()) => Hooks::Trampoline,
                 Err(e) => {
                     info!("trampoline hooks refused by this kernel ({e:#}); using tracepoints");
-                    detach_trampolines(&mut ebpf);
-                    attach_tracepoints(&mut ebpf, &btf)
-                        .map_err(explained)
-                        .context("attaching the tracepoint hooks")?;
+                    object.detach(Hooks::Trampoline);
+                    object.attach(Hooks::Tracepoint)?;
                     Hooks::Tracepoint
                 }
             },
         };
         info!(hooks = %hooks, "kernel hooks attached");
+        let mut ebpf = object.ebpf;
         let ring = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("map EVENTS missing")?)
             .context("opening map EVENTS")?;
         let drops = Array::try_from(ebpf.take_map(MAP_DROPS).context("map DROPS missing")?)
@@ -211,20 +266,6 @@ fn attach_trampolines(ebpf: &mut Ebpf, btf: &Btf, offsets: &Offsets) -> Result<(
     p.load("inet_csk_listen_stop", btf).context("loading fentry/inet_csk_listen_stop")?;
     p.attach().context("attaching fentry/inet_csk_listen_stop")?;
     Ok(())
-}
-
-/// Undoes a half-done trampoline attach before falling back.
-fn detach_trampolines(ebpf: &mut Ebpf) {
-    if let Some(p) = ebpf.program_mut(prog::LISTEN_START) {
-        if let Ok(p) = <&mut FExit>::try_from(p) {
-            let _ = p.unload();
-        }
-    }
-    if let Some(p) = ebpf.program_mut(prog::LISTEN_STOP) {
-        if let Ok(p) = <&mut FEntry>::try_from(p) {
-            let _ = p.unload();
-        }
-    }
 }
 
 fn attach_tracepoints(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {

@@ -7,10 +7,12 @@ mod btf;
 mod diag;
 mod kernel;
 mod owners;
+mod pidns;
 
 pub use btf::Offsets;
-pub use diag::{listening_tcp, parse_replies as parse_diag_replies, DiagSocket};
-pub use kernel::{HookMode, Hooks, KernelSource};
+pub use diag::{listening_tcp, parse_replies as parse_diag_replies, DiagSocket, Parsed};
+pub use kernel::{HookMode, Hooks, KernelSource, Object};
+pub use pidns::PidNs;
 
 use crate::table::GuestListener;
 use anyhow::Result;
