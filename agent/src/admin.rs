@@ -234,23 +234,7 @@ const START: &str = "hoist-agent (as root, or with the capabilities in its syste
 
 /// `hoist-agent status`: the table, the JSON, or every change as JSON lines.
 pub async fn show_status(path: &std::path::Path, as_json: bool, watch: bool) -> anyhow::Result<()> {
-    use std::io::Write;
-    let command = if watch { "watch" } else { "status" };
-    let mut conn =
-        hoist_net::admin::ask(path, &json!({"command": command}), "hoist-agent", START).await?;
-    let mut out = std::io::stdout().lock();
-    while let Some(v) = conn.recv().await? {
-        if watch || as_json {
-            writeln!(out, "{v}")?;
-            out.flush()?;
-        } else {
-            write!(out, "{}", table(&v))?;
-        }
-        if !watch {
-            break;
-        }
-    }
-    Ok(())
+    hoist_net::admin::print_status(path, "hoist-agent", START, as_json, watch, table).await
 }
 
 #[cfg(test)]

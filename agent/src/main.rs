@@ -145,17 +145,10 @@ fn main() {
 
 fn status(args: StatusArgs) -> ! {
     let path = args.admin_socket.unwrap_or_else(|| hoist_net::admin::default_path("hoist-agent"));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-    let r = rt
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(hoist_agent::show_status(&path, args.json, args.watch)));
-    match r {
-        Ok(()) => std::process::exit(0),
-        Err(e) => {
-            eprintln!("hoist-agent: {e:#}");
-            std::process::exit(1);
-        }
-    }
+    hoist_net::admin::run_client(
+        "hoist-agent",
+        hoist_agent::show_status(&path, args.json, args.watch),
+    )
 }
 
 fn check(args: CheckArgs) -> ! {

@@ -110,23 +110,8 @@ const START: &str = "hoist-host --guest <address of the agent>";
 /// `hoist-host status`: the table, the JSON, or (`watch`) the JSON lines of
 /// every change until the relay stops.
 pub async fn show_status(path: &std::path::Path, as_json: bool, watch: bool) -> anyhow::Result<()> {
-    use std::io::Write;
-    let command = if watch { "watch" } else { "status" };
-    let mut conn =
-        hoist_net::admin::ask(path, &json!({"command": command}), "hoist-host", START).await?;
-    let mut out = std::io::stdout().lock();
-    while let Some(v) = conn.recv().await? {
-        if watch || as_json {
-            writeln!(out, "{v}")?;
-            out.flush()?;
-        } else {
-            write!(out, "{}", crate::status::table(&v, std::time::SystemTime::now()))?;
-        }
-        if !watch {
-            break;
-        }
-    }
-    Ok(())
+    let table = |v: &Value| crate::status::table(v, std::time::SystemTime::now());
+    hoist_net::admin::print_status(path, "hoist-host", START, as_json, watch, table).await
 }
 
 /// `hoist-host reload`: what is in force now, or why the file was refused.

@@ -134,11 +134,16 @@ fn main() {
         (Some(Cmd::Run(args)), _) | (None, Some(args)) => run(args),
         (Some(Cmd::Status(args)), _) => {
             let path = admin_path(&args.admin);
-            client(async move { hoist_host::show_status(&path, args.json, args.watch).await })
+            hoist_net::admin::run_client("hoist-host", async move {
+                hoist_host::show_status(&path, args.json, args.watch).await
+            })
         }
         (Some(Cmd::Reload(args)), _) => {
             let path = admin_path(&args);
-            client(async move { hoist_host::reload(&path).await })
+            hoist_net::admin::run_client(
+                "hoist-host",
+                async move { hoist_host::reload(&path).await },
+            )
         }
         (Some(Cmd::Docs(d)), _) => hoist_net::docs::run_and_exit(&d, Cli::command()),
         #[cfg(windows)]
@@ -152,19 +157,6 @@ fn main() {
 
 fn admin_path(args: &AdminArgs) -> PathBuf {
     args.admin_socket.clone().unwrap_or_else(|| hoist_net::admin::default_path("hoist-host"))
-}
-
-/// Runs a command that talks to the running relay: its error is one line.
-fn client(f: impl std::future::Future<Output = Result<()>>) -> ! {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-    let r = rt.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(f));
-    match r {
-        Ok(()) => std::process::exit(0),
-        Err(e) => {
-            eprintln!("hoist-host: {e:#}");
-            std::process::exit(1);
-        }
-    }
 }
 
 fn run(args: RunArgs) -> ! {

@@ -210,6 +210,47 @@ pub async fn ask(path: &Path, request: &Value, who: &str, start: &str) -> Result
     Ok(conn)
 }
 
+/// Asks `who` at `path` for its status and prints it: the JSON, or
+/// `table` of it; with `watch`, every line that follows too, as it comes.
+pub async fn print_status(
+    path: &Path,
+    who: &str,
+    start: &str,
+    as_json: bool,
+    watch: bool,
+    table: impl Fn(&Value) -> String,
+) -> Result<()> {
+    use std::io::Write;
+    let command = if watch { "watch" } else { "status" };
+    let mut conn = ask(path, &serde_json::json!({ "command": command }), who, start).await?;
+    let mut out = std::io::stdout().lock();
+    while let Some(v) = conn.recv().await? {
+        if watch || as_json {
+            writeln!(out, "{v}")?;
+            out.flush()?;
+        } else {
+            write!(out, "{}", table(&v))?;
+        }
+        if !watch {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Runs a command that talks to a running binary (status, reload) and
+/// exits: 0, or 1 with its error on one line.
+pub fn run_client(name: &str, f: impl std::future::Future<Output = Result<()>>) -> ! {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    match rt.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(f)) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;

@@ -144,6 +144,45 @@ pub fn subcommands(cmd: &clap::Command) -> Vec<String> {
     cmd.get_subcommands().filter(|s| !s.is_hide_set()).map(|s| s.get_name().to_string()).collect()
 }
 
+/// The checks each binary's tests run on its own command line: the version
+/// line names the git commit; every shell's completions and the man pages
+/// mention every visible subcommand and flag. Panics on a failure.
+pub fn check_documents(cmd: impl Fn() -> clap::Command) {
+    let name = cmd().get_name().to_string();
+    let v = cmd().render_version();
+    let want = format!("{name} {} (git ", env!("CARGO_PKG_VERSION"));
+    assert!(v.starts_with(&want), "{v}");
+    let commit = v.trim_end().trim_end_matches(')').rsplit("(git ").next().unwrap_or_default();
+    assert!(
+        commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{v}"
+    );
+    assert!(subcommands(&cmd()).contains(&"run".to_string()));
+    for shell in Shell::ALL {
+        let mut out = Vec::new();
+        completions(cmd(), shell, &mut out).expect("completions");
+        let text = String::from_utf8(out).expect("UTF-8 completions");
+        assert!(text.contains(&name), "{shell:?}");
+        assert_eq!(unmentioned(&cmd(), &text), Vec::<String>::new(), "{shell:?}");
+    }
+    let dir = std::env::temp_dir().join(format!("{name}-man-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let pages = man_pages(cmd(), &dir).expect("man pages");
+    let names: Vec<String> = pages
+        .iter()
+        .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&format!("{name}.1")), "{names:?}");
+    for sub in subcommands(&cmd()) {
+        assert!(names.contains(&format!("{name}-{sub}.1")), "{sub}: {names:?}");
+    }
+    let all: String =
+        pages.iter().map(|p| std::fs::read_to_string(p).unwrap_or_default()).collect();
+    assert!(all.starts_with(".ie") || all.contains(".TH"), "roff");
+    assert_eq!(unmentioned(&cmd(), &all), Vec::<String>::new());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
