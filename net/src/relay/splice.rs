@@ -219,6 +219,7 @@ async fn decode(
     let mut scratch = vec![0u8; SMALL];
     let mut total = 0u64;
     let mut fin = false;
+    let mut bulk = false;
     if let Opening::Awaited(limit) = state.opening {
         let answer = async {
             while !take_answer(&mut inbox)? {
@@ -240,7 +241,11 @@ async fn decode(
             return Ok((total, inbox));
         }
         while inbox.len() < SEGMENT_HEADER_LEN {
-            let read = data.read(SMALL, |fd| sys::read(fd, &mut scratch));
+            // Behind a bulk segment most likely comes another: read just
+            // its header, so its payload is spliced whole rather than its
+            // first bytes copied through here (and sent as a small packet).
+            let want = if bulk { SEGMENT_HEADER_LEN - inbox.len() } else { SMALL };
+            let read = data.read(want, |fd| sys::read(fd, &mut scratch[..want]));
             // After the peer's Fin only a Reset may follow: the connection
             // is done once this side has sent its own.
             let n = tokio::select! {
@@ -300,6 +305,7 @@ async fn decode(
                 }
                 total += h.len as u64;
                 state.traffic.received.fetch_add(h.len as u64, Ordering::Relaxed);
+                bulk = h.len >= BULK;
             }
             SegmentKind::Fin if !fin => {
                 fin = true;
