@@ -1,11 +1,15 @@
 //! Embeds the eBPF object: `cargo xtask build` compiles `agent-ebpf` with the
 //! nightly toolchain for the BPF target and names the object in
 //! `HOIST_EBPF_OBJECT`; this script hands its path to the loader
-//! (`HOIST_EBPF_OBJECT_PATH`, for `include_bytes_aligned!`).
+//! (`HOIST_EBPF_OBJECT_PATH`, for `include_bytes_aligned!`). It also sets
+//! HOIST_VERSION, the `--version` line (build-support/version.rs).
 
 use std::path::PathBuf;
 
+include!("../build-support/version.rs");
+
 fn main() {
+    emit_version();
     println!("cargo:rerun-if-env-changed=HOIST_EBPF_OBJECT");
     let manifest_dir = PathBuf::from(
         std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),

@@ -21,6 +21,9 @@
 //! servers have hooks of their own in `udp` (both sets), sharing the ring
 //! buffer, the socket reads and the globals below.
 //!
+//! An event names the task that made the change by its pid in the agent's
+//! PID namespace (0 for a task of another one) and its command.
+//!
 //! An event the full ring buffer cannot take is counted in `DROPS`, never
 //! lost silently. Struct offsets are read-only globals the agent fills in
 //! from the running kernel's BTF; nothing about the layout is compiled in.
@@ -33,7 +36,10 @@
 // Inline asm pins a context read to a constant offset (see `listen_start`).
 #![feature(asm_experimental_arch)]
 
-use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock};
+use aya_ebpf::bindings::bpf_pidns_info;
+use aya_ebpf::helpers::generated::{
+    bpf_get_ns_current_pid_tgid, bpf_get_socket_cookie, bpf_skc_to_tcp_sock,
+};
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
 use aya_ebpf::macros::{btf_tracepoint, fentry, fexit, map, tracepoint};
 use aya_ebpf::maps::{Array, LruHashMap, RingBuf};
@@ -99,14 +105,48 @@ pub(crate) static OFF_NET_INUM: u32 = ABSENT;
 static OFF_INET_SPORT: u32 = ABSENT;
 #[no_mangle]
 static LISTEN_START_NARGS: u32 = 0;
+#[no_mangle]
+static PIDNS_DEV: u64 = 0;
+#[no_mangle]
+pub(crate) static PIDNS_INO: u64 = 0;
 
 const TCP_LISTEN: i32 = 10;
 const TCP_CLOSE: i32 = 7;
 
 #[inline(always)]
-pub(crate) fn global(g: &'static u32) -> u32 {
+pub(crate) fn global<T: Copy>(g: &'static T) -> T {
     // SAFETY: a valid static; volatile keeps the load from being folded.
     unsafe { read_volatile(g) }
+}
+
+/// The current task's thread-group id as the agent's PID namespace sees it
+/// (`PIDNS_DEV`/`PIDNS_INO`), so the pid an event names is one the agent's
+/// /proc shows. A task whose PID namespace is another one (another WSL
+/// distro's, a container's) gets 0: the kernel's helper answers only for
+/// tasks of exactly that namespace. Without a namespace set, the root
+/// namespace's pid.
+#[inline(always)]
+fn current_tgid() -> u32 {
+    let ino = global(&PIDNS_INO);
+    if ino == 0 {
+        return (bpf_get_current_pid_tgid() >> 32) as u32;
+    }
+    let mut ns = bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: `ns` is a stack buffer of the size passed; the helper writes
+    // only inside it (zeroes on failure).
+    let r = unsafe {
+        bpf_get_ns_current_pid_tgid(
+            global(&PIDNS_DEV),
+            ino,
+            &mut ns,
+            core::mem::size_of::<bpf_pidns_info>() as u32,
+        )
+    };
+    if r == 0 {
+        ns.tgid
+    } else {
+        0
+    }
 }
 
 /// A load at a BTF-checked offset from a kernel pointer the verifier knows
@@ -155,7 +195,7 @@ pub(crate) unsafe fn describe_as(sk: *const u8, kind: u8, protocol: u8) -> Optio
     ev.proto = protocol;
     ev.family = family;
     ev.netns = netns;
-    ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    ev.pid = current_tgid();
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     ev.cookie = bpf_get_socket_cookie(sk as *mut _);
     if family == AF_INET {

@@ -25,7 +25,7 @@
 
 use crate::{
     count_drop, ctx_slot, emit, global, load, sport_num, NETNS_INUM, OFF_FAMILY, OFF_NET,
-    OFF_NET_INUM, OFF_PROTOCOL, PROTOCOL_SIZE,
+    OFF_NET_INUM, OFF_PROTOCOL, PIDNS_INO, PROTOCOL_SIZE,
 };
 use aya_ebpf::bindings::{bpf_sock, bpf_sock_addr, BPF_F_NO_PREALLOC, BPF_NOEXIST};
 use aya_ebpf::helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie};
@@ -73,6 +73,23 @@ static OFF_SOCKET_SK: u32 = ABSENT;
 /// What cgroup hooks return: the operation goes on. They never deny.
 const ALLOW: i32 = 1;
 
+/// The initial PID namespace's inode (`PROC_PID_INIT_INO`, fixed by the
+/// kernel).
+const PID_INIT_INO: u64 = 0xEFFF_FFFC;
+
+/// The running task's pid as the agent names it, in hooks that may lack
+/// `bpf_get_ns_current_pid_tgid` (cgroup programs before Linux 6.10): the
+/// global pid when the agent is in the initial PID namespace, else 0
+/// (unknown). `PIDNS_INO` is read-only, so the verifier sees one branch.
+#[inline(always)]
+fn plain_tgid() -> u32 {
+    if global(&PIDNS_INO) == PID_INIT_INO {
+        (bpf_get_current_pid_tgid() >> 32) as u32
+    } else {
+        0
+    }
+}
+
 /// An event for the task running now; the caller fills in the socket.
 #[inline(always)]
 fn event(kind: u8, family: u16, cookie: u64) -> ListenEvent {
@@ -82,7 +99,7 @@ fn event(kind: u8, family: u16, cookie: u64) -> ListenEvent {
     ev.family = family;
     ev.cookie = cookie;
     ev.netns = global(&NETNS_INUM);
-    ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    ev.pid = plain_tgid();
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     ev
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::info;
 
-pub async fn serve(mut conn: Conn<Stream>, door: &Door, slot: Slot) -> Result<()> {
+pub async fn serve(mut conn: Conn<Stream>, door: &Door, slot: Slot, peer: String) -> Result<()> {
     let (host_nonce, interval) = match conn.recv_within::<HostMsg>(HANDSHAKE_TIMEOUT).await? {
         HostMsg::Hello { nonce, ping_interval_ms } => (nonce, ping_interval_ms),
         other => return Err(WireError::Unexpected { wanted: "Hello", got: other.name() }.into()),
@@ -48,7 +48,7 @@ pub async fn serve(mut conn: Conn<Stream>, door: &Door, slot: Slot) -> Result<()
         }
     }
     slot.done();
-    let _session = door.sessions.register(ticket);
+    let _session = door.sessions.register(ticket, peer);
     // A new host may have missed anything: the snapshot, not the last event,
     // is what it gets.
     door.tracker.resync().await?;

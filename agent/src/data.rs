@@ -74,7 +74,9 @@ pub async fn serve(conn: Conn<Stream>, ticket: Ticket, door: &Door, slot: Slot) 
         // Segments the host sent behind its Open belong to the relay. A reset
         // or a vanished peer ends a relay routinely; the host side logs the
         // connection's fate, so this side keeps it to debug.
-        match relay(guest, &mut data, std::mem::take(&mut inbox), Opening::None).await {
+        match relay(guest, &mut data, std::mem::take(&mut inbox), Opening::None, &door.traffic)
+            .await
+        {
             Ok(done) => inbox = done.leftover,
             Err(e) => {
                 debug!(%endpoint, "relay ended: {e}");

@@ -7,8 +7,11 @@
 //! [`Agent::new`] assembles an agent from any [`EventSource`]; the binary
 //! uses [`run`], which loads the kernel source.
 
+mod admin;
+pub mod check;
 mod control;
 mod data;
+mod privileges;
 mod serve;
 mod session;
 mod source;
@@ -16,17 +19,21 @@ mod sys;
 mod table;
 mod tracker;
 
+pub use admin::show_status;
 pub use source::{
     classify_udp, ephemeral_ports, listening_tcp, parse_diag_replies, snapshot, unconnected_udp,
-    DiagSocket, EventSource, HookMode, Hooks, KernelSource, Offsets, UdpVerdict, Watch,
+    DiagSocket, EventSource, HookMode, Hooks, KernelSource, Offsets, PidNs, UdpVerdict, Watch,
 };
 pub use sys::enter_netns;
 pub use table::GuestListener;
 
 use anyhow::{Context, Result};
+use hoist_net::admin::AdminListener;
 use hoist_net::{Acceptor, AcceptorOptions, Addr, Limit};
 use hoist_wire::{AgentInfo, Token};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracker::{Tracker, TrackerHandle};
@@ -39,8 +46,6 @@ pub struct Settings {
     /// Unix peers with these uids may connect, besides root and the agent's
     /// own user.
     pub allowed_uids: Vec<u32>,
-    /// Also expose listeners bound to non-loopback addresses.
-    pub forward_any_address: bool,
     /// Who this agent is, for the host's log.
     pub info: AgentInfo,
     /// A shared token the host must prove it holds (and this agent proves
@@ -58,14 +63,22 @@ pub struct Agent<S> {
     handle: TrackerHandle,
     acceptor: Acceptor,
     settings: Arc<Settings>,
+    admin: Option<(AdminListener, admin::Identity)>,
 }
 
 impl<S: EventSource> Agent<S> {
     /// Assembles the agent and takes the first snapshot, so listeners that
     /// existed before it started are served from the start.
     pub fn new(source: S, acceptor: Acceptor, settings: Settings) -> Result<Agent<S>> {
-        let (tracker, handle) = Tracker::new(source, settings.forward_any_address)?;
-        Ok(Agent { tracker, handle, acceptor, settings: Arc::new(settings) })
+        let (tracker, handle) = Tracker::new(source)?;
+        Ok(Agent { tracker, handle, acceptor, settings: Arc::new(settings), admin: None })
+    }
+
+    /// Also answers `hoist-agent status` on `listener`.
+    pub fn with_admin(mut self, listener: AdminListener, listen: &Addr, netns: u32) -> Agent<S> {
+        let me = admin::Identity { listen: listen.to_string(), netns, since: SystemTime::now() };
+        self.admin = Some((listener, me));
+        self
     }
 
     /// Serves the host until `shutdown`; an error means the event source
@@ -79,12 +92,16 @@ impl<S: EventSource> Agent<S> {
         }
         let door = serve::Door {
             limit,
+            traffic: Default::default(),
             tracker: self.handle,
             settings: self.settings,
             sessions: Default::default(),
             pending: Default::default(),
             shutdown: shutdown.clone(),
         };
+        if let Some((listener, me)) = self.admin {
+            tokio::spawn(admin::serve(listener, door.clone(), me, shutdown.clone()));
+        }
         let serving = tokio::spawn(serve::serve(self.acceptor, door));
         let result = self.tracker.run(shutdown.clone()).await;
         shutdown.cancel();
@@ -127,14 +144,14 @@ pub struct Config {
     /// Unix peers with these uids may connect, besides root and the agent's
     /// own user.
     pub allowed_uids: Vec<u32>,
-    /// Also expose listeners bound to non-loopback addresses.
-    pub forward_any_address: bool,
     /// The network namespace whose listeners are tracked.
     pub watch: Watch,
     /// The shared token, if any.
     pub token: Option<Token>,
     /// Client connections carried at once.
     pub max_connections: usize,
+    /// Where `hoist-agent status` reaches it (none: nowhere).
+    pub admin_socket: Option<PathBuf>,
 }
 
 /// Runs the agent on the kernel's events, in the calling thread's network
@@ -145,11 +162,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let acceptor = Acceptor::bind(&config.listen, config.acceptor).await?;
     let source =
         KernelSource::load(config.hooks, config.watch).context("loading the eBPF programs")?;
+    privileges::check_owner_access()?;
     let hooks = source.hooks();
     let settings = Settings {
         accept_cid: config.accept_cid,
         allowed_uids: config.allowed_uids,
-        forward_any_address: config.forward_any_address,
         info: AgentInfo {
             version: env!("CARGO_PKG_VERSION").into(),
             hooks: hooks.to_string(),
@@ -158,7 +175,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         token: config.token,
         max_connections: config.max_connections,
     };
-    let agent = Agent::new(source, acceptor, settings)?;
+    let mut agent = Agent::new(source, acceptor, settings)?;
+    // Serving the host matters more than the status view: an admin socket
+    // that cannot be had is said, not fatal.
+    if let Some(path) = &config.admin_socket {
+        match AdminListener::bind(path).await {
+            Ok(l) => agent = agent.with_admin(l, &config.listen, config.watch.inum),
+            Err(e) => {
+                warn!(event = "admin_socket_unavailable", path = %path.display(), "{e:#}; `hoist-agent status` will not reach this agent")
+            }
+        }
+    }
     info!(event = "agent_ready", listen = %config.listen, hooks = %hooks, netns = config.watch.inum, "agent ready");
     agent.run(shutdown).await
 }

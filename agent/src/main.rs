@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use hoist_agent::{check_listen, Config, HookMode};
 use hoist_net::{AcceptorOptions, Addr, LogFormat, CID_HOST};
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 ///
 /// Without a subcommand it runs the agent (as `hoist-agent run`).
 #[derive(Parser, Debug)]
-#[command(version, args_conflicts_with_subcommands = true)]
+#[command(version = env!("HOIST_VERSION"), args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -24,6 +24,46 @@ struct Cli {
 enum Cmd {
     /// Run the agent (what `hoist-agent` without a subcommand does).
     Run(RunArgs),
+    /// Show what the running agent sees: its listeners (pid, command), hook set, ring-buffer
+    /// losses, the connected host, data connections.
+    Status(StatusArgs),
+    /// Hidden: `completions <shell>` and `man [--dir DIR]` (cargo xtask dist).
+    #[command(flatten)]
+    Docs(hoist_net::docs::DocsCmd),
+    /// Tell whether this kernel and this process can run the agent: one line per need (ok,
+    /// missing or refused, and what to do); exit status 0 only when the agent can run.
+    Check(CheckArgs),
+}
+
+/// What `check` vouches for: the run these options would make.
+#[derive(clap::Args, Debug)]
+struct CheckArgs {
+    /// Where the agent would listen (a vsock address needs a vsock transport).
+    #[arg(long, default_value = hoist_agent::DEFAULT_LISTEN)]
+    listen: Addr,
+    /// The network namespace the agent would watch (a file such as /run/netns/NAME).
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// The hook sets the agent may use.
+    #[arg(long, value_enum, default_value = "auto")]
+    hooks: HookMode,
+    /// Print one JSON object instead of lines.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How to show the status.
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    /// The agent's admin socket; default: /run/hoist/hoist-agent.sock for root.
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Stream changes as they happen, one JSON object per line (the first is the whole status).
+    #[arg(long)]
+    watch: bool,
 }
 
 /// How to run the agent.
@@ -57,9 +97,10 @@ struct RunArgs {
     /// Accept vsock connections only from this CID ("any" to accept every peer).
     #[arg(long, default_value = "2", value_parser = parse_cid)]
     accept_cid: CidFilter,
-    /// Also forward listeners bound to non-loopback addresses.
+    /// Where `hoist-agent status` reaches this agent; default: /run/hoist/hoist-agent.sock for
+    /// root ($XDG_RUNTIME_DIR/hoist/ for others).
     #[arg(long)]
-    forward_any_address: bool,
+    admin_socket: Option<PathBuf>,
     /// Client connections carried at once; beyond it new ones are refused (reset) and counted.
     /// Lowered at start-up if the open-file limit cannot cover it.
     #[arg(long, default_value_t = hoist_net::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
@@ -95,7 +136,31 @@ fn main() {
     match cli.cmd {
         None => run(cli.run),
         Some(Cmd::Run(args)) => run(args),
+        Some(Cmd::Check(args)) => check(args),
+        Some(Cmd::Status(args)) => status(args),
+        Some(Cmd::Docs(d)) => hoist_net::docs::run_and_exit(&d, Cli::command()),
     }
+}
+
+fn status(args: StatusArgs) -> ! {
+    let path = args.admin_socket.unwrap_or_else(|| hoist_net::admin::default_path("hoist-agent"));
+    hoist_net::admin::run_client(
+        "hoist-agent",
+        hoist_agent::show_status(&path, args.json, args.watch),
+    )
+}
+
+fn check(args: CheckArgs) -> ! {
+    use hoist_agent::check;
+    let config = check::Config { listen: args.listen, netns: args.netns, hooks: args.hooks };
+    // Before any thread exists: the probes unshare the mount namespace.
+    let items = check::run(&config);
+    if args.json {
+        println!("{}", check::json(&items, args.hooks));
+    } else {
+        print!("{}", check::text(&items, args.hooks));
+    }
+    std::process::exit(if check::verdict(&items, args.hooks).runs { 0 } else { 1 })
 }
 
 fn run(args: RunArgs) -> ! {
@@ -120,10 +185,12 @@ fn real_main(args: RunArgs) -> Result<()> {
         hooks: args.hooks,
         accept_cid: args.accept_cid.0,
         allowed_uids: args.allow_uid,
-        forward_any_address: args.forward_any_address,
         watch,
         token,
         max_connections: args.max_connections as usize,
+        admin_socket: Some(
+            args.admin_socket.unwrap_or_else(|| hoist_net::admin::default_path("hoist-agent")),
+        ),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -135,3 +202,6 @@ fn real_main(args: RunArgs) -> Result<()> {
         hoist_agent::run(config, shutdown).await
     })
 }
+
+#[cfg(test)]
+mod cli_tests;

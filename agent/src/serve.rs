@@ -39,6 +39,8 @@ pub const STALL: Duration = Duration::from_millis(250);
 pub struct Door {
     /// The bound on data connections.
     pub limit: hoist_net::Limit,
+    /// Bytes relayed, all connections together.
+    pub traffic: Arc<hoist_net::Traffic>,
     pub tracker: TrackerHandle,
     pub settings: Arc<Settings>,
     pub sessions: Sessions,
@@ -71,7 +73,7 @@ pub async fn serve(acceptor: Acceptor, door: Door) {
         tokio::spawn(async move {
             let cancelled = slot.cancelled.clone();
             let r = tokio::select! {
-                r = handle(Conn::new(stream), &door, slot) => r,
+                r = handle(Conn::new(stream), &door, slot, &peer) => r,
                 _ = cancelled.cancelled() => Err(anyhow::anyhow!("dropped mid-handshake: stalled for {STALL:?} while {MAX_PENDING} connections waited")),
             };
             if let Err(e) = r {
@@ -110,7 +112,7 @@ fn admit(peer: &Peer, settings: &Settings) -> Result<(), String> {
     }
 }
 
-async fn handle(mut conn: Conn<Stream>, door: &Door, slot: Slot) -> Result<()> {
+async fn handle(mut conn: Conn<Stream>, door: &Door, slot: Slot, peer: &Peer) -> Result<()> {
     // A host frame is a few bytes: a peer announcing more is refused before
     // anything is allocated for it.
     conn.set_max_frame(MAX_HOST_FRAME);
@@ -139,7 +141,9 @@ async fn handle(mut conn: Conn<Stream>, door: &Door, slot: Slot) -> Result<()> {
         }
     }
     match HostMsg::decode_body(&first) {
-        Ok(HostMsg::Control { .. }) => crate::control::serve(conn, door, slot).await,
+        Ok(HostMsg::Control { .. }) => {
+            crate::control::serve(conn, door, slot, peer.to_string()).await
+        }
         Ok(HostMsg::Data { ticket, .. }) => crate::data::serve(conn, ticket, door, slot).await,
         Ok(other) => {
             Err(WireError::Unexpected { wanted: "Control or Data", got: other.name() }.into())

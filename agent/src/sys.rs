@@ -1,8 +1,9 @@
-//! The agent's system calls, as safe wrappers, and its two `unsafe` blocks:
-//! registering an eBPF map's descriptor with tokio, and reading a network
-//! namespace's cookie (`SO_NETNS_COOKIE`, which rustix does not wrap).
-//! Everything else goes through rustix (setns, mount, netlink sockets, the
-//! guest dial's connect) except what aya and tokio own.
+//! The agent's system calls, as safe wrappers, and its only `unsafe` blocks:
+//! registering an eBPF map's descriptor with tokio, reading a network
+//! namespace's cookie (`SO_NETNS_COOKIE`, which rustix does not wrap), and
+//! unsharing the mount namespace (`hoist-agent check`). Everything else goes
+//! through rustix (setns, mount, netlink sockets, the guest dial's connect)
+//! except what aya and tokio own.
 
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
@@ -92,6 +93,20 @@ pub fn netns_cookie() -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(cookie)
+}
+
+/// Moves the calling process into a mount namespace of its own whose mounts
+/// propagate nowhere: what it mounts afterwards vanishes with it. Only from
+/// a single-threaded process (CLONE_NEWNS implies CLONE_FS, which the kernel
+/// refuses to a thread sharing its fs with others).
+pub fn private_mount_namespace() -> io::Result<()> {
+    use rustix::mount::{mount_change, MountPropagationFlags};
+    use rustix::thread::{unshare_unsafe, UnshareFlags};
+    // SAFETY: only the mount namespace is unshared, not the descriptor table
+    // (CLONE_FILES), so no thread can lose sight of a descriptor.
+    unsafe { unshare_unsafe(UnshareFlags::NEWNS) }?;
+    mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)?;
+    Ok(())
 }
 
 /// Mounts tracefs at `target`.

@@ -1,14 +1,15 @@
 //! The listener table: every TCP listener and UDP server of the guest's
 //! namespace, keyed by socket cookie, and what the host must expose for it.
-//! Pure: kernel events and `sock_diag` snapshots go in, the set of host
-//! endpoints comes out, and [`changes`] turns two such sets into the messages
-//! for the host. Keyed by cookie, two `SO_REUSEPORT` sockets on one port are
-//! two entries, and the port stays exposed until the last of them closes; a
-//! TCP listener and a UDP server on one port are two endpoints. The address
-//! rules are the same for both protocols. `tracker` drives it.
+//! Pure: kernel events and `sock_diag` snapshots go in, the set of endpoints
+//! comes out (every one but link-local ones: which are served is the host's
+//! call), and [`changes`] turns two such sets into the messages for the host.
+//! Keyed by cookie, two `SO_REUSEPORT` sockets on one port are two entries,
+//! and the port stays exposed until the last of them closes; a TCP listener
+//! and a UDP server on one port are two endpoints. The address rules are the
+//! same for both protocols. `tracker` drives it.
 
 use hoist_common::{ListenEvent, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
-use hoist_wire::{AgentMsg, Endpoint, Family, Forward, Proto};
+use hoist_wire::{AgentMsg, Endpoint, Forward, Proto};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -76,13 +77,11 @@ pub enum Change {
 #[derive(Debug, Default)]
 pub struct Table {
     listeners: HashMap<u64, GuestListener>,
-    /// Also expose listeners bound to non-loopback addresses.
-    forward_any_address: bool,
 }
 
 impl Table {
-    pub fn new(forward_any_address: bool) -> Table {
-        Table { listeners: HashMap::new(), forward_any_address }
+    pub fn new() -> Table {
+        Table::default()
     }
 
     pub fn len(&self) -> usize {
@@ -147,10 +146,10 @@ impl Table {
 
     /// The host endpoints for the current listeners.
     pub fn exposed(&self) -> Exposed {
-        let mut best: BTreeMap<Endpoint, (u8, u64, Exposure)> = BTreeMap::new();
+        let mut best: BTreeMap<Endpoint, (u64, Exposure)> = BTreeMap::new();
         for l in self.listeners.values() {
-            for (family, dial_ip, rank) in host_sides(l, self.forward_any_address) {
-                let endpoint = Endpoint { proto: l.proto, family, port: l.port };
+            for at in endpoint_addrs(l) {
+                let endpoint = Endpoint { proto: l.proto, addr: at, port: l.port };
                 let exposure = Exposure {
                     forward: Forward {
                         endpoint,
@@ -158,63 +157,57 @@ impl Table {
                         pid: l.pid,
                         comm: l.comm.clone(),
                     },
-                    dial: SocketAddr::new(dial_ip, l.port),
+                    dial: SocketAddr::new(at, l.port),
                 };
-                // Several guest listeners can back one endpoint; the choice of
-                // which one to dial must not depend on hash order.
-                let candidate = (rank, l.cookie, exposure);
+                // Several guest listeners can back one endpoint (a reuseport
+                // group); which one names it must not depend on hash order.
                 match best.get(&endpoint) {
-                    Some((r, c, _)) if (*r, *c) <= (rank, l.cookie) => {}
+                    Some((c, _)) if *c <= l.cookie => {}
                     _ => {
-                        best.insert(endpoint, candidate);
+                        best.insert(endpoint, (l.cookie, exposure));
                     }
                 }
             }
         }
-        best.into_iter().map(|(e, (_, _, x))| (e, x)).collect()
+        best.into_iter().map(|(e, (_, x))| (e, x)).collect()
     }
 }
 
-/// Which host families a listener appears on, the guest address to dial for
-/// each, and a rank (lower is preferred when listeners share an endpoint).
-fn host_sides(l: &GuestListener, forward_any_address: bool) -> Vec<(Family, IpAddr, u8)> {
+/// The endpoint addresses a listener appears at, which are also the
+/// addresses the agent dials for it: a wildcard or loopback listener at its
+/// family's loopback (a dual-stack `::` at both), any other address as
+/// itself (the host's rules decide whether such a one is served), a
+/// link-local one never (the host cannot name its scope).
+fn endpoint_addrs(l: &GuestListener) -> Vec<IpAddr> {
     if l.port == 0 {
         return vec![];
     }
     const V4_LOOP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
     const V6_LOOP: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
     match l.addr {
-        IpAddr::V4(a) => v4_side(a, forward_any_address).into_iter().collect(),
+        IpAddr::V4(a) => vec![v4_addr(a)],
         IpAddr::V6(a) if a.is_unspecified() => {
-            let mut sides = vec![(Family::V6, V6_LOOP, 0)];
+            let mut at = vec![V6_LOOP];
             if !l.ipv6only {
-                sides.push((Family::V4, V4_LOOP, 0));
+                at.push(V4_LOOP);
             }
-            sides
+            at
         }
-        IpAddr::V6(a) if a.is_loopback() => vec![(Family::V6, V6_LOOP, 0)],
         // A v6 socket bound to a v4-mapped address accepts only that IPv4
         // address: it is an IPv4 listener in all but family.
         IpAddr::V6(a) => match a.to_ipv4_mapped() {
-            Some(v4) => v4_side(v4, forward_any_address).into_iter().collect(),
-            // Link-local needs a scope the host cannot name: never forwarded.
-            None if forward_any_address && !is_link_local(a) => {
-                vec![(Family::V6, IpAddr::V6(a), 2)]
-            }
-            None => vec![],
+            Some(v4) => vec![v4_addr(v4)],
+            None if is_link_local(a) => vec![],
+            None => vec![IpAddr::V6(a)],
         },
     }
 }
 
-fn v4_side(a: Ipv4Addr, forward_any_address: bool) -> Option<(Family, IpAddr, u8)> {
-    if a.is_unspecified() || a == Ipv4Addr::LOCALHOST {
-        Some((Family::V4, IpAddr::V4(Ipv4Addr::LOCALHOST), 0))
-    } else if a.is_loopback() {
-        Some((Family::V4, IpAddr::V4(a), 1))
-    } else if forward_any_address {
-        Some((Family::V4, IpAddr::V4(a), 2))
+fn v4_addr(a: Ipv4Addr) -> IpAddr {
+    if a.is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
-        None
+        IpAddr::V4(a)
     }
 }
 
@@ -236,6 +229,7 @@ pub fn changes(old: &Exposed, new: &Exposed) -> Vec<AgentMsg> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hoist_wire::Family;
 
     fn l(cookie: u64, addr: &str, port: u16, ipv6only: bool) -> GuestListener {
         GuestListener {
@@ -253,89 +247,77 @@ mod tests {
         Endpoint::tcp(family, port)
     }
 
+    fn at(addr: &str, port: u16) -> Endpoint {
+        Endpoint { proto: Proto::Tcp, addr: addr.parse().unwrap(), port }
+    }
+
     fn summary(x: &Exposed) -> Vec<(Endpoint, String)> {
         x.iter().map(|(e, x)| (*e, x.dial.to_string())).collect()
     }
 
     #[test]
-    fn addresses_map_to_host_sides() {
+    fn addresses_map_to_endpoints() {
         use Family::*;
-        let cases: Vec<(&str, Vec<GuestListener>, bool, Vec<(Endpoint, &str)>)> = vec![
+        let cases: Vec<(&str, Vec<GuestListener>, Vec<(Endpoint, &str)>)> = vec![
+            ("v4 loopback", vec![l(1, "127.0.0.1", 80, false)], vec![(ep(V4, 80), "127.0.0.1:80")]),
+            ("v4 wildcard", vec![l(1, "0.0.0.0", 80, false)], vec![(ep(V4, 80), "127.0.0.1:80")]),
             (
-                "v4 loopback",
-                vec![l(1, "127.0.0.1", 80, false)],
-                false,
-                vec![(ep(V4, 80), "127.0.0.1:80")],
-            ),
-            (
-                "v4 wildcard",
-                vec![l(1, "0.0.0.0", 80, false)],
-                false,
-                vec![(ep(V4, 80), "127.0.0.1:80")],
-            ),
-            (
-                "other v4 loopback",
+                "other v4 loopback: its own endpoint",
                 vec![l(1, "127.0.0.2", 80, false)],
-                false,
-                vec![(ep(V4, 80), "127.0.0.2:80")],
+                vec![(at("127.0.0.2", 80), "127.0.0.2:80")],
             ),
-            ("v6 loopback", vec![l(1, "::1", 80, true)], false, vec![(ep(V6, 80), "[::1]:80")]),
+            ("v6 loopback", vec![l(1, "::1", 80, true)], vec![(ep(V6, 80), "[::1]:80")]),
             (
                 "dual stack",
                 vec![l(1, "::", 80, false)],
-                false,
                 vec![(ep(V4, 80), "127.0.0.1:80"), (ep(V6, 80), "[::1]:80")],
             ),
-            ("v6 only wildcard", vec![l(1, "::", 80, true)], false, vec![(ep(V6, 80), "[::1]:80")]),
+            ("v6 only wildcard", vec![l(1, "::", 80, true)], vec![(ep(V6, 80), "[::1]:80")]),
             (
                 "v4-mapped loopback",
                 vec![l(1, "::ffff:127.0.0.1", 80, false)],
-                false,
                 vec![(ep(V4, 80), "127.0.0.1:80")],
             ),
-            ("non-loopback v4", vec![l(1, "10.0.0.5", 80, false)], false, vec![]),
             (
-                "non-loopback v4, opted in",
+                "non-loopback v4: reported, the host decides",
                 vec![l(1, "10.0.0.5", 80, false)],
-                true,
-                vec![(ep(V4, 80), "10.0.0.5:80")],
+                vec![(at("10.0.0.5", 80), "10.0.0.5:80")],
             ),
-            ("non-loopback v6", vec![l(1, "2001:db8::1", 80, false)], false, vec![]),
             (
-                "non-loopback v6, opted in",
+                "non-loopback v6",
                 vec![l(1, "2001:db8::1", 80, false)],
-                true,
-                vec![(ep(V6, 80), "[2001:db8::1]:80")],
+                vec![(at("2001:db8::1", 80), "[2001:db8::1]:80")],
             ),
-            ("link-local never", vec![l(1, "fe80::1", 80, false)], true, vec![]),
-            ("unresolved port", vec![l(1, "127.0.0.1", 0, false)], false, vec![]),
+            ("link-local never", vec![l(1, "fe80::1", 80, false)], vec![]),
+            ("unresolved port", vec![l(1, "127.0.0.1", 0, false)], vec![]),
             (
-                "wildcard beats specific loopback",
-                vec![l(1, "127.0.0.2", 80, false), l(2, "0.0.0.0", 80, false)],
-                false,
-                vec![(ep(V4, 80), "127.0.0.1:80")],
+                "two loopback addresses, one port: two endpoints",
+                vec![l(1, "127.0.0.2", 80, false), l(2, "127.0.0.3", 80, false)],
+                vec![(at("127.0.0.2", 80), "127.0.0.2:80"), (at("127.0.0.3", 80), "127.0.0.3:80")],
             ),
             (
                 "oldest of equals wins",
                 vec![l(7, "127.0.0.1", 80, false), l(3, "0.0.0.0", 80, false)],
-                false,
                 vec![(ep(V4, 80), "127.0.0.1:80")],
             ),
         ];
-        for (name, listeners, any, want) in cases {
-            let mut t = Table::new(any);
+        for (name, listeners, want) in cases {
+            let mut t = Table::new();
             for x in listeners {
                 t.listen(x);
             }
             let want: Vec<(Endpoint, String)> =
                 want.into_iter().map(|(e, d)| (e, d.to_string())).collect();
             assert_eq!(summary(&t.exposed()), want, "{name}");
+            if let Some(x) = t.exposed().values().next() {
+                assert_eq!(x.dial.ip(), x.forward.endpoint.addr, "{name}: dialled where named");
+            }
         }
     }
 
     #[test]
     fn reuseport_listeners_count_until_the_last_closes() {
-        let mut t = Table::new(false);
+        let mut t = Table::new();
         t.listen(l(1, "0.0.0.0", 80, false));
         t.listen(l(2, "0.0.0.0", 80, false));
         assert_eq!(t.exposed().len(), 1);
@@ -353,7 +335,7 @@ mod tests {
 
     #[test]
     fn listen_is_idempotent_and_updates() {
-        let mut t = Table::new(false);
+        let mut t = Table::new();
         assert!(t.listen(l(1, "127.0.0.1", 0, false)).is_some());
         assert!(t.has_unresolved());
         assert_eq!(t.listen(l(1, "127.0.0.1", 0, false)), None);
@@ -364,7 +346,7 @@ mod tests {
 
     #[test]
     fn reconcile_makes_the_snapshot_the_truth() {
-        let mut t = Table::new(false);
+        let mut t = Table::new();
         t.listen(l(1, "127.0.0.1", 80, false));
         t.listen(l(2, "127.0.0.1", 0, false));
         t.listen(l(3, "::1", 443, true));
@@ -399,11 +381,11 @@ mod tests {
 
     #[test]
     fn changes_remove_first_then_add_and_update() {
-        let mut a = Table::new(false);
+        let mut a = Table::new();
         a.listen(l(1, "127.0.0.1", 80, false));
         a.listen(l(2, "::", 443, false));
         let old = a.exposed();
-        let mut b = Table::new(false);
+        let mut b = Table::new();
         b.listen(l(2, "::", 443, true));
         b.listen(l(3, "127.0.0.1", 8080, false));
         let mut moved = l(9, "127.0.0.1", 443, false);
@@ -418,13 +400,13 @@ mod tests {
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(kinds, vec!["-tcp/ipv4/80", "-tcp/ipv4/443", "+tcp/ipv4/8080"]);
+        assert_eq!(kinds, vec!["-tcp 127.0.0.1:80", "-tcp 127.0.0.1:443", "+tcp 127.0.0.1:8080"]);
         assert!(changes(&new, &new).is_empty());
         b.unlisten(2);
         b.listen(moved);
         let msgs = changes(&new, &b.exposed());
         assert!(
-            matches!(&msgs[..], [AgentMsg::Removed(e), AgentMsg::Added(f)] if e.family == Family::V6 && f.pid == 1),
+            matches!(&msgs[..], [AgentMsg::Removed(e), AgentMsg::Added(f)] if e.family() == Family::V6 && f.pid == 1),
             "{msgs:?}"
         );
         assert!(changes(&Exposed::new(), &Exposed::new()).is_empty());
@@ -478,7 +460,7 @@ mod tests {
     }
 
     fn udp(family: Family, port: u16) -> Endpoint {
-        Endpoint { proto: Proto::Udp, family, port }
+        Endpoint { proto: Proto::Udp, addr: family.loopback(), port }
     }
 
     /// UDP servers follow the TCP address rules, on endpoints of their own:
@@ -487,20 +469,23 @@ mod tests {
     #[test]
     fn udp_servers_are_endpoints_of_their_own_with_the_same_address_rules() {
         use Family::*;
-        let mut t = Table::new(false);
+        let mut t = Table::new();
         t.listen(l(1, "127.0.0.1", 53, false));
         t.listen(u(2, "127.0.0.1", 53, false));
         t.listen(u(3, "::", 5353, false));
         t.listen(u(4, "::", 5354, true));
         t.listen(u(5, "10.0.0.1", 5355, false));
         t.listen(u(6, "::", 0, false));
-        let want = vec![
+        let ten = Endpoint { proto: Proto::Udp, addr: "10.0.0.1".parse().unwrap(), port: 5355 };
+        let mut want = vec![
             (ep(V4, 53), "127.0.0.1:53".to_string()),
             (udp(V4, 53), "127.0.0.1:53".into()),
             (udp(V4, 5353), "127.0.0.1:5353".into()),
             (udp(V6, 5353), "[::1]:5353".into()),
             (udp(V6, 5354), "[::1]:5354".into()),
+            (ten, "10.0.0.1:5355".into()),
         ];
+        want.sort();
         assert_eq!(summary(&t.exposed()), want, "a v6 wildcard waiting for its snapshot is not");
         assert!(t.has_unresolved());
         // SO_REUSEPORT: counted until the last.

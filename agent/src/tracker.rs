@@ -35,6 +35,9 @@ const RESYNC_QUEUE: usize = 16;
 pub struct TrackerHandle {
     /// The host endpoints, as last published.
     pub exposed: watch::Receiver<Arc<Exposed>>,
+    /// Events the ring buffer lost so far (each loss was repaired by a
+    /// snapshot).
+    pub drops: Arc<std::sync::atomic::AtomicU64>,
     resync: mpsc::Sender<ResyncRequest>,
 }
 
@@ -54,6 +57,8 @@ pub struct Tracker<S> {
     published: watch::Sender<Arc<Exposed>>,
     resync: mpsc::Receiver<ResyncRequest>,
     drops_seen: u64,
+    /// `drops_seen`, for the status view.
+    drops: Arc<std::sync::atomic::AtomicU64>,
     /// Listens the kernel reported as unconfirmed, by cookie: what the event
     /// said, and how many snapshots have not shown them yet.
     unconfirmed: HashMap<u64, (GuestListener, u32)>,
@@ -83,16 +88,18 @@ pub fn confirm_delay(tries: u32) -> Option<Duration> {
 impl<S: EventSource> Tracker<S> {
     /// Builds the tracker and takes the first snapshot, so listeners that
     /// existed before the agent started are in the table from the start.
-    pub fn new(source: S, forward_any_address: bool) -> Result<(Tracker<S>, TrackerHandle)> {
+    pub fn new(source: S) -> Result<(Tracker<S>, TrackerHandle)> {
         let (published, exposed) = watch::channel(Arc::new(Exposed::new()));
         let (resync_tx, resync) = mpsc::channel(RESYNC_QUEUE);
         let drops_seen = source.drops()?;
+        let drops = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut t = Tracker {
             source,
-            table: Table::new(forward_any_address),
+            table: Table::new(),
             published,
             resync,
             drops_seen,
+            drops: drops.clone(),
             unconfirmed: HashMap::new(),
             doubted: HashMap::new(),
             check_at: None,
@@ -100,7 +107,7 @@ impl<S: EventSource> Tracker<S> {
         };
         t.resync_now().context("initial snapshot")?;
         info!(listeners = t.table.len(), "initial snapshot taken");
-        Ok((t, TrackerHandle { exposed, resync: resync_tx }))
+        Ok((t, TrackerHandle { exposed, drops, resync: resync_tx }))
     }
 
     /// Runs until `shutdown`; an error means the event source failed.
@@ -184,6 +191,7 @@ impl<S: EventSource> Tracker<S> {
                     lost = d - self.drops_seen,
                     "ring buffer was full and events were lost: resyncing from a snapshot"
                 );
+                self.drops.fetch_add(d - self.drops_seen, std::sync::atomic::Ordering::Relaxed);
                 self.drops_seen = d;
                 must_resync = true;
             }
@@ -370,8 +378,7 @@ mod tests {
     async fn a_listen_after_its_own_unlisten_counts_only_if_a_snapshot_shows_it() {
         let truth = Arc::new(std::sync::Mutex::new(vec![]));
         let (tx, events) = mpsc::unbounded_channel();
-        let (tracker, handle) =
-            Tracker::new(Scripted { events, truth: truth.clone() }, false).unwrap();
+        let (tracker, handle) = Tracker::new(Scripted { events, truth: truth.clone() }).unwrap();
         let stop = CancellationToken::new();
         let run = tokio::spawn(tracker.run(stop.clone()));
         let mut exposed = handle.exposed.clone();
@@ -445,7 +452,7 @@ mod tests {
     #[tokio::test]
     async fn resync_requests_that_arrive_together_share_one_snapshot() {
         let count = Arc::new(AtomicUsize::new(0));
-        let (tracker, handle) = Tracker::new(Counting(count.clone()), false).unwrap();
+        let (tracker, handle) = Tracker::new(Counting(count.clone())).unwrap();
         assert_eq!(count.load(Ordering::Relaxed), 1, "the initial snapshot");
         let mut answers = Vec::new();
         for _ in 0..RESYNC_QUEUE {

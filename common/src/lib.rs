@@ -169,6 +169,13 @@ pub mod global {
     /// since): fexit finds the return value right after the parameters. 0 when
     /// the kernel's BTF has no such function.
     pub const LISTEN_START_NARGS: &str = "LISTEN_START_NARGS";
+    /// The agent's PID namespace (u64): the device of its nsfs file as the
+    /// kernel encodes a `dev_t` (major << 20 | minor). Events name tasks by
+    /// their pid in that namespace.
+    pub const PIDNS_DEV: &str = "PIDNS_DEV";
+    /// The agent's PID namespace (u64): the inode of `/proc/self/ns/pid`.
+    /// 0: name tasks by their pid in the root namespace.
+    pub const PIDNS_INO: &str = "PIDNS_INO";
 }
 
 /// Offset value meaning "the running kernel has no such member".
@@ -196,7 +203,8 @@ pub struct ListenEvent {
     pub _pad: u8,
     /// Inode of the socket's network namespace.
     pub netns: u32,
-    /// Thread-group id of the task that made the change.
+    /// Thread-group id of the task that made the change, as the agent's PID
+    /// namespace sees it; 0 for a task of another PID namespace.
     pub pid: u32,
     /// Padding, zero.
     pub _pad2: u32,

@@ -138,7 +138,6 @@ async fn start_agent_full(
         Acceptor::bind(&Addr::Unix(sock.to_path_buf()), Default::default()).await.unwrap();
     let settings = Settings {
         accept_cid: None,
-        forward_any_address: false,
         allowed_uids: vec![],
         info: hoist_wire::AgentInfo {
             version: "test".into(),

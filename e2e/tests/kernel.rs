@@ -485,7 +485,13 @@ fn data_connection_to_a_port_not_listening_is_refused_and_a_bad_frame_closes_onl
         let snapshot = control.recv_within::<AgentMsg>(HANDSHAKE_TIMEOUT).await.unwrap();
         assert!(matches!(snapshot, AgentMsg::Snapshot { .. }), "{snapshot:?}");
         // A port nobody listens on in the guest, and a ticket nobody issued.
-        let closed = lab.guest(|| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+        // (Bound, never listening: a listener opened and closed here could
+        // still be in the agent's table when the Open arrives.)
+        let closed = lab.guest(|| {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+            s.local_addr().unwrap().as_socket().unwrap().port()
+        });
         for (ticket, want) in [(ticket, "no guest listener"), ([0; 16], "no session with this ticket")] {
             let mut s = Conn::new(connect(&addr).await.unwrap());
             let mut first = Vec::new();

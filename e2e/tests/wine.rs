@@ -229,3 +229,109 @@ fn the_exe_is_a_windows_binary() {
     std::fs::File::open(Path::new(&exe)).unwrap().read_exact(&mut head).unwrap();
     assert_eq!(&head, b"MZ", "{} is no Windows executable", exe.display());
 }
+
+/// `hoist-host.exe install` writes the logon entry under HKCU of the Wine
+/// prefix (the Run key, value hoist-host) with the relay's command line and
+/// a log file under %LOCALAPPDATA%\hoist, whose folder it makes; `uninstall`
+/// removes the value, and says so when there is none.
+#[test]
+fn install_writes_the_logon_entry_under_hkcu_and_uninstall_removes_it() {
+    let exe = bin("HOIST_HOST_EXE");
+    let run_key = r"HKCU\Software\Microsoft\Windows\CurrentVersion\Run";
+    let query = || -> Option<String> {
+        let out = Command::new("wine")
+            .args(["reg", "query", run_key, "/v", "hoist-host"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().find_map(|l| l.split_once("REG_SZ").map(|(_, v)| v.trim().to_string()))
+    };
+    let hoist = |args: &[&str]| {
+        let out = Command::new("wine").arg(&exe).args(args).output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("{said}{}", String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), said)
+    };
+    let _ = hoist(&["uninstall"]);
+    assert_eq!(query(), None, "no entry before install");
+
+    let (ok, said) = hoist(&["install", "--", "--liveness-timeout", "20"]);
+    assert!(ok, "install failed: {said}");
+    let value = query().expect("the Run value after install");
+    let (exe_part, rest) = value.split_at(value.find(".exe\" ").expect("a quoted .exe") + 6);
+    assert!(exe_part.starts_with('"') && exe_part.ends_with("hoist-host.exe\" "), "{value}");
+    assert!(rest.starts_with("run --guest hvsock:wsl:1023 --log-file "), "{value}");
+    assert!(rest.ends_with(r"\hoist\hoist-host.log --liveness-timeout 20"), "{value}");
+    assert!(said.contains("hoist-host now starts at your logon"), "{said}");
+    // The log's folder exists in the prefix.
+    let log = rest
+        .strip_prefix("run --guest hvsock:wsl:1023 --log-file ")
+        .and_then(|r| r.strip_suffix(" --liveness-timeout 20"))
+        .unwrap();
+    let unix = Command::new("winepath").args(["-u", log]).output().unwrap();
+    let unix = PathBuf::from(String::from_utf8_lossy(&unix.stdout).trim());
+    assert!(unix.parent().unwrap().is_dir(), "{} was not made", unix.display());
+
+    // Options `run` would refuse are refused at install, and nothing is written.
+    let (ok, _) = hoist(&["uninstall"]);
+    assert!(ok);
+    let (ok, _) = hoist(&["install", "--", "--liveness-timeout", "soon"]);
+    assert!(!ok, "install accepted a run option run refuses");
+    assert_eq!(query(), None);
+
+    let (ok, said) = hoist(&["install"]);
+    assert!(ok, "{said}");
+    assert!(query().is_some());
+    let (ok, said) = hoist(&["uninstall"]);
+    assert!(ok && said.contains("removed the logon entry"), "{said}");
+    assert_eq!(query(), None, "the value is gone after uninstall");
+    let (ok, said) = hoist(&["uninstall"]);
+    assert!(ok && said.contains("no logon entry to remove"), "{said}");
+}
+
+/// `--log-file`: the relay logs there (appending), not to stderr.
+#[test]
+fn the_relay_logs_to_its_log_file() {
+    let mut lab = Lab::empty();
+    lab.start_agent(&[]);
+    let to = bridge(lab.sock());
+    let log = lab.dir.join("hoist-host.log");
+    std::fs::write(&log, "an earlier line\n").unwrap();
+    let windows_log = format!("Z:{}", log.display()).replace('/', "\\");
+    let mut child = Command::new("wine")
+        .arg(bin("HOIST_HOST_EXE"))
+        .args(["run", "--guest", &format!("tcp:{to}"), "--log-format", "json", "--log-file"])
+        .arg(&windows_log)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The file is polled (no log stream to follow), bounded by WAIT.
+    let deadline = std::time::Instant::now() + WAIT;
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("\"event\":\"connected\"") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no connected line in {}: {text}",
+            log.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(text.starts_with("an earlier line\n"), "appended, not truncated: {text}");
+    let l = lab.listen("127.0.0.1:0");
+    let p = port(&l);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains(&format!("\"port\":{p},")) {
+        assert!(std::time::Instant::now() < deadline, "no forward of {p} in the log file");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("\"event\""), "log lines on stderr: {err}");
+    drop(l);
+}

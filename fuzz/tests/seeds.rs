@@ -52,7 +52,11 @@ fn agent_msgs() -> Vec<(&'static str, AgentMsg)> {
         ("added-v6", AgentMsg::Added(v6)),
         (
             "removed",
-            AgentMsg::Removed(Endpoint { proto: Proto::Udp, family: Family::V6, port: 22 }),
+            AgentMsg::Removed(Endpoint {
+                proto: Proto::Udp,
+                addr: "::1".parse().unwrap(),
+                port: 22,
+            }),
         ),
         ("pong", AgentMsg::Pong { seq: 7 }),
         ("refused", AgentMsg::Refused { reason: "protocol version 1 not supported".into() }),
@@ -80,6 +84,10 @@ fn segment_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let h = |kind, len| SegmentHeader::new(kind, len).encode().to_vec();
     vec![
         ("open", open_segment(&Endpoint::tcp(Family::V4, 8080))),
+        (
+            "open-v6-other",
+            open_segment(&Endpoint { proto: Proto::Tcp, addr: "::2".parse().unwrap(), port: 443 }),
+        ),
         ("opened", h(SegmentKind::Opened, 0)),
         ("refused", refused_segment(Refusal::DialFailed, "connection refused")),
         ("bytes", [h(SegmentKind::Bytes, 4), b"ping".to_vec()].concat()),

@@ -10,9 +10,11 @@
 //! the conflict retry while a port is in conflict, the backoff while the
 //! agent is away.
 
+use crate::admin::Reload;
 use crate::forwards::Forwards;
 use crate::{Config, Status};
 use anyhow::{anyhow, Context, Result};
+use hoist_net::admin::AdminListener;
 use hoist_net::{classify_failure, connect, ConnectFailure, Limit, Stream};
 use hoist_wire::{
     random, AgentInfo, AgentMsg, Conn, Forward, HostMsg, Message, Ticket, WireError,
@@ -20,6 +22,8 @@ use hoist_wire::{
 };
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::SystemTime;
+use tokio::sync::mpsc;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -49,15 +53,39 @@ pub async fn run(
         warn!(event = "connection_limit_lowered", max, "the open-file limit allows only {max} client connections at once (wanted {}): raise it (ulimit -n, LimitNOFILE=)", config.max_connections);
     }
     config.limit = Limit::new(max);
+    let rules = config.rules.load()?;
     let config = Arc::new(config);
-    let mut forwards = Forwards::new(config.clone());
+    let mut forwards = Forwards::new(config.clone(), rules);
+    status.send_modify(|st| {
+        forwards.fill_status(st);
+        st.since = Some(SystemTime::now());
+    });
+    // Reloads come from `hoist-host reload` (the admin socket) and SIGHUP.
+    let (reload_tx, mut reloads) = mpsc::channel::<Reload>(4);
+    // Forwarding matters more than the status view: an admin socket that
+    // cannot be had is said, not fatal.
+    if let Some(path) = &config.admin_socket {
+        match AdminListener::bind(path).await {
+            Ok(listener) => {
+                debug!(path = %path.display(), "admin socket open");
+                let subscriber = status.subscribe();
+                let (c, r, s) = (config.clone(), reload_tx.clone(), shutdown.clone());
+                tokio::spawn(crate::admin::serve(listener, c, subscriber, r, s));
+            }
+            Err(e) => {
+                warn!(event = "admin_socket_unavailable", path = %path.display(), "{e:#}; `hoist-host status` and `reload` will not reach this relay (SIGHUP still reloads)")
+            }
+        }
+    }
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(reload_tx.clone(), shutdown.clone()));
     let mut backoff = BACKOFF_MIN;
     let mut said: Option<String> = None;
     let mut away_since: Option<Instant> = None;
     loop {
         let r = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = session(&config, &mut forwards, &status) => r,
+            r = session(&config, &mut forwards, &status, &mut reloads) => r,
         };
         config.pool.stop();
         let (e, established) = match r {
@@ -68,6 +96,7 @@ pub async fn run(
             backoff = BACKOFF_MIN;
             said = None;
             away_since = Some(Instant::now());
+            status.send_modify(|s| s.since = Some(SystemTime::now()));
         }
         away_since.get_or_insert_with(Instant::now);
         let line = match e.downcast_ref::<Unreachable>() {
@@ -99,7 +128,11 @@ pub async fn run(
                     return Ok(());
                 }
                 _ = tokio::time::sleep_until(wake) => break,
-                _ = sleep_until_some(forwards.next_retry()) => forwards.retry_conflicts(),
+                _ = sleep_until_some(forwards.next_retry()) => {
+                    forwards.retry_conflicts();
+                    status.send_modify(|st| forwards.fill_status(st));
+                }
+                Some(reply) = reloads.recv() => reload(&config, &mut forwards, &status, reply),
                 _ = sleep_until_some(stale_at) => {
                     let n = forwards.len();
                     forwards.clear();
@@ -112,6 +145,49 @@ pub async fn run(
     }
     info!(event = "shutdown", "host relay stopping");
     Ok(())
+}
+
+/// Puts the rules in force anew: re-read, checked, and applied to every
+/// endpoint; refused with the reason (the old rules stay) when bad.
+fn reload(config: &Config, forwards: &mut Forwards, status: &watch::Sender<Status>, reply: Reload) {
+    let outcome = match config.rules.load() {
+        Ok(rules) => {
+            let what = config.rules.describe(rules.len());
+            forwards.set_rules(rules);
+            status.send_modify(|st| forwards.fill_status(st));
+            info!(event = "rules_reloaded", rules = %what, "rules reloaded: {what}");
+            Ok(what)
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            warn!(event = "rules_refused", reason = %e, "new rules refused, the old ones stay in force: {e}");
+            Err(e)
+        }
+    };
+    let _ = reply.send(outcome);
+}
+
+/// Asks for a reload on every SIGHUP.
+#[cfg(unix)]
+async fn reload_on_sighup(reloads: mpsc::Sender<Reload>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                info!("SIGHUP: reloading the rules");
+                // Nobody waits for the outcome: the log says it.
+                let (tx, _) = tokio::sync::oneshot::channel();
+                if reloads.send(tx).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.
@@ -151,6 +227,7 @@ async fn session(
     config: &Config,
     forwards: &mut Forwards,
     status: &watch::Sender<Status>,
+    reloads: &mut mpsc::Receiver<Reload>,
 ) -> Result<(), Ended> {
     // hvsock:wsl: finds the WSL VM anew before each connect (its id changes).
     let addr = config.target.resolve(&config.guest).await.map_err(before)?;
@@ -172,6 +249,8 @@ async fn session(
         st.connected = true;
         st.last_error = None;
         st.sessions += 1;
+        st.agent = Some(agent.clone());
+        st.since = Some(SystemTime::now());
         forwards.fill_status(st);
     });
     info!(event = "connected", guest = %config.guest, agent_version = %agent.version, hooks = %agent.hooks, agent_pid = agent.pid, "connected to hoist-agent {} (pid {}, {} hooks); table in sync", agent.version, agent.pid, agent.hooks);
@@ -215,6 +294,7 @@ async fn session(
                 forwards.retry_conflicts();
                 status.send_modify(|st| forwards.fill_status(st));
             }
+            Some(reply) = reloads.recv() => reload(config, forwards, status, reply),
         }
     }
 }

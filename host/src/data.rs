@@ -11,7 +11,7 @@
 use crate::pool::{greeting, DataPool};
 use anyhow::anyhow;
 use bytes::BytesMut;
-use hoist_net::{relay, Opening, RelayError};
+use hoist_net::{relay, Opening, RelayError, Traffic};
 use hoist_wire::{open_segment, Endpoint, Refusal};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -45,6 +45,7 @@ pub async fn carry(
     client: TcpStream,
     endpoint: Endpoint,
     pool: &DataPool,
+    traffic: &Traffic,
 ) -> Result<(), CarryError> {
     // On Linux the client inherited Nagle off from the host listener.
     #[cfg(not(target_os = "linux"))]
@@ -63,7 +64,8 @@ pub async fn carry(
         return Err(CarryError::Failed(anyhow::Error::new(e).context("opening a data connection")));
     }
     let relayed =
-        relay(client, &mut data.stream, BytesMut::new(), Opening::Awaited(OPEN_TIMEOUT)).await;
+        relay(client, &mut data.stream, BytesMut::new(), Opening::Awaited(OPEN_TIMEOUT), traffic)
+            .await;
     match relayed {
         Ok(done) => {
             // Nothing may follow a clean end unasked: a connection that

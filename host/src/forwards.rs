@@ -1,23 +1,30 @@
-//! The host's forwards: endpoint -> owned handle. Opening a forward binds the
+//! The host's forwards: the guest's endpoints, what the rules decide for
+//! each, and an owned handle per served one. Opening a forward binds its
 //! host port; dropping its handle closes the port and stops its accept loop
 //! (connections already carried live on until either side closes them). A
-//! port a host program already holds is reported once and skipped; hoist
-//! never shares or steals it.
+//! port a host program already holds is reported once and retried while it
+//! lasts; hoist never shares or steals it. New rules re-decide every
+//! endpoint: a forward whose place did not change keeps its port and its
+//! connections.
 
 use crate::listener::{accept_loop, bind_host_port};
-use crate::{Config, Status};
-use hoist_wire::{Endpoint, Family, Forward};
+use crate::rules::{Decision, Defaults, Rules};
+use crate::{Config, ForwardState, ForwardStats, ForwardStatus, Status};
+use hoist_wire::{Endpoint, Forward};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 /// A mirrored guest listener. Dropping it closes the host port.
 pub struct ForwardHandle {
-    forward: Forward,
+    host: SocketAddr,
+    rule: Option<String>,
+    since: SystemTime,
+    stats: Arc<ForwardStats>,
     task: JoinHandle<()>,
     /// A second descriptor for the listening socket `task` accepts on.
     socket: socket2::Socket,
@@ -33,7 +40,7 @@ impl Drop for ForwardHandle {
     }
 }
 
-/// The endpoints the host serves (`have`) that the guest's full table
+/// The endpoints the host knows (`have`) that the guest's full table
 /// (`want`) no longer has: a resync closes them and opens or refreshes
 /// everything in `want`. Pure.
 pub fn stale(have: &BTreeSet<Endpoint>, want: &[Forward]) -> Vec<Endpoint> {
@@ -41,14 +48,23 @@ pub fn stale(have: &BTreeSet<Endpoint>, want: &[Forward]) -> Vec<Endpoint> {
     have.difference(&wanted).copied().collect()
 }
 
-/// A guest listener whose host port could not be bound, retried while it
-/// lasts.
-struct Conflict {
-    forward: Forward,
-    /// Why the last try failed, as logged.
-    why: String,
-    tries: u32,
-    next_try: Instant,
+/// What the host does with one guest endpoint now.
+enum Place {
+    Open(ForwardHandle),
+    /// Its host port could not be bound; retried while it lasts.
+    Conflict {
+        host: SocketAddr,
+        rule: Option<String>,
+        /// Why the last try failed, as logged.
+        why: String,
+        tries: u32,
+        next_try: Instant,
+        since: SystemTime,
+    },
+    Ignored {
+        why: String,
+        since: SystemTime,
+    },
 }
 
 /// How long to wait before retry number `tries` of a port in conflict:
@@ -60,20 +76,20 @@ pub fn retry_delay(tries: u32) -> Duration {
 
 pub struct Forwards {
     config: Arc<Config>,
-    open: BTreeMap<Endpoint, ForwardHandle>,
-    conflicts: BTreeMap<Endpoint, Conflict>,
+    rules: Rules,
+    /// The guest's endpoints, as last told, and what is done with each.
+    all: BTreeMap<Endpoint, (Forward, Place)>,
 }
 
 impl Forwards {
     /// No forwards yet.
-    pub fn new(config: Arc<Config>) -> Forwards {
-        Forwards { config, open: BTreeMap::new(), conflicts: BTreeMap::new() }
+    pub fn new(config: Arc<Config>, rules: Rules) -> Forwards {
+        Forwards { config, rules, all: BTreeMap::new() }
     }
 
     /// Makes the forwards equal to the guest's full table.
     pub fn resync(&mut self, table: Vec<Forward>) {
-        let have: BTreeSet<Endpoint> =
-            self.open.keys().chain(self.conflicts.keys()).copied().collect();
+        let have: BTreeSet<Endpoint> = self.all.keys().copied().collect();
         for e in stale(&have, &table) {
             self.remove(e);
         }
@@ -82,82 +98,149 @@ impl Forwards {
         }
     }
 
-    /// Opens (or refreshes the details of) the forward for `f.endpoint`.
+    /// Puts new rules in force: every endpoint is decided again; one whose
+    /// host address and port stay the same keeps its port and connections.
+    pub fn set_rules(&mut self, rules: Rules) {
+        self.rules = rules;
+        let all: Vec<Forward> = self.all.values().map(|(f, _)| f.clone()).collect();
+        for f in all {
+            self.add(f);
+        }
+    }
+
+    /// Applies what the rules decide for `f`: opens its forward, refreshes
+    /// its details, moves it, or closes it.
     pub fn add(&mut self, f: Forward) {
-        if let Some(h) = self.open.get_mut(&f.endpoint) {
-            h.forward = f;
-            return;
-        }
-        if let Some(c) = self.conflicts.get_mut(&f.endpoint) {
-            c.forward = f;
-            return;
-        }
-        if let Err(why) = self.open_port(f.clone()) {
-            let addr = self.host_addr(f.endpoint);
-            warn!(event = "host_port_conflict", port = f.endpoint.port, family = %f.endpoint.family, host = %addr, pid = f.pid, comm = %f.comm, reason = %why, "host port {addr} {why}; guest listener of pid {} ({}) is not forwarded until it is free", f.pid, f.comm);
-            let next_try = Instant::now() + retry_delay(0);
-            self.conflicts.insert(f.endpoint, Conflict { forward: f, why, tries: 0, next_try });
-        }
-    }
-
-    /// Binds the host port of `f` and starts its accept loop; the reason,
-    /// in words, when the port cannot be had.
-    fn open_port(&mut self, f: Forward) -> Result<(), String> {
-        let addr = self.host_addr(f.endpoint);
-        match bind_host_port(addr).and_then(|l| Ok((socket2::SockRef::from(&l).try_clone()?, l))) {
-            Ok((socket, listener)) => {
-                info!(event = "forward_opened", port = f.endpoint.port, family = %f.endpoint.family, host = %addr, guest_address = %f.guest_addr, pid = f.pid, comm = %f.comm, "forwarding {addr} to the guest");
-                let task = tokio::spawn(accept_loop(listener, f.endpoint, self.config.clone()));
-                self.open.insert(f.endpoint, ForwardHandle { forward: f, task, socket });
-                Ok(())
+        let e = f.endpoint;
+        let defaults = Defaults { bind_v4: self.config.bind_v4, bind_v6: self.config.bind_v6 };
+        let decision = self.rules.decide(&f, defaults);
+        let old = self.all.remove(&e);
+        let place = match (decision, old) {
+            // Unchanged: keep the port and its connections.
+            (Decision::Serve { host, rule }, Some((_, Place::Open(mut h)))) if h.host == host => {
+                h.rule = rule;
+                Place::Open(h)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                Err("is already in use on the host".into())
-            }
-            Err(e) => Err(format!("cannot be bound: {e}")),
-        }
-    }
-
-    /// When the next port in conflict is due for a retry, if any is.
-    pub fn next_retry(&self) -> Option<Instant> {
-        self.conflicts.values().map(|c| c.next_try).min()
-    }
-
-    /// Retries the ports in conflict that are due; logs only what changed.
-    pub fn retry_conflicts(&mut self) {
-        let now = Instant::now();
-        let due: Vec<Endpoint> =
-            self.conflicts.iter().filter(|(_, c)| c.next_try <= now).map(|(e, _)| *e).collect();
-        for e in due {
-            let Some(mut c) = self.conflicts.remove(&e) else { continue };
-            match self.open_port(c.forward.clone()) {
-                Ok(()) => debug!(port = e.port, tries = c.tries + 1, "host port freed"),
-                Err(why) => {
-                    if why != c.why {
-                        warn!(event = "host_port_conflict", port = e.port, family = %e.family, host = %self.host_addr(e), reason = %why, "host port {} {why}", self.host_addr(e));
-                        c.why = why;
+            (Decision::Serve { host, rule }, Some((_, p @ Place::Conflict { host: at, .. })))
+                if at == host =>
+            {
+                match p {
+                    Place::Conflict { why, tries, next_try, since, .. } => {
+                        Place::Conflict { host, rule, why, tries, next_try, since }
                     }
-                    c.tries += 1;
-                    c.next_try = now + retry_delay(c.tries);
-                    self.conflicts.insert(e, c);
+                    _ => unreachable!("matched a conflict"),
+                }
+            }
+            (Decision::Ignore { why }, Some((_, Place::Ignored { since, .. }))) => {
+                Place::Ignored { why, since }
+            }
+            (decision, old) => {
+                if let Some((old_f, old_place)) = old {
+                    self.close(&old_f, old_place, "its rule changed");
+                }
+                match decision {
+                    Decision::Serve { host, rule } => self.open(&f, host, rule, 0),
+                    Decision::Ignore { why } => {
+                        info!(event = "forward_ignored", port = e.port, proto = %e.proto, guest = %f.guest_addr, pid = f.pid, comm = %f.comm, reason = %why, "guest listener {} of pid {} ({}) not forwarded: {why}", e, f.pid, f.comm);
+                        Place::Ignored { why, since: SystemTime::now() }
+                    }
+                }
+            }
+        };
+        self.all.insert(e, (f, place));
+    }
+
+    /// Binds `host` for `f` and starts its accept loop, or records the
+    /// conflict (try number `tries`) when the port cannot be had.
+    fn open(&self, f: &Forward, host: SocketAddr, rule: Option<String>, tries: u32) -> Place {
+        let e = f.endpoint;
+        match bind_host_port(host).and_then(|l| Ok((socket2::SockRef::from(&l).try_clone()?, l))) {
+            Ok((socket, listener)) => {
+                info!(event = "forward_opened", port = e.port, family = %e.family(), host = %host, guest_address = %f.guest_addr, pid = f.pid, comm = %f.comm, rule = rule.as_deref().unwrap_or("default"), "forwarding {host} to the guest's {}", e);
+                let stats = Arc::new(ForwardStats::default());
+                let task =
+                    tokio::spawn(accept_loop(listener, e, self.config.clone(), stats.clone()));
+                Place::Open(ForwardHandle {
+                    host,
+                    rule,
+                    since: SystemTime::now(),
+                    stats,
+                    task,
+                    socket,
+                })
+            }
+            Err(err) => {
+                let why = explain_bind_error(&err, host);
+                if tries == 0 {
+                    warn!(event = "host_port_conflict", port = e.port, family = %e.family(), host = %host, pid = f.pid, comm = %f.comm, reason = %why, "host port {host} {why}; guest listener of pid {} ({}) is not forwarded until it is free", f.pid, f.comm);
+                }
+                Place::Conflict {
+                    host,
+                    rule,
+                    why,
+                    tries,
+                    next_try: Instant::now() + retry_delay(tries),
+                    since: SystemTime::now(),
                 }
             }
         }
     }
 
-    /// Forwards open or in conflict.
+    /// When the next port in conflict is due for a retry, if any is.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.all
+            .values()
+            .filter_map(|(_, p)| match p {
+                Place::Conflict { next_try, .. } => Some(*next_try),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Retries the ports in conflict that are due; logs only what changed.
+    pub fn retry_conflicts(&mut self) {
+        let now = Instant::now();
+        let due: Vec<Endpoint> = self
+            .all
+            .iter()
+            .filter(|(_, (_, p))| matches!(p, Place::Conflict { next_try, .. } if *next_try <= now))
+            .map(|(e, _)| *e)
+            .collect();
+        for e in due {
+            let Some((f, Place::Conflict { host, rule, why, tries, since, .. })) =
+                self.all.remove(&e)
+            else {
+                continue;
+            };
+            let place = match self.open(&f, host, rule, tries + 1) {
+                Place::Conflict { host, rule, why: now_why, tries, next_try, .. } => {
+                    if now_why != why {
+                        warn!(event = "host_port_conflict", port = e.port, family = %e.family(), host = %host, reason = %now_why, "host port {host} {now_why}");
+                    }
+                    Place::Conflict { host, rule, why: now_why, tries, next_try, since }
+                }
+                open => {
+                    debug!(port = e.port, tries = tries + 1, "host port freed");
+                    open
+                }
+            };
+            self.all.insert(e, (f, place));
+        }
+    }
+
+    /// Guest endpoints known (served, in conflict or ignored).
     pub fn len(&self) -> usize {
-        self.open.len() + self.conflicts.len()
+        self.all.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.all.is_empty()
     }
 
     /// Closes every forward.
     pub fn clear(&mut self) {
-        let all: Vec<Endpoint> = self.open.keys().chain(self.conflicts.keys()).copied().collect();
+        let all: Vec<Endpoint> = self.all.keys().copied().collect();
         for e in all {
             self.remove(e);
         }
@@ -165,35 +248,74 @@ impl Forwards {
 
     /// Closes the forward for `e`, if any.
     pub fn remove(&mut self, e: Endpoint) {
-        if let Some(h) = self.open.remove(&e) {
-            // Close the port before saying so: whoever reads the log may
-            // connect the moment the line appears.
-            let f = h.forward.clone();
-            drop(h);
-            info!(event = "forward_closed", port = e.port, family = %e.family, host = %self.host_addr(e), pid = f.pid, comm = %f.comm, "guest listener gone; host port closed");
-        } else if self.conflicts.remove(&e).is_some() {
-            info!(event = "forward_closed", port = e.port, family = %e.family, "guest listener gone (its host port was in conflict)");
+        if let Some((f, place)) = self.all.remove(&e) {
+            self.close(&f, place, "guest listener gone");
         }
     }
 
-    /// Publishes what is open and what is in conflict.
-    pub fn fill_status(&self, s: &mut Status) {
-        s.serving = self.open.keys().copied().collect();
-        s.conflicts = self.conflicts.keys().copied().collect();
+    fn close(&self, f: &Forward, place: Place, why: &str) {
+        let e = f.endpoint;
+        match place {
+            Place::Open(h) => {
+                // Close the port before saying so: whoever reads the log may
+                // connect the moment the line appears.
+                let host = h.host;
+                drop(h);
+                info!(event = "forward_closed", port = e.port, family = %e.family(), host = %host, pid = f.pid, comm = %f.comm, "{why}; host port {host} closed");
+            }
+            Place::Conflict { host, .. } => {
+                info!(event = "forward_closed", port = e.port, family = %e.family(), host = %host, "{why} (its host port was in conflict)");
+            }
+            Place::Ignored { .. } => debug!(port = e.port, "{why} (it was ignored)"),
+        }
     }
 
-    fn host_addr(&self, e: Endpoint) -> SocketAddr {
-        let ip = match e.family {
-            Family::V4 => IpAddr::V4(self.config.bind_v4),
-            Family::V6 => IpAddr::V6(self.config.bind_v6),
-        };
-        SocketAddr::new(ip, e.port)
+    /// Publishes every endpoint and what is done with it.
+    pub fn fill_status(&self, s: &mut Status) {
+        s.serving.clear();
+        s.conflicts.clear();
+        s.forwards.clear();
+        for (e, (f, place)) in &self.all {
+            let (state, since, stats) = match place {
+                Place::Open(h) => {
+                    s.serving.insert(*e);
+                    let state = ForwardState::Serving { host: h.host, rule: h.rule.clone() };
+                    (state, h.since, Some(h.stats.clone()))
+                }
+                Place::Conflict { host, why, since, .. } => {
+                    s.conflicts.insert(*e);
+                    (ForwardState::Conflict { host: *host, why: why.clone() }, *since, None)
+                }
+                Place::Ignored { why, since } => {
+                    (ForwardState::Ignored { why: why.clone() }, *since, None)
+                }
+            };
+            s.forwards.push(ForwardStatus { forward: f.clone(), state, since, stats });
+        }
+        s.rules = self.config.rules.describe(self.rules.len());
+    }
+}
+
+/// A host port that cannot be bound, in words that say what to do.
+fn explain_bind_error(e: &std::io::Error, host: SocketAddr) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "is already in use on the host".into(),
+        std::io::ErrorKind::PermissionDenied if host.port() < 1024 => format!(
+            "needs privilege (ports below 1024): map it to a high port with a rule (--rule port={p},host_port={q}) or let hoist-host bind it (setcap cap_net_bind_service=ep on the binary, or AmbientCapabilities=CAP_NET_BIND_SERVICE in its unit)",
+            p = host.port(),
+            q = 10000 + host.port()
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("cannot be bound: {} is not an address of this host", host.ip())
+        }
+        _ => format!("cannot be bound: {e}"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hoist_wire::Family;
 
     fn f(family: Family, port: u16) -> Forward {
         Forward {
@@ -211,7 +333,10 @@ mod tests {
     #[tokio::test]
     async fn removing_a_forward_closes_its_port_at_once() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut fw = Forwards::new(Arc::new(Config::new("unix:/nonexistent".parse().unwrap())));
+        let mut fw = Forwards::new(
+            Arc::new(Config::new("unix:/nonexistent".parse().unwrap())),
+            Rules::default(),
+        );
         fw.add(f(Family::V4, port));
         let mut st = Status::default();
         fw.fill_status(&mut st);

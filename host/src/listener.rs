@@ -5,13 +5,14 @@
 //! limit allows. Accept errors are logged and the loop goes on.
 
 use crate::data::{carry, CarryError};
-use crate::Config;
+use crate::{Config, ForwardStats};
 use hoist_wire::{Endpoint, Refusal};
 #[cfg(unix)]
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 #[cfg(unix)]
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -43,7 +44,12 @@ pub fn bind_host_port(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// Accepts until the task is aborted (its forward's handle dropped). A
 /// client beyond the connection limit is reset at once.
-pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, config: Arc<Config>) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    endpoint: Endpoint,
+    config: Arc<Config>,
+    stats: Arc<ForwardStats>,
+) {
     loop {
         match listener.accept().await {
             Ok((client, peer)) => {
@@ -65,9 +71,14 @@ pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, config: Arc<
                     );
                 }
                 let config = config.clone();
+                let stats = stats.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    match carry(client, endpoint, &config.pool).await {
+                    stats.open.fetch_add(1, Ordering::Relaxed);
+                    stats.total.fetch_add(1, Ordering::Relaxed);
+                    let carried = carry(client, endpoint, &config.pool, &stats.traffic).await;
+                    stats.open.fetch_sub(1, Ordering::Relaxed);
+                    match carried {
                         Ok(()) => {
                             debug!(port = endpoint.port, client = %peer, "connection finished")
                         }
@@ -76,7 +87,7 @@ pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, config: Arc<
                             debug!(port = endpoint.port, client = %peer, "refused: {reason}")
                         }
                         Err(e) => {
-                            warn!(event = "connection_error", port = endpoint.port, family = %endpoint.family, client = %peer, "{e}")
+                            warn!(event = "connection_error", port = endpoint.port, family = %endpoint.family(), client = %peer, "{e}")
                         }
                     }
                 });
@@ -84,7 +95,7 @@ pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, config: Arc<
             // The forward's handle shut the listener down: it is closing.
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => return,
             Err(e) => {
-                warn!(event = "accept_error", port = endpoint.port, family = %endpoint.family, "accepting: {e}");
+                warn!(event = "accept_error", port = endpoint.port, family = %endpoint.family(), "accepting: {e}");
                 // Out of descriptors: pause instead of spinning on the error.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

@@ -74,7 +74,10 @@ mod tests {
     #[tokio::test]
     async fn a_removed_forward_refuses_once_the_runtime_has_run() {
         let port = free_port();
-        let mut fw = Forwards::new(Arc::new(Config::new("tcp:127.0.0.1:9".parse().unwrap())));
+        let mut fw = Forwards::new(
+            Arc::new(Config::new("tcp:127.0.0.1:9".parse().unwrap())),
+            crate::Rules::default(),
+        );
         let endpoint = Endpoint::tcp(Family::V4, port);
         let forward = Forward {
             endpoint,

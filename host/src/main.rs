@@ -1,17 +1,18 @@
 //! `hoist-host`: command line and signal handling.
 
 use anyhow::{bail, Result};
-use clap::{Parser, Subcommand};
-use hoist_host::{Config, Status};
+use clap::{CommandFactory, Parser, Subcommand};
+use hoist_host::{Config, RuleSource, Status};
 use hoist_net::{Addr, LogFormat};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 /// Host relay of hoist: mirrors every TCP listener of the guest on this host's loopback.
 ///
 /// Without a subcommand it runs the relay (as `hoist-host run`).
 #[derive(Parser, Debug)]
-#[command(version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(version = env!("HOIST_VERSION"), args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -23,6 +24,58 @@ struct Cli {
 enum Cmd {
     /// Run the relay (what `hoist-host --guest ...` without a subcommand does).
     Run(RunArgs),
+    /// Show what the running relay forwards: host address, guest listener, process, state,
+    /// connections, bytes.
+    Status(StatusArgs),
+    /// Make the running relay read its rules again (as SIGHUP does); a bad file is refused with
+    /// file:line:column and the old rules stay in force.
+    Reload(AdminArgs),
+    /// Hidden: `completions <shell>` and `man [--dir DIR]` (cargo xtask dist).
+    #[command(flatten)]
+    Docs(hoist_net::docs::DocsCmd),
+    /// Start the relay at each logon of the current user, no admin needed (the HKCU Run key):
+    /// `run --guest hvsock:wsl:1023 --log-file %LOCALAPPDATA%\hoist\hoist-host.log`.
+    #[cfg(windows)]
+    Install(InstallArgs),
+    /// Remove the logon entry `install` wrote.
+    #[cfg(windows)]
+    Uninstall,
+}
+
+/// What `install` puts in the logon entry.
+#[cfg(windows)]
+#[derive(clap::Args, Debug)]
+struct InstallArgs {
+    /// How the relay reaches the agent.
+    #[arg(long, default_value = hoist_host::install::DEFAULT_GUEST)]
+    guest: String,
+    /// Where the relay logs (default: %LOCALAPPDATA%\hoist\hoist-host.log).
+    #[arg(long)]
+    log_file: Option<std::path::PathBuf>,
+    /// More options for `hoist-host run`, after `--` (e.g. `-- --token-file C:\hoist\token`).
+    #[arg(last = true)]
+    run_args: Vec<String>,
+}
+
+/// Which relay to ask.
+#[derive(clap::Args, Debug)]
+struct AdminArgs {
+    /// The relay's admin socket (a named pipe on Windows); default: this user's.
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+}
+
+/// How to show the status.
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Stream changes as they happen, one JSON object per line (the first is the whole status).
+    #[arg(long)]
+    watch: bool,
 }
 
 /// How to run the relay.
@@ -52,22 +105,110 @@ struct RunArgs {
     /// at start-up if the open-file limit cannot cover it.
     #[arg(long, default_value_t = hoist_net::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
+    /// Forwarding rules (TOML, [[rule]] tables); default: /etc/hoist/host.toml for root,
+    /// ~/.config/hoist/host.toml for others (%APPDATA%\hoist\host.toml on Windows), if it exists.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A forwarding rule as key=value pairs, e.g. port=22,action=ignore or
+    /// port=8000-8100,host_port_offset=1000 (the config file's keys); before the file's rules.
+    #[arg(long = "rule")]
+    rules: Vec<String>,
+    /// Also forward guest listeners bound to non-loopback addresses (at the host's loopback).
+    #[arg(long)]
+    forward_any_address: bool,
+    /// Where `hoist-host status` and `reload` reach this relay; default: this user's.
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
     /// Log lines as text or as one JSON object per line; filter with RUST_LOG.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Append the log to this file instead of stderr (on Windows, a relay started on its own
+    /// then lets go of its console window).
+    #[arg(long)]
+    log_file: Option<std::path::PathBuf>,
 }
 
 fn main() {
     let cli = Cli::parse();
     match (cli.cmd, cli.run) {
         (Some(Cmd::Run(args)), _) | (None, Some(args)) => run(args),
+        (Some(Cmd::Status(args)), _) => {
+            let path = admin_path(&args.admin);
+            hoist_net::admin::run_client("hoist-host", async move {
+                hoist_host::show_status(&path, args.json, args.watch).await
+            })
+        }
+        (Some(Cmd::Reload(args)), _) => {
+            let path = admin_path(&args);
+            hoist_net::admin::run_client(
+                "hoist-host",
+                async move { hoist_host::reload(&path).await },
+            )
+        }
+        (Some(Cmd::Docs(d)), _) => hoist_net::docs::run_and_exit(&d, Cli::command()),
+        #[cfg(windows)]
+        (Some(Cmd::Install(args)), _) => done(install(args)),
+        #[cfg(windows)]
+        (Some(Cmd::Uninstall), _) => done(hoist_host::install::uninstall()),
         // clap requires --guest when there is no subcommand.
         (None, None) => unreachable!("clap requires the run arguments without a subcommand"),
     }
 }
 
+fn admin_path(args: &AdminArgs) -> PathBuf {
+    args.admin_socket.clone().unwrap_or_else(|| hoist_net::admin::default_path("hoist-host"))
+}
+
 fn run(args: RunArgs) -> ! {
-    hoist_net::run_main("hoist-host", args.log_format, || real_main(args))
+    let log_file = args.log_file.clone();
+    #[cfg(windows)]
+    if log_file.is_some() {
+        // Started at logon Windows opens a console window for this process
+        // alone; its log goes to the file.
+        hoist_net::release_own_console();
+    }
+    hoist_net::run_main_logging_to("hoist-host", args.log_format, log_file.as_deref(), || {
+        real_main(args)
+    })
+}
+
+/// Prints what a one-shot command says, or its error; exits.
+#[cfg(windows)]
+fn done(r: Result<String>) -> ! {
+    match r {
+        Ok(said) => {
+            println!("{said}");
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("hoist-host: {e:#}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// Checks the run options as `run` will parse them, then writes the logon
+/// entry.
+#[cfg(windows)]
+fn install(a: InstallArgs) -> Result<String> {
+    use anyhow::Context;
+    use hoist_host::install;
+    let log_file = match a.log_file {
+        Some(f) => f,
+        None => {
+            let local = std::env::var_os("LOCALAPPDATA")
+                .context("LOCALAPPDATA is not set: pass --log-file")?;
+            install::default_log_file(std::path::Path::new(&local))
+        }
+    };
+    let args = install::run_args(&a.guest, &log_file.display().to_string(), &a.run_args);
+    let parsed = Cli::try_parse_from(std::iter::once("hoist-host".to_string()).chain(args.clone()))
+        .map_err(|e| anyhow::anyhow!("these run options would not start: {e}"))?;
+    if let Some(Cmd::Run(run)) = parsed.cmd {
+        config(&run)?;
+    }
+    let exe = std::env::current_exe().context("finding this executable's path")?;
+    install::install(&exe, &args, &log_file)
 }
 
 fn config(args: &RunArgs) -> Result<Config> {
@@ -76,6 +217,15 @@ fn config(args: &RunArgs) -> Result<Config> {
     c.liveness_timeout = std::time::Duration::from_secs(args.liveness_timeout);
     c.stale_after = std::time::Duration::from_secs(args.stale_after);
     c.max_connections = args.max_connections as usize;
+    c.rules = RuleSource {
+        flags: args.rules.clone(),
+        file: args.config.clone().or_else(hoist_host::default_config_path),
+        file_required: args.config.is_some(),
+        forward_any_address: args.forward_any_address,
+    };
+    c.admin_socket = Some(
+        args.admin_socket.clone().unwrap_or_else(|| hoist_net::admin::default_path("hoist-host")),
+    );
     let (mut v4, mut v6) = (0, 0);
     for a in &args.bind_address {
         match a {
@@ -105,3 +255,6 @@ fn real_main(args: RunArgs) -> Result<()> {
         hoist_host::run(config, status, shutdown).await
     })
 }
+
+#[cfg(test)]
+mod cli_tests;

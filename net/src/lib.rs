@@ -10,8 +10,10 @@
 #![cfg_attr(windows, deny(unsafe_code))]
 #![warn(missing_docs)]
 
+pub mod admin;
 #[cfg(windows)]
 mod console;
+pub mod docs;
 mod limit;
 mod logging;
 mod process;
@@ -21,13 +23,16 @@ mod transport;
 
 pub use limit::{Limit, Permit, Refused, DEFAULT_MAX_CONNECTIONS};
 pub use logging::LogFormat;
-pub use process::{read_token_file, run_main, stop_on_signal};
-pub use relay::{relay, reset, Moved, Opening, RelayError, Relayed};
+pub use process::{read_token_file, run_main, run_main_logging_to, stop_on_signal};
+pub use relay::{relay, reset, Moved, Opening, RelayError, Relayed, Traffic};
 #[cfg(target_os = "linux")]
 pub use sys::effective_uid;
 pub use sys::open_file_limit;
 #[cfg(windows)]
-pub use sys::{registry_subkeys, set_exclusive_addr_use, RegistryRoot};
+pub use sys::{
+    registry_delete_value, registry_get_string, registry_set_string, registry_subkeys,
+    release_own_console, set_exclusive_addr_use, RegistryRoot,
+};
 #[cfg(unix)]
 pub use transport::parse_mux_reply;
 pub use transport::{

@@ -9,7 +9,22 @@ use tracing::{debug, error};
 
 /// Sets up the process, runs `body`, logs its error and exits non-zero.
 pub fn run_main(name: &str, format: LogFormat, body: impl FnOnce() -> anyhow::Result<()>) -> ! {
-    if let Err(e) = logging::init(format) {
+    run_main_logging_to(name, format, None, body)
+}
+
+/// [`run_main`], logging to the end of `log_file` instead of stderr when
+/// one is given (a relay started at logon has no terminal to log to).
+pub fn run_main_logging_to(
+    name: &str,
+    format: LogFormat,
+    log_file: Option<&std::path::Path>,
+    body: impl FnOnce() -> anyhow::Result<()>,
+) -> ! {
+    let logger = match log_file {
+        Some(path) => logging::init_file(format, path),
+        None => logging::init(format),
+    };
+    if let Err(e) = logger {
         eprintln!("{name}: {e:#}");
         std::process::exit(2);
     }

@@ -23,11 +23,13 @@ async fn chain(
     let ((left, a), (d1, d2), (b, right)) = (pair().await, pair().await, pair().await);
     let host = tokio::spawn(async move {
         let mut data = Stream::Tcp(d1);
-        relay(a, &mut data, BytesMut::new(), Opening::None).await.map(|r| r.moved)
+        relay(a, &mut data, BytesMut::new(), Opening::None, &hoist_net::Traffic::default())
+            .await
+            .map(|r| r.moved)
     });
     tokio::spawn(async move {
         let mut data = Stream::Tcp(d2);
-        relay(b, &mut data, BytesMut::new(), Opening::None).await
+        relay(b, &mut data, BytesMut::new(), Opening::None, &hoist_net::Traffic::default()).await
     });
     (left, right, host)
 }

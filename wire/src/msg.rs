@@ -22,8 +22,9 @@
 //! | `AgentMsg::Pong`     | `05` seq:u32                                                    |
 //! | `AgentMsg::Refused`  | `06` reason:str (frozen)                                        |
 //! | challenge            | `00`, or `01` nonce:16 proof:32                                 |
-//! | endpoint             | proto:u8 (6 TCP, 17 UDP) family:u8 (4 or 6) port:u16 (not 0)    |
-//! | forward              | endpoint addr-family:u8 addr:4 or 16 bytes pid:u32 comm:str (<= 15 bytes) |
+//! | endpoint             | proto:u8 (6 TCP, 17 UDP) addr port:u16 (not 0)                  |
+//! | forward              | endpoint guest-addr:addr pid:u32 comm:str (<= 15 bytes)         |
+//! | addr                 | `04` 4 bytes, or `06` 16 bytes                                  |
 //! | str                  | len:u16 UTF-8 bytes                                             |
 
 use crate::error::DecodeError;
@@ -101,32 +102,66 @@ impl fmt::Display for Family {
     }
 }
 
-/// What the host serves: a port of one protocol on its IPv4 or IPv6 side.
+/// What the host serves, named by the guest: a port of one protocol at a
+/// guest-side address. The address is the one that tells guest listeners on
+/// one port apart: a loopback or wildcard listener is at its family's
+/// loopback (127.0.0.1 or ::1), one bound to another address (127.0.0.2, or
+/// a non-loopback one) at that address, so two guest services on one port
+/// of different loopback addresses are two endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
     /// TCP or UDP.
     pub proto: Proto,
-    /// The host side it is served on.
-    pub family: Family,
+    /// The guest-side address.
+    pub addr: IpAddr,
     /// The port, never 0.
     pub port: u16,
 }
 
 impl Endpoint {
-    /// A TCP endpoint.
+    /// A TCP endpoint at the family's loopback address.
     pub fn tcp(family: Family, port: u16) -> Endpoint {
-        Endpoint { proto: Proto::Tcp, family, port }
+        Endpoint { proto: Proto::Tcp, addr: family.loopback(), port }
     }
 
-    /// A UDP endpoint.
+    /// The address family.
+    pub fn family(&self) -> Family {
+        Family::of(self.addr)
+    }
+
+    /// Whether it stands for the family's loopback and wildcard listeners
+    /// (the address most forwards have).
+    pub fn is_primary(&self) -> bool {
+        self.addr == self.family().loopback()
+    }
+}
+
+impl Family {
+    /// The family of `addr`.
+    pub fn of(addr: IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The family's loopback address.
+    pub fn loopback(self) -> IpAddr {
+        match self {
+            Family::V4 => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Family::V6 => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        }
+    }
+
+    /// A UDP endpoint at the family's loopback address.
     pub fn udp(family: Family, port: u16) -> Endpoint {
-        Endpoint { proto: Proto::Udp, family, port }
+        Endpoint { proto: Proto::Udp, addr: family.loopback(), port }
     }
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.proto, self.family, self.port)
+        write!(f, "{} {}", self.proto, std::net::SocketAddr::new(self.addr, self.port))
     }
 }
 
@@ -447,11 +482,21 @@ pub(crate) fn put_endpoint(w: &mut Vec<u8>, e: &Endpoint) {
         Proto::Tcp => 6,
         Proto::Udp => 17,
     });
-    w.push(match e.family {
-        Family::V4 => 4,
-        Family::V6 => 6,
-    });
+    put_addr(w, e.addr);
     w.extend_from_slice(&e.port.to_be_bytes());
+}
+
+pub(crate) fn put_addr(w: &mut Vec<u8>, a: IpAddr) {
+    match a {
+        IpAddr::V4(a) => {
+            w.push(4);
+            w.extend_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            w.push(6);
+            w.extend_from_slice(&a.octets());
+        }
+    }
 }
 
 /// Strings are short by construction (reasons, names); an overlong one is
@@ -472,16 +517,7 @@ fn clip(s: &str, max: usize) -> &str {
 
 fn put_forward(w: &mut Vec<u8>, f: &Forward) {
     put_endpoint(w, &f.endpoint);
-    match f.guest_addr {
-        IpAddr::V4(a) => {
-            w.push(4);
-            w.extend_from_slice(&a.octets());
-        }
-        IpAddr::V6(a) => {
-            w.push(6);
-            w.extend_from_slice(&a.octets());
-        }
-    }
+    put_addr(w, f.guest_addr);
     w.extend_from_slice(&f.pid.to_be_bytes());
     put_str(w, clip(&f.comm, MAX_COMM));
 }
@@ -537,19 +573,22 @@ impl<'a> Reader<'a> {
     }
     pub(crate) fn endpoint(&mut self) -> Result<Endpoint, DecodeError> {
         let proto = self.proto()?;
-        let family = self.family()?;
+        let addr = self.addr()?;
         let port = self.u16()?;
         if port == 0 {
             return Err(DecodeError::Invalid { what: "endpoint port", value: 0 });
         }
-        Ok(Endpoint { proto, family, port })
+        Ok(Endpoint { proto, addr, port })
+    }
+    fn addr(&mut self) -> Result<IpAddr, DecodeError> {
+        Ok(match self.family()? {
+            Family::V4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
+            Family::V6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
+        })
     }
     fn forward(&mut self) -> Result<Forward, DecodeError> {
         let endpoint = self.endpoint()?;
-        let guest_addr = match self.family()? {
-            Family::V4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
-            Family::V6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
-        };
+        let guest_addr = self.addr()?;
         let pid = self.u32()?;
         let comm = self.string()?;
         if comm.len() > MAX_COMM {
@@ -625,7 +664,8 @@ mod tests {
         }
         let agent_header: &[u8] =
             &[1, 0, 2, 0, 5, b'0', b'.', b'2', b'.', b'0', 0, 2, b't', b'p', 0, 0, 0, 7];
-        let added = [6, 4, 0x1f, 0x90, 4, 127, 0, 0, 1, 1, 2, 3, 4, 0, 2, b'n', b'c'];
+        let added = [6, 4, 127, 0, 0, 1, 0x1f, 0x90, 4, 127, 0, 0, 1, 1, 2, 3, 4, 0, 2, b'n', b'c'];
+        let udp_v6 = Endpoint { proto: Proto::Udp, addr: "::2".parse().unwrap(), port: 22 };
         let agent: Vec<(AgentMsg, Vec<u8>)> = vec![
             (welcome(None), cat(&[&[0, 0, 0, 35], agent_header, &[0xaa; 16], &[0]])),
             (
@@ -636,15 +676,12 @@ mod tests {
                 AgentMsg::Snapshot { forwards: vec![], last: true },
                 vec![0, 0, 0, 6, 2, 1, 0, 0, 0, 0],
             ),
-            (AgentMsg::Added(v4.clone()), cat(&[&[0, 0, 0, 18, 3], &added])),
+            (AgentMsg::Added(v4.clone()), cat(&[&[0, 0, 0, 22, 3], &added])),
             (
                 AgentMsg::Snapshot { forwards: vec![v4], last: false },
-                cat(&[&[0, 0, 0, 23, 2, 0, 0, 0, 0, 1], &added]),
+                cat(&[&[0, 0, 0, 27, 2, 0, 0, 0, 0, 1], &added]),
             ),
-            (
-                AgentMsg::Removed(Endpoint { proto: Proto::Udp, family: Family::V6, port: 22 }),
-                vec![0, 0, 0, 5, 4, 17, 6, 0, 22],
-            ),
+            (AgentMsg::Removed(udp_v6), cat(&[&[0, 0, 0, 21, 4, 17, 6], &[0; 15], &[2], &[0, 22]])),
             (AgentMsg::Pong { seq: 7 }, vec![0, 0, 0, 5, 5, 0, 0, 0, 7]),
             (AgentMsg::Refused { reason: "no".into() }, vec![0, 0, 0, 5, 6, 0, 2, b'n', b'o']),
         ];
@@ -723,7 +760,8 @@ mod tests {
         }
         let mut too_many = vec![TAG_SNAPSHOT, 1];
         too_many.extend_from_slice(&((SNAPSHOT_CHUNK + 1) as u32).to_be_bytes());
-        let mut long_comm = vec![TAG_ADDED, 6, 4, 0, 80, 4, 127, 0, 0, 1, 0, 0, 0, 1, 0, 16];
+        let mut long_comm =
+            vec![TAG_ADDED, 6, 4, 127, 0, 0, 1, 0, 80, 4, 127, 0, 0, 1, 0, 0, 0, 1, 0, 16];
         long_comm.extend_from_slice(&[b'a'; 16]);
         let cases: &[(&str, &[u8], DecodeError)] = &[
             ("unknown agent tag", &[0], UnknownTag { what: "agent message", tag: 0 }),
@@ -736,13 +774,22 @@ mod tests {
             ),
             ("comm too long", &long_comm, TooMany { what: "command name", n: 16, max: MAX_COMM }),
             ("invalid utf8", &[TAG_REFUSED, 0, 1, 0xff], NotUtf8),
-            ("bad protocol", &[TAG_REMOVED, 7, 4, 0, 80], UnknownTag { what: "protocol", tag: 7 }),
+            (
+                "bad protocol",
+                &[TAG_REMOVED, 7, 4, 127, 0, 0, 1, 0, 80],
+                UnknownTag { what: "protocol", tag: 7 },
+            ),
             (
                 "bad family",
-                &[TAG_REMOVED, 6, 5, 0, 80],
+                &[TAG_REMOVED, 6, 5, 127, 0, 0, 1, 0, 80],
                 UnknownTag { what: "address family", tag: 5 },
             ),
-            ("port zero", &[TAG_REMOVED, 6, 4, 0, 0], Invalid { what: "endpoint port", value: 0 }),
+            ("short address", &[TAG_REMOVED, 6, 6, 0, 0, 0, 1], Truncated { wanted: 16, left: 4 }),
+            (
+                "port zero",
+                &[TAG_REMOVED, 6, 4, 127, 0, 0, 1, 0, 0],
+                Invalid { what: "endpoint port", value: 0 },
+            ),
         ];
         for (name, wire, want) in cases {
             assert_eq!(&AgentMsg::decode_body(wire).unwrap_err(), want, "{name}");

@@ -122,7 +122,7 @@ impl SegmentHeader {
         };
         let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
         let ok = match kind {
-            Open => len == ENDPOINT_LEN,
+            Open => len == ENDPOINT_V4_LEN || len == ENDPOINT_V6_LEN,
             Opened | Fin | Reset => len == 0,
             Refused => (3..=MAX_REFUSED).contains(&len),
             Bytes => (1..=MAX_SEGMENT).contains(&len),
@@ -137,7 +137,8 @@ impl SegmentHeader {
 }
 
 /// Bytes of an encoded endpoint.
-const ENDPOINT_LEN: usize = 4;
+const ENDPOINT_V4_LEN: usize = 8;
+const ENDPOINT_V6_LEN: usize = 20;
 
 /// Why the agent did not open a data connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,8 +173,10 @@ pub fn datagram_header(len: usize) -> [u8; SEGMENT_HEADER_LEN] {
 
 /// The `Open` segment for `endpoint`, header included.
 pub fn open_segment(endpoint: &Endpoint) -> Vec<u8> {
-    let mut out = SegmentHeader::new(SegmentKind::Open, ENDPOINT_LEN).encode().to_vec();
-    put_endpoint(&mut out, endpoint);
+    let mut payload = Vec::with_capacity(ENDPOINT_V6_LEN);
+    put_endpoint(&mut payload, endpoint);
+    let mut out = SegmentHeader::new(SegmentKind::Open, payload.len()).encode().to_vec();
+    out.extend_from_slice(&payload);
     out
 }
 
@@ -226,12 +229,17 @@ mod tests {
     /// The segment format, pinned byte for byte.
     #[test]
     fn golden_bytes() {
-        let e = Endpoint { proto: Proto::Tcp, family: Family::V6, port: 443 };
-        assert_eq!(open_segment(&e), [1, 0, 0, 0, 4, 6, 6, 1, 187]);
-        assert_eq!(parse_open(&[6, 6, 1, 187]).unwrap(), e);
+        let e = Endpoint::tcp(Family::V6, 443);
+        let mut v6 = vec![1, 0, 0, 0, 20, 6, 6];
+        v6.extend_from_slice(&[0; 15]);
+        v6.extend_from_slice(&[1, 1, 187]);
+        assert_eq!(open_segment(&e), v6);
+        assert_eq!(parse_open(&v6[5..]).unwrap(), e);
+        let e = Endpoint { proto: Proto::Udp, addr: "127.0.0.2".parse().unwrap(), port: 53 };
+        assert_eq!(open_segment(&e), [1, 0, 0, 0, 8, 17, 4, 127, 0, 0, 2, 0, 53]);
         let u = Endpoint::udp(Family::V4, 53);
-        assert_eq!(open_segment(&u), [1, 0, 0, 0, 4, 17, 4, 0, 53]);
-        assert_eq!(parse_open(&[17, 4, 0, 53]).unwrap(), u);
+        assert_eq!(open_segment(&u), [1, 0, 0, 0, 8, 17, 4, 127, 0, 0, 1, 0, 53]);
+        assert_eq!(parse_open(&[17, 4, 127, 0, 0, 1, 0, 53]).unwrap(), u);
         assert_eq!(datagram_header(3), [7, 0, 0, 0, 3]);
         assert_eq!(
             refused_segment(Refusal::DialFailed, "no"),
@@ -280,8 +288,8 @@ mod tests {
             ("fin with payload", [5, 0, 0, 0, 1], Invalid { what: "segment length", value: 1 }),
             (
                 "open of the wrong size",
-                [1, 0, 0, 0, 3],
-                Invalid { what: "segment length", value: 3 },
+                [1, 0, 0, 0, 4],
+                Invalid { what: "segment length", value: 4 },
             ),
             ("huge refusal", [3, 0, 1, 0, 0], Invalid { what: "segment length", value: 65536 }),
             (

@@ -1,11 +1,13 @@
 //! `cargo xtask`: the project's entry points, one module per subcommand.
 //! `setup` installs what the build needs, `build` compiles the eBPF object and
 //! both binaries, `lint` is the style gate, `run` is the local demo, `test`
-//! runs the lint and every test, `vm-test` the VM lab, `bench` the benchmarks, `fuzz` the decoders' fuzz targets. A failure ends xtask with the failing
+//! runs the lint and every test, `vm-test` the VM lab, `bench` the benchmarks, `fuzz` the decoders' fuzz targets, `dist` the release artifacts. A failure ends xtask with the failing
 //! command's own exit code where there is one.
 
 mod bench;
 mod build;
+mod debtest;
+mod dist;
 mod fuzz;
 mod lint;
 mod run;
@@ -45,6 +47,17 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Fuzz the decoders of peer and kernel bytes (cargo-fuzz, nightly), each target for --time s.
     Fuzz(fuzz::FuzzArgs),
+    /// Release artifacts into target/dist/: static Linux binaries, hoist-host.exe, .deb
+    /// packages, units, completions, man pages, SHA256SUMS.
+    Dist(DistArgs),
+}
+
+#[derive(clap::Args)]
+struct DistArgs {
+    /// Then install the .deb packages into a fresh root and forward a port
+    /// through the installed binaries (needs root; the last phase of `test`).
+    #[arg(long)]
+    test: bool,
 }
 
 fn main() {
@@ -68,6 +81,13 @@ fn main() {
         Cmd::VmTest => vmtest::vm_test(),
         Cmd::Bench(a) => bench::bench(a),
         Cmd::Fuzz(a) => fuzz::fuzz(a),
+        Cmd::Dist(a) => dist::dist().and_then(|d| {
+            if a.test {
+                util::require_root("cargo xtask dist --test")?;
+                debtest::test_debs(&d)?;
+            }
+            Ok(())
+        }),
     };
     if let Err(e) = r {
         eprintln!("xtask: error: {e:#}");

@@ -2,8 +2,10 @@
 //! runs the workspace's tests (pure, in-process, and the real-kernel ones,
 //! which spawn the binaries in network namespaces) on one thread, since the
 //! kernel tests share kernel state, then every fuzz target briefly, the VM
-//! lab, the bench's smoke mode, and the Windows phases (windows.rs: unit
-//! tests and hoist-host.exe under Wine). Needs root; nothing is skipped.
+//! lab, the bench's smoke mode, the Windows phases (windows.rs: unit tests
+//! and hoist-host.exe under Wine), and last `cargo xtask dist` with its
+//! Debian packages installed into a fresh root and run (debtest.rs). Needs
+//! root; nothing is skipped.
 //! Ends with one summary line, and with `cargo test`'s own exit code when
 //! that fails.
 
@@ -70,9 +72,19 @@ pub fn test(args: TestArgs) -> Result<()> {
     }
     passed += 1;
     let mut counts = (passed, failed);
-    let r = crate::windows::test(&built, &mut counts);
-    summary(counts.0, counts.1);
-    r
+    if let Err(e) = crate::windows::test(&built, &mut counts) {
+        summary(counts.0, counts.1);
+        return Err(e);
+    }
+    // Last, one test: `cargo xtask dist` must work, and its Debian packages
+    // install into a fresh root and forward through the installed binaries.
+    say("building the release artifacts (cargo xtask dist) and testing the .deb packages");
+    if let Err(e) = crate::dist::dist().and_then(|d| crate::debtest::test_debs(&d)) {
+        summary(counts.0, counts.1 + 1);
+        return Err(e.context("the release artifacts and Debian packages"));
+    }
+    summary(counts.0 + 1, counts.1);
+    Ok(())
 }
 
 /// Runs `cargo test`, passing its output through, and adds up its

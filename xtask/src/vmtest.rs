@@ -29,19 +29,24 @@ const GUEST_CID: u32 = 3;
 /// Clients carried one after another after the agent's restart.
 const POOLED_CLIENTS: usize = 20;
 
-/// Guest TCP ports the scenarios use.
-const ECHO: u16 = 47001;
-const EARLY: u16 = 47002;
-const LATER: u16 = 47003;
-const LAST: u16 = 47004;
+/// Guest TCP ports the scenarios use, mirrored on this machine's loopback:
+/// below 32768, outside Linux's ephemeral port range (32768-60999), so no
+/// client connection of another test on this machine can hold one of them
+/// (one held 47012, when they were 470xx, and that forward stayed in conflict).
+const ECHO: u16 = 27001;
+const EARLY: u16 = 27002;
+const LATER: u16 = 27003;
+const LAST: u16 = 27004;
 /// An SCTP and a DCCP listener, and a TCP barrier after them.
-const SCTP: u16 = 47020;
-const DCCP: u16 = 47021;
-const BARRIER: u16 = 47022;
+const SCTP: u16 = 27020;
+const DCCP: u16 = 27021;
+const BARRIER: u16 = 27022;
 /// A server that resets its connections mid-response.
-const ABORT: u16 = 47023;
-/// Guest ports 47010..47018 open and close while hoist-host restarts.
-const CHURN: u16 = 47010;
+const ABORT: u16 = 27023;
+/// A listener held in a PID namespace of its own.
+const NSHELD: u16 = 27024;
+/// Guest ports 27010..27018 open and close while hoist-host restarts.
+const CHURN: u16 = 27010;
 const CHURN_COUNT: u16 = 8;
 /// The guest session's hard limit (it takes about 15 s): past it the
 /// watchdog kills QEMU and the daemon, so every wait fails fast and the logs
@@ -96,6 +101,7 @@ pub fn vm_test() -> Result<()> {
     let started = Instant::now();
     let result = (|| -> Result<()> {
         vm.wait_for_guest()?;
+        check_in_guest(&vm)?;
         for (flag, want) in [(None, "trampoline"), (Some("tracepoint"), "tracepoint")] {
             scenarios(&mut vm, &built.host, flag, want)
                 .with_context(|| format!("scenarios with the {want} hooks"))?;
@@ -638,6 +644,26 @@ fn fnv(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf29ce484222325u64, |h, &x| (h ^ x as u64).wrapping_mul(0x100000001b3))
 }
 
+/// `hoist-agent check` on the guest's kernel, which allows trampolines: it
+/// passes on them, with the virtio vsock transport.
+fn check_in_guest(vm: &Vm) -> Result<()> {
+    let report = vm
+        .sh(&format!("/bin/hoist-agent check --listen vsock:any:{AGENT_PORT}"))
+        .context("hoist-agent check should pass on the guest's kernel (exit status 0)")?;
+    for want in [
+        "ok       hooks.trampoline",
+        "ok       hooks.tracepoint",
+        "ok       vsock             transport loaded: virtio",
+        "verdict: hoist-agent can run here, on the trampoline hooks",
+    ] {
+        if !report.contains(want) {
+            bail!("hoist-agent check in the guest should report {want:?}:\n{report}");
+        }
+    }
+    say("  hoist-agent check passes in the guest, on the trampoline hooks");
+    Ok(())
+}
+
 fn scenarios(vm: &mut Vm, hoist_host: &Path, hooks: Option<&str>, want: &str) -> Result<()> {
     say(format!("scenarios with the agent on {want} hooks"));
     // A listener from before the agent.
@@ -652,10 +678,19 @@ fn scenarios(vm: &mut Vm, hoist_host: &Path, hooks: Option<&str>, want: &str) ->
     vm.wait_in_sync("the listener from before the agent", &[EARLY])?;
     say("  a listener from before the agent is forwarded");
 
-    vm.cmd(&format!("spawn echo /bin/hoist-vmlab-guest echo {ECHO}"))?;
+    let echo_pid = vm.cmd(&format!("spawn echo /bin/hoist-vmlab-guest echo {ECHO}"))?;
     let host = vm.host.as_ref().unwrap();
     host.wait_line("the echo forward", Duration::from_secs(30), |l| {
         l.iter().any(|x| x.contains("forward_opened") && x.contains(&format!("\"port\":{ECHO},")))
+    })?;
+    // The owner is named by its pid in the agent's PID namespace (the
+    // guest's root one here), which the lab's spawn answered.
+    host.wait_line("the echo forward naming the server's pid", Duration::from_secs(1), |l| {
+        l.iter().any(|x| {
+            x.contains("forward_opened")
+                && x.contains(&format!("\"port\":{ECHO},"))
+                && x.contains(&format!("\"pid\":{},", echo_pid.trim()))
+        })
     })?;
     echo_check(ECHO, 4 << 20)?;
     vm.cmd("kill echo")?;
@@ -665,6 +700,28 @@ fn scenarios(vm: &mut Vm, hoist_host: &Path, hooks: Option<&str>, want: &str) ->
         other => bail!("127.0.0.1:{ECHO} should refuse after the server exited: {other:?}"),
     }
     say("  4 MiB each way intact over real vsock, half-close included; the port closes when the server exits");
+
+    // A listener of another PID namespace (another WSL distro's, say) is
+    // named by its command, pid 0.
+    let unshare =
+        vm.cmd(&format!("spawn nsheld unshare -p -f /bin/hoist-vmlab-guest hold {NSHELD}"))?;
+    vm.host.as_ref().unwrap().wait_line(
+        "the forward of another PID namespace's listener",
+        Duration::from_secs(30),
+        |l| {
+            l.iter().any(|x| {
+                x.contains("forward_opened")
+                    && x.contains(&format!("\"port\":{NSHELD},"))
+                    && x.contains("\"pid\":0,")
+                    && x.contains("\"comm\":\"hoist-vmlab-gue\"")
+            })
+        },
+    )?;
+    // unshare waits for its child, the server: that one is killed first.
+    vm.sh(&format!("kill -9 $(ps -o pid,ppid | awk '$2 == {} {{print $1}}')", unshare.trim()))?;
+    vm.cmd("kill nsheld")?;
+    vm.wait_in_sync("the other PID namespace's listener closing", &[EARLY])?;
+    say("  owners are named by their pid in the agent's PID namespace; another namespace's by command, pid 0");
 
     // A guest server that resets mid-response resets the client.
     vm.cmd(&format!("spawn abort /bin/hoist-vmlab-guest abort {ABORT}"))?;

@@ -8,6 +8,7 @@
 //! sockets bound to a port they named (`UDP_BOUND`).
 
 use super::btf::{Offsets, UDP_TRAMPOLINE_FUNCS};
+use super::pidns::PidNs;
 use super::udp_rule::{classify, ephemeral_ports, Verdict};
 use super::{DiagSocket, EventSource};
 use crate::table::GuestListener;
@@ -100,21 +101,34 @@ impl Drop for KernelSource {
     }
 }
 
-impl KernelSource {
-    /// Loads the embedded object with offsets from the running kernel's BTF
-    /// and attaches the best hook set `mode` allows; only sockets of the
-    /// network namespace `watch` names are reported. Must run inside a tokio
-    /// runtime: the ring buffer and the log forwarding are driven by it.
-    pub fn load(mode: HookMode, watch: Watch) -> Result<KernelSource> {
-        tokio::runtime::Handle::try_current()
-            .context("KernelSource::load must run inside a tokio runtime")?;
+/// The embedded object in the kernel, with this kernel's struct offsets and
+/// the agent's namespaces: its maps exist, and each hook set's programs are
+/// loaded and attached with [`Object::attach`] (and taken out again with
+/// [`Object::detach`]). [`KernelSource`] attaches one set for good;
+/// `hoist-agent check` tries each and detaches it. Dropping it unloads
+/// everything.
+pub struct Object {
+    ebpf: Ebpf,
+    btf: Btf,
+    offsets: Offsets,
+}
+
+impl Object {
+    /// Loads the object: offsets from the running kernel's BTF, sockets of
+    /// the network namespace `watch` names only, tasks named by their pid
+    /// in the calling process's PID namespace. Creates the maps; loads no
+    /// program yet.
+    pub fn load(watch: Watch) -> Result<Object> {
         let offsets = Offsets::from_running_kernel()?;
-        let mut ebpf = EbpfLoader::new()
+        let pidns = PidNs::of_self()?;
+        let ebpf = EbpfLoader::new()
             .override_global(global::NETNS_INUM, &watch.inum, true)
             .override_global(global::NETNS_COOKIE, &watch.cookie, true)
             .override_global(global::OFF_USERLOCKS_BYTE, &offsets.userlocks_byte, true)
             .override_global(global::USERLOCKS_SHIFT, &offsets.userlocks_shift, true)
             .override_global(global::OFF_SOCKET_SK, &offsets.socket_sk, true)
+            .override_global(global::PIDNS_DEV, &pidns.dev, true)
+            .override_global(global::PIDNS_INO, &pidns.ino, true)
             .override_global(global::OFF_FAMILY, &offsets.family, true)
             .override_global(global::OFF_PROTOCOL, &offsets.protocol, true)
             .override_global(global::PROTOCOL_SIZE, &offsets.protocol_size, true)
@@ -130,31 +144,99 @@ impl KernelSource {
             .load(OBJECT)
             .map_err(|e| explained(anyhow::Error::new(e)))
             .context("loading the eBPF object")?;
-        // Before any program runs, so no log record is missed.
-        let log_task = start_ebpf_log(&mut ebpf);
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        Ok(Object { ebpf, btf, offsets })
+    }
+
+    /// Loads and attaches the programs of one hook set.
+    pub fn attach(&mut self, hooks: Hooks) -> Result<()> {
+        match hooks {
+            Hooks::Trampoline => attach_trampolines(&mut self.ebpf, &self.btf, &self.offsets)
+                .context("attaching the trampoline hooks (fexit/fentry)"),
+            Hooks::Tracepoint => attach_tracepoints(&mut self.ebpf, &self.btf)
+                .map_err(explained)
+                .context("attaching the tracepoint hooks"),
+        }
+    }
+
+    /// Detaches and unloads the programs of one hook set, also after a
+    /// half-done [`Object::attach`].
+    pub fn detach(&mut self, hooks: Hooks) {
+        let names: &[&str] = match hooks {
+            Hooks::Trampoline => &[
+                prog::LISTEN_START,
+                prog::LISTEN_STOP,
+                prog::UDP_BIND,
+                prog::UDP_BIND6,
+                prog::UDP_CONNECTED,
+                prog::UDP_CONNECTED6,
+                prog::UDP_DISCONNECTED,
+                prog::UDP_UNHASH,
+            ],
+            Hooks::Tracepoint => &[
+                prog::SYS_ENTER_LISTEN,
+                prog::SYS_EXIT_LISTEN,
+                prog::STATE,
+                prog::SYS_ENTER_CONNECT,
+                prog::SYS_EXIT_CONNECT,
+                prog::CG_BIND4,
+                prog::CG_BIND6,
+                prog::CG_CONNECT4,
+                prog::CG_CONNECT6,
+                prog::CG_POST_BIND4,
+                prog::CG_POST_BIND6,
+                prog::CG_RELEASE,
+            ],
+        };
+        for name in names {
+            use aya::programs::Program;
+            // Unloading a program detaches its links; one never loaded says so.
+            let _ = match self.ebpf.program_mut(name) {
+                Some(Program::FExit(p)) => p.unload(),
+                Some(Program::FEntry(p)) => p.unload(),
+                Some(Program::TracePoint(p)) => p.unload(),
+                Some(Program::BtfTracePoint(p)) => p.unload(),
+                Some(Program::CgroupSockAddr(p)) => p.unload(),
+                Some(Program::CgroupSock(p)) => p.unload(),
+                _ => Ok(()),
+            };
+        }
+    }
+}
+
+impl KernelSource {
+    /// Loads the embedded object (see [`Object::load`]) and attaches the best
+    /// hook set `mode` allows; only sockets of the network namespace `watch`
+    /// names are reported, and tasks are named by their pid in the calling
+    /// process's PID namespace. Must run inside a tokio runtime: the ring
+    /// buffer and the log forwarding are driven by it.
+    pub fn load(mode: HookMode, watch: Watch) -> Result<KernelSource> {
+        tokio::runtime::Handle::try_current()
+            .context("KernelSource::load must run inside a tokio runtime")?;
+        let mut object = Object::load(watch)?;
+        // Before any program runs, so no log record is missed.
+        let log_task = start_ebpf_log(&mut object.ebpf);
         let hooks = match mode {
             HookMode::Trampoline => {
-                attach_trampolines(&mut ebpf, &btf, &offsets)
-                    .context("attaching the trampoline hooks (fexit/fentry)")?;
+                object.attach(Hooks::Trampoline)?;
                 Hooks::Trampoline
             }
             HookMode::Tracepoint => {
-                attach_tracepoints(&mut ebpf, &btf).context("attaching the tracepoint hooks")?;
+                object.attach(Hooks::Tracepoint)?;
                 Hooks::Tracepoint
             }
-            HookMode::Auto => match attach_trampolines(&mut ebpf, &btf, &offsets) {
+            HookMode::Auto => match object.attach(Hooks::Trampoline) {
                 Ok(()) => Hooks::Trampoline,
                 Err(e) => {
                     info!("trampoline hooks refused by this kernel ({e:#}); using tracepoints");
-                    detach_trampolines(&mut ebpf);
-                    attach_tracepoints(&mut ebpf, &btf)
-                        .context("attaching the tracepoint hooks")?;
+                    object.detach(Hooks::Trampoline);
+                    object.attach(Hooks::Tracepoint)?;
                     Hooks::Tracepoint
                 }
             },
         };
         info!(hooks = %hooks, "kernel hooks attached");
+        let mut ebpf = object.ebpf;
         let ring = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).context("map EVENTS missing")?)
             .context("opening map EVENTS")?;
         let drops = Array::try_from(ebpf.take_map(MAP_DROPS).context("map DROPS missing")?)
@@ -246,7 +328,7 @@ impl EventSource for KernelSource {
 /// What to do about a bpf() failure a user can act on, in one line.
 pub fn advice(errno: i32) -> Option<&'static str> {
     match errno {
-        1 => Some("hoist-agent needs root, or the capabilities CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN: run it as root (or as the systemd unit does)"),
+        1 => Some(crate::privileges::NEEDS),
         38 => Some("this kernel has no bpf() system call (CONFIG_BPF_SYSCALL is off): hoist-agent needs a kernel with BPF and BTF, see README's kernel requirements"),
         _ => None,
     }
@@ -307,25 +389,6 @@ const UDP_FEXITS: [(&str, &str); 5] = [
     (prog::UDP_CONNECTED6, "__ip6_datagram_connect"),
     (prog::UDP_DISCONNECTED, "udp_disconnect"),
 ];
-
-/// Undoes a half-done trampoline attach before falling back.
-fn detach_trampolines(ebpf: &mut Ebpf) {
-    let fexits = [prog::LISTEN_START].into_iter().chain(UDP_FEXITS.map(|(name, _)| name));
-    for name in fexits {
-        if let Some(p) = ebpf.program_mut(name) {
-            if let Ok(p) = <&mut FExit>::try_from(p) {
-                let _ = p.unload();
-            }
-        }
-    }
-    for name in [prog::LISTEN_STOP, prog::UDP_UNHASH] {
-        if let Some(p) = ebpf.program_mut(name) {
-            if let Ok(p) = <&mut FEntry>::try_from(p) {
-                let _ = p.unload();
-            }
-        }
-    }
-}
 
 fn attach_tracepoints(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
     ensure_tracefs()?;
@@ -421,15 +484,27 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
 /// Classic tracepoints are found through tracefs, which many VMs (and `ip
 /// netns exec`, which remounts /sys) leave unmounted: mount it if needed.
 fn ensure_tracefs() -> Result<()> {
-    let candidates = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
-    if candidates.iter().any(|p| std::path::Path::new(p).join("events").exists()) {
+    // Mounted but root's alone (mode 0700) is not the same as not mounted.
+    let readable = || -> Result<bool> {
+        for p in ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"] {
+            match std::fs::metadata(p) {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(crate::privileges::tracefs_unreadable(p.as_ref(), &e))
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(false)
+    };
+    if readable()? {
         return Ok(());
     }
     if let Err(e) = crate::sys::mount_tracefs("/sys/kernel/tracing") {
-        bail!("tracefs is not mounted and mounting it on /sys/kernel/tracing failed: {e}");
+        return Err(crate::privileges::tracefs_unmountable("/sys/kernel/tracing", &e));
     }
     info!("mounted tracefs on /sys/kernel/tracing");
-    Ok(())
+    readable().map(|_| ())
 }
 
 /// Forwards the eBPF programs' aya-log records to the `log` facade.

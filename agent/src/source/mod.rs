@@ -7,11 +7,15 @@ mod btf;
 mod diag;
 mod kernel;
 mod owners;
+mod pidns;
 mod udp_rule;
 
 pub use btf::Offsets;
-pub use diag::{listening_tcp, parse_replies as parse_diag_replies, unconnected_udp, DiagSocket};
-pub use kernel::{HookMode, Hooks, KernelSource, Watch};
+pub use diag::{
+    listening_tcp, parse_replies as parse_diag_replies, unconnected_udp, DiagSocket, Parsed,
+};
+pub use kernel::{HookMode, Hooks, KernelSource, Object, Watch};
+pub use pidns::PidNs;
 pub use udp_rule::{classify as classify_udp, ephemeral_ports, Verdict as UdpVerdict};
 
 use crate::table::GuestListener;

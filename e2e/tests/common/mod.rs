@@ -167,9 +167,21 @@ impl Lab {
         self.dir.join("agent.sock")
     }
 
+    /// The host's admin socket (each lab its own).
+    pub fn host_admin(&self) -> PathBuf {
+        self.dir.join("host-admin.sock")
+    }
+
+    /// The agent's admin socket.
+    pub fn agent_admin(&self) -> PathBuf {
+        self.dir.join("agent-admin.sock")
+    }
+
     pub fn start_agent(&mut self, extra: &[&str]) {
         let mut cmd = self.ns.command(bin("HOIST_AGENT_BIN").to_str().unwrap());
         cmd.args(["--listen", &format!("unix:{}", self.sock().display()), "--log-format", "json"])
+            .arg("--admin-socket")
+            .arg(self.dir.join("agent-admin.sock"))
             .args(extra);
         let p = Proc::spawn("agent", cmd);
         p.logs.wait("the agent to be ready", |l| {
@@ -181,6 +193,8 @@ impl Lab {
     pub fn start_host(&mut self, extra: &[&str]) {
         let mut cmd = Command::new(bin("HOIST_HOST_BIN"));
         cmd.args(["--guest", &format!("unix:{}", self.sock().display()), "--log-format", "json"])
+            .arg("--admin-socket")
+            .arg(self.host_admin())
             .args(extra);
         let p = Proc::spawn("host", cmd);
         p.logs.wait("the host to connect", |l| {

@@ -20,7 +20,7 @@ pub(super) async fn relay<D: AsyncRead + AsyncWrite + Unpin>(
     tcp: &mut TcpStream,
     data: &mut D,
     early: BytesMut,
-    state: &State,
+    state: &State<'_>,
 ) -> Result<Relayed, RelayError> {
     let (tcp_r, tcp_w) = tcp.split();
     let (data_r, data_w) = tokio::io::split(data);
@@ -33,7 +33,7 @@ pub(super) async fn relay<D: AsyncRead + AsyncWrite + Unpin>(
 async fn encode(
     mut tcp: impl AsyncRead + Unpin,
     mut data: impl AsyncWrite + Unpin,
-    state: &State,
+    state: &State<'_>,
 ) -> Result<u64, RelayError> {
     let mut buf = vec![0u8; SEGMENT_HEADER_LEN + BUF];
     let mut total = 0u64;
@@ -54,6 +54,7 @@ async fn encode(
         data.flush().await.map_err(transport)?;
         state.mid_segment.store(false, Ordering::Relaxed);
         total += n as u64;
+        state.traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -63,7 +64,7 @@ async fn decode(
     mut data: impl AsyncRead + Unpin,
     mut tcp: impl AsyncWrite + Unpin,
     early: BytesMut,
-    state: &State,
+    state: &State<'_>,
 ) -> Result<(u64, BytesMut), RelayError> {
     let mut inbox = early;
     let mut total = 0u64;
@@ -125,6 +126,7 @@ async fn decode(
                     left -= n;
                 }
                 total += h.len as u64;
+                state.traffic.received.fetch_add(h.len as u64, Ordering::Relaxed);
             }
             SegmentKind::Fin if !fin => {
                 fin = true;

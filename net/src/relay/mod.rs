@@ -26,7 +26,7 @@ mod splice;
 use crate::transport::Stream;
 use bytes::BytesMut;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::net::TcpStream;
 
 /// Bytes moved each way by a finished relay.
@@ -97,12 +97,24 @@ pub async fn relay(
     data: &mut Stream,
     early: BytesMut,
     opening: Opening,
+    traffic: &Traffic,
 ) -> Result<Relayed, RelayError> {
     #[cfg(target_os = "linux")]
     let splice = data.fd().is_some();
     #[cfg(not(target_os = "linux"))]
     let splice = false;
-    run(tcp, data, early, opening, splice).await
+    run(tcp, data, early, opening, traffic, splice).await
+}
+
+/// Bytes relayed so far, counted as they move (a forward's connections, or
+/// all of a process's, share one): what a status view shows of connections
+/// that are still open.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// From TCP sides into data connections.
+    pub sent: AtomicU64,
+    /// From data connections out to TCP sides.
+    pub received: AtomicU64,
 }
 
 async fn run(
@@ -110,9 +122,10 @@ async fn run(
     data: &mut Stream,
     early: BytesMut,
     opening: Opening,
+    traffic: &Traffic,
     splice: bool,
 ) -> Result<Relayed, RelayError> {
-    let state = State { opening, ..State::default() };
+    let state = State { opening, traffic, ..State::default() };
     let r = match splice {
         #[cfg(target_os = "linux")]
         true => splice::relay(&tcp, data, early, &state).await,
@@ -131,7 +144,9 @@ async fn run(
 }
 
 /// What the two directions share.
-struct State {
+struct State<'a> {
+    /// Where moved bytes are counted.
+    traffic: &'a Traffic,
     /// Whether the decoding direction first reads the agent's answer.
     opening: Opening,
     /// The encoding direction has announced a segment it has not finished
@@ -144,9 +159,13 @@ struct State {
     fin_sent_now: tokio::sync::Notify,
 }
 
-impl Default for State {
+/// The counter of relays that count nowhere else.
+static UNCOUNTED: Traffic = Traffic { sent: AtomicU64::new(0), received: AtomicU64::new(0) };
+
+impl Default for State<'_> {
     fn default() -> Self {
         State {
+            traffic: &UNCOUNTED,
             opening: Opening::None,
             mid_segment: AtomicBool::new(false),
             fin_sent: AtomicBool::new(false),
@@ -155,7 +174,7 @@ impl Default for State {
     }
 }
 
-impl State {
+impl State<'_> {
     fn sent_fin(&self) {
         self.fin_sent.store(true, Ordering::Relaxed);
         self.fin_sent_now.notify_one();

@@ -32,7 +32,7 @@ pub(super) async fn relay(
     tcp: &TcpStream,
     data: &Stream,
     early: BytesMut,
-    state: &State,
+    state: &State<'_>,
 ) -> Result<Relayed, RelayError> {
     let tcp = Fd::Tcp(tcp);
     let data = Fd::Data(data);
@@ -142,7 +142,7 @@ fn header(kind: SegmentKind, len: usize) -> [u8; SEGMENT_HEADER_LEN] {
 }
 
 /// TCP side -> segments, until the TCP side's end of stream (sent as `Fin`).
-async fn encode(tcp: &Fd<'_>, data: &Fd<'_>, state: &State) -> Result<u64, RelayError> {
+async fn encode(tcp: &Fd<'_>, data: &Fd<'_>, state: &State<'_>) -> Result<u64, RelayError> {
     let mut buf = [0u8; SEGMENT_HEADER_LEN + SMALL];
     let mut fallback: Vec<u8> = Vec::new();
     let mut total = 0u64;
@@ -192,13 +192,14 @@ async fn encode(tcp: &Fd<'_>, data: &Fd<'_>, state: &State) -> Result<u64, Relay
             return Ok(total);
         }
         total += n as u64;
+        state.traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
 /// Writes one segment to the data connection, marking the time it is
 /// half-written.
 async fn segment(
-    state: &State,
+    state: &State<'_>,
     write: impl std::future::Future<Output = io::Result<()>>,
 ) -> Result<(), RelayError> {
     state.mid_segment.store(true, Ordering::Relaxed);
@@ -212,12 +213,13 @@ async fn decode(
     data: &Fd<'_>,
     tcp: &Fd<'_>,
     early: BytesMut,
-    state: &State,
+    state: &State<'_>,
 ) -> Result<(u64, BytesMut), RelayError> {
     let mut inbox = early;
     let mut scratch = vec![0u8; SMALL];
     let mut total = 0u64;
     let mut fin = false;
+    let mut bulk = false;
     if let Opening::Awaited(limit) = state.opening {
         let answer = async {
             while !take_answer(&mut inbox)? {
@@ -239,7 +241,11 @@ async fn decode(
             return Ok((total, inbox));
         }
         while inbox.len() < SEGMENT_HEADER_LEN {
-            let read = data.read(SMALL, |fd| sys::read(fd, &mut scratch));
+            // Behind a bulk segment most likely comes another: read just
+            // its header, so its payload is spliced whole rather than its
+            // first bytes copied through here (and sent as a small packet).
+            let want = if bulk { SEGMENT_HEADER_LEN - inbox.len() } else { SMALL };
+            let read = data.read(want, |fd| sys::read(fd, &mut scratch[..want]));
             // After the peer's Fin only a Reset may follow: the connection
             // is done once this side has sent its own.
             let n = tokio::select! {
@@ -298,6 +304,8 @@ async fn decode(
                     left -= n;
                 }
                 total += h.len as u64;
+                state.traffic.received.fetch_add(h.len as u64, Ordering::Relaxed);
+                bulk = h.len >= BULK;
             }
             SegmentKind::Fin if !fin => {
                 fin = true;

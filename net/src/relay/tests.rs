@@ -19,7 +19,7 @@ async fn run_once(
     splice: bool,
 ) -> Result<Moved, RelayError> {
     let mut data = data;
-    run(tcp, &mut data, early, Opening::None, splice).await.map(|r| r.moved)
+    run(tcp, &mut data, early, Opening::None, &Traffic::default(), splice).await.map(|r| r.moved)
 }
 
 /// A connected TCP pair.
@@ -202,9 +202,16 @@ async fn the_agents_answer_opens_or_refuses() {
         let (mut ua, mut ub) = UnixStream::pair().unwrap();
         let host = tokio::spawn(async move {
             let mut data = Stream::Unix(ua);
-            run(tcp, &mut data, BytesMut::new(), Opening::Awaited(Duration::from_secs(5)), splice)
-                .await
-                .map(|r| r.moved)
+            run(
+                tcp,
+                &mut data,
+                BytesMut::new(),
+                Opening::Awaited(Duration::from_secs(5)),
+                &Traffic::default(),
+                splice,
+            )
+            .await
+            .map(|r| r.moved)
         });
         client.write_all(b"GET").await.unwrap();
         let mut req = [0u8; 8];
@@ -228,9 +235,16 @@ async fn the_agents_answer_opens_or_refuses() {
         (ua, ub) = UnixStream::pair().unwrap();
         let host = tokio::spawn(async move {
             let mut data = Stream::Unix(ua);
-            run(tcp, &mut data, BytesMut::new(), Opening::Awaited(Duration::from_secs(5)), splice)
-                .await
-                .map(|r| r.moved)
+            run(
+                tcp,
+                &mut data,
+                BytesMut::new(),
+                Opening::Awaited(Duration::from_secs(5)),
+                &Traffic::default(),
+                splice,
+            )
+            .await
+            .map(|r| r.moved)
         });
         let mut ub = ub;
         ub.write_all(&hoist_wire::refused_segment(hoist_wire::Refusal::NotListening, "gone"))
@@ -266,7 +280,9 @@ async fn a_data_connection_carries_one_connection_after_another() {
             let mut wire = vec![4, 0, 0, 0, 1, b'a' + round, 5, 0, 0, 0, 0];
             wire.extend_from_slice(&[4, 0, 0, 0, 1, b'z']);
             ub.write_all(&wire[..11]).await.unwrap();
-            let relay = run(tcp, &mut data, std::mem::take(&mut early), Opening::None, splice);
+            let traffic = Traffic::default();
+            let relay =
+                run(tcp, &mut data, std::mem::take(&mut early), Opening::None, &traffic, splice);
             let peer = async {
                 let mut got = [0u8; 1];
                 client.read_exact(&mut got).await.unwrap();
@@ -297,9 +313,16 @@ async fn an_unanswered_open_times_out() {
         let (ua, _silent) = UnixStream::pair().unwrap();
         let host = tokio::spawn(async move {
             let mut data = Stream::Unix(ua);
-            run(tcp, &mut data, BytesMut::new(), Opening::Awaited(Duration::from_secs(7)), splice)
-                .await
-                .map(|r| r.moved)
+            run(
+                tcp,
+                &mut data,
+                BytesMut::new(),
+                Opening::Awaited(Duration::from_secs(7)),
+                &Traffic::default(),
+                splice,
+            )
+            .await
+            .map(|r| r.moved)
         });
         assert_eq!(read_until_end(&mut client).await, Some(io::ErrorKind::ConnectionReset));
         match host.await.unwrap() {
@@ -309,5 +332,31 @@ async fn an_unanswered_open_times_out() {
             }
             other => panic!("{other:?}"),
         }
+    }
+}
+
+/// Bytes are counted as they move, while the connection is still open: a
+/// status view shows live connections, not only finished ones.
+#[tokio::test]
+async fn traffic_is_counted_as_it_moves() {
+    for splice in modes() {
+        let (mut client, tcp) = tcp_pair().await;
+        let (ua, mut ub) = UnixStream::pair().unwrap();
+        let traffic = std::sync::Arc::new(Traffic::default());
+        let t = traffic.clone();
+        let relay = tokio::spawn(async move {
+            let mut data = Stream::Unix(ua);
+            run(tcp, &mut data, BytesMut::new(), Opening::None, &t, splice).await.map(|r| r.moved)
+        });
+        client.write_all(b"abc").await.unwrap();
+        let mut seg = [0u8; 8];
+        ub.read_exact(&mut seg).await.unwrap();
+        ub.write_all(&[4, 0, 0, 0, 2, b'o', b'k']).await.unwrap();
+        let mut reply = [0u8; 2];
+        client.read_exact(&mut reply).await.unwrap();
+        assert_eq!(traffic.sent.load(Ordering::Relaxed), 3, "splice {splice}");
+        assert_eq!(traffic.received.load(Ordering::Relaxed), 2, "splice {splice}");
+        drop((client, ub));
+        let _ = relay.await.unwrap();
     }
 }

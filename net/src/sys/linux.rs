@@ -70,10 +70,14 @@ pub fn open_file_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
-/// The user and process id of a Unix socket's peer (SO_PEERCRED).
-pub fn peer_credentials(s: &impl AsFd) -> io::Result<(u32, u32)> {
-    let cred = rustix::net::sockopt::socket_peercred(s)?;
-    Ok((cred.uid.as_raw(), cred.pid.as_raw_nonzero().get() as u32))
+/// The user and process id of a Unix socket's peer (SO_PEERCRED); pid 0 for
+/// a peer in a PID namespace this process cannot see (e.g. a host relay
+/// outside the agent's namespace). Not rustix's `socket_peercred`: its
+/// `UCred` holds a non-zero `Pid`, so the kernel's pid 0 came back as an
+/// error, "Success (os error 0)", and such a peer was never served.
+pub fn peer_credentials(s: &tokio::net::UnixStream) -> io::Result<(u32, u32)> {
+    let cred = s.peer_cred()?;
+    Ok((cred.uid(), cred.pid().map_or(0, |p| p as u32)))
 }
 
 /// This process's effective user id.

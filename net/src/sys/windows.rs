@@ -19,16 +19,20 @@ use std::io;
 use std::os::windows::io::AsRawSocket;
 use std::time::Duration;
 use windows_sys::core::GUID;
-use windows_sys::Win32::Foundation::{ERROR_NO_MORE_ITEMS, ERROR_SUCCESS};
+use windows_sys::Win32::Foundation::{
+    ERROR_FILE_NOT_FOUND, ERROR_MORE_DATA, ERROR_NO_MORE_ITEMS, ERROR_SUCCESS,
+};
 use windows_sys::Win32::Networking::WinSock::{
     setsockopt, AF_HYPERV, SOCKET_ERROR, SOL_SOCKET, SO_EXCLUSIVEADDRUSE,
 };
+use windows_sys::Win32::System::Console::{FreeConsole, GetConsoleProcessList};
 use windows_sys::Win32::System::Hypervisor::{
     HVSOCKET_CONNECT_TIMEOUT, HVSOCKET_CONNECT_TIMEOUT_MAX, HV_PROTOCOL_RAW, SOCKADDR_HV,
 };
 use windows_sys::Win32::System::Registry::{
-    RegCloseKey, RegEnumKeyExW, RegOpenKeyExW, HKEY, HKEY_CURRENT_USER, HKEY_LOCAL_MACHINE,
-    KEY_READ,
+    RegCloseKey, RegCreateKeyExW, RegDeleteValueW, RegEnumKeyExW, RegGetValueW, RegOpenKeyExW,
+    RegSetValueExW, HKEY, HKEY_CURRENT_USER, HKEY_LOCAL_MACHINE, KEY_READ, KEY_SET_VALUE,
+    REG_OPTION_NON_VOLATILE, REG_SZ, RRF_RT_REG_SZ,
 };
 
 /// setsockopt(2) with a plain value.
@@ -102,14 +106,142 @@ impl Drop for Key {
     }
 }
 
+impl RegistryRoot {
+    fn hkey(self) -> HKEY {
+        match self {
+            RegistryRoot::LocalMachine => HKEY_LOCAL_MACHINE,
+            RegistryRoot::CurrentUser => HKEY_CURRENT_USER,
+        }
+    }
+}
+
+/// A NUL-terminated UTF-16 string for the W functions.
+fn wide(s: &str) -> Vec<u16> {
+    s.encode_utf16().chain(std::iter::once(0)).collect()
+}
+
+/// A Win32 error code as an `io::Error` (ERROR_FILE_NOT_FOUND is `NotFound`).
+fn win32(code: u32) -> io::Error {
+    io::Error::from_raw_os_error(code as i32)
+}
+
+/// Sets the string (REG_SZ) value `name` of `root\path`, creating the key
+/// if needed.
+pub fn registry_set_string(
+    root: RegistryRoot,
+    path: &str,
+    name: &str,
+    value: &str,
+) -> io::Result<()> {
+    let (path, name, value) = (wide(path), wide(name), wide(value));
+    let mut key: HKEY = std::ptr::null_mut();
+    // SAFETY: `path` is NUL-terminated and outlives the call; the class and
+    // security attributes are optional (null); `key` is a valid place for
+    // the handle and the disposition is not asked for.
+    let r = unsafe {
+        RegCreateKeyExW(
+            root.hkey(),
+            path.as_ptr(),
+            0,
+            std::ptr::null(),
+            REG_OPTION_NON_VOLATILE,
+            KEY_SET_VALUE,
+            std::ptr::null(),
+            &mut key,
+            std::ptr::null_mut(),
+        )
+    };
+    if r != ERROR_SUCCESS {
+        return Err(win32(r));
+    }
+    let key = Key(key);
+    let bytes = (value.len() * 2) as u32;
+    // SAFETY: `name` is NUL-terminated; the data pointer covers `bytes`
+    // bytes of `value`, its terminating NUL included, as REG_SZ wants.
+    let r =
+        unsafe { RegSetValueExW(key.0, name.as_ptr(), 0, REG_SZ, value.as_ptr().cast(), bytes) };
+    if r != ERROR_SUCCESS {
+        return Err(win32(r));
+    }
+    Ok(())
+}
+
+/// The string value `name` of `root\path`; `None` when the key or the
+/// value does not exist.
+pub fn registry_get_string(
+    root: RegistryRoot,
+    path: &str,
+    name: &str,
+) -> io::Result<Option<String>> {
+    let (path, name) = (wide(path), wide(name));
+    let mut buf: Vec<u16> = vec![0; 256];
+    loop {
+        let mut bytes = (buf.len() * 2) as u32;
+        // SAFETY: `path` and `name` are NUL-terminated; `buf` has room for
+        // `bytes` bytes, and the call writes at most that many (it reports
+        // the size it needs with ERROR_MORE_DATA instead).
+        let r = unsafe {
+            RegGetValueW(
+                root.hkey(),
+                path.as_ptr(),
+                name.as_ptr(),
+                RRF_RT_REG_SZ,
+                std::ptr::null_mut(),
+                buf.as_mut_ptr().cast(),
+                &mut bytes,
+            )
+        };
+        match r {
+            ERROR_SUCCESS => {
+                let units = (bytes as usize / 2).min(buf.len());
+                let s = &buf[..units];
+                let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
+                return Ok(Some(String::from_utf16_lossy(&s[..end])));
+            }
+            ERROR_MORE_DATA => buf.resize(bytes as usize / 2 + 1, 0),
+            ERROR_FILE_NOT_FOUND => return Ok(None),
+            e => return Err(win32(e)),
+        }
+    }
+}
+
+/// Deletes the value `name` of `root\path`; `false` when there was none.
+pub fn registry_delete_value(root: RegistryRoot, path: &str, name: &str) -> io::Result<bool> {
+    let (path, name) = (wide(path), wide(name));
+    let mut key: HKEY = std::ptr::null_mut();
+    // SAFETY: `path` is NUL-terminated and outlives the call; `key` is a
+    // valid place for the opened handle.
+    let r = unsafe { RegOpenKeyExW(root.hkey(), path.as_ptr(), 0, KEY_SET_VALUE, &mut key) };
+    match r {
+        ERROR_SUCCESS => {}
+        ERROR_FILE_NOT_FOUND => return Ok(false),
+        e => return Err(win32(e)),
+    }
+    let key = Key(key);
+    // SAFETY: an open key and a NUL-terminated name that outlives the call.
+    match unsafe { RegDeleteValueW(key.0, name.as_ptr()) } {
+        ERROR_SUCCESS => Ok(true),
+        ERROR_FILE_NOT_FOUND => Ok(false),
+        e => Err(win32(e)),
+    }
+}
+
+/// Lets go of the console window when this process is its only user (it
+/// was started without one, e.g. at logon, and Windows opened a window for
+/// it); a console shared with a shell stays. Whether it let go.
+pub fn release_own_console() -> bool {
+    let mut pids = [0u32; 2];
+    // SAFETY: `pids` has room for the 2 ids passed as its length.
+    let n = unsafe { GetConsoleProcessList(pids.as_mut_ptr(), pids.len() as u32) };
+    // SAFETY: FreeConsole takes no arguments; it only detaches this process.
+    n == 1 && unsafe { FreeConsole() } != 0
+}
+
 /// The names of the subkeys of `root\path` (read access only). A missing
 /// key is an error of kind `NotFound`.
 pub fn registry_subkeys(root: RegistryRoot, path: &str) -> io::Result<Vec<String>> {
-    let root = match root {
-        RegistryRoot::LocalMachine => HKEY_LOCAL_MACHINE,
-        RegistryRoot::CurrentUser => HKEY_CURRENT_USER,
-    };
-    let wide: Vec<u16> = path.encode_utf16().chain(std::iter::once(0)).collect();
+    let root = root.hkey();
+    let wide: Vec<u16> = wide(path);
     let mut key: HKEY = std::ptr::null_mut();
     // SAFETY: `wide` is NUL-terminated and outlives the call; `key` is a
     // valid place for the opened handle.
@@ -150,6 +282,35 @@ pub fn registry_subkeys(root: RegistryRoot, path: &str) -> io::Result<Vec<String
 mod tests {
     use super::*;
     use crate::transport::hvsock::{sockaddr_hv_bytes, SOCKADDR_HV_LEN};
+
+    /// A string value written, read back (also by reg.exe, so the bytes are
+    /// what Windows reads), longer than the first read buffer, deleted; a
+    /// missing key or value reads as none and deletes as nothing.
+    #[test]
+    fn registry_string_values_round_trip() {
+        use std::process::Command;
+        let base = format!(r"Software\hoist-test-values-{}", std::process::id());
+        let path = format!(r"{base}\Run");
+        let root = RegistryRoot::CurrentUser;
+        assert_eq!(registry_get_string(root, &path, "v").unwrap(), None);
+        assert!(!registry_delete_value(root, &path, "v").unwrap());
+        let value = r#""C:\Program Files\hoist\hoist-host.exe" run --guest hvsock:wsl:1023"#;
+        registry_set_string(root, &path, "v", value).unwrap();
+        assert_eq!(registry_get_string(root, &path, "v").unwrap().as_deref(), Some(value));
+        let out = Command::new("reg")
+            .args(["query", &format!(r"HKCU\{path}"), "/v", "v"])
+            .output()
+            .expect("running reg.exe");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("REG_SZ") && text.contains(value), "{text}");
+        let long = "x".repeat(1000);
+        registry_set_string(root, &path, "long", &long).unwrap();
+        assert_eq!(registry_get_string(root, &path, "long").unwrap(), Some(long));
+        assert!(registry_delete_value(root, &path, "v").unwrap());
+        assert_eq!(registry_get_string(root, &path, "v").unwrap(), None);
+        assert!(!registry_delete_value(root, &path, "v").unwrap());
+        let _ = Command::new("reg").args(["delete", &format!(r"HKCU\{base}"), "/f"]).output();
+    }
 
     /// windows-sys's SOCKADDR_HV and the pure byte layout agree.
     #[test]

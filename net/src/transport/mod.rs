@@ -9,6 +9,8 @@ pub mod hvsock;
 mod tcp;
 #[cfg(unix)]
 mod unix;
+#[cfg(unix)]
+pub(crate) use unix::bind as bind_unix;
 #[cfg(target_os = "linux")]
 mod vsock;
 #[cfg(unix)]

@@ -12,7 +12,7 @@ pub(super) async fn connect(path: &Path) -> Result<UnixStream> {
 /// Binds `path` with permission bits `mode`. A socket file left behind by a
 /// dead agent is replaced; one a live agent still answers on is an error, and
 /// so is any file that is not a socket: that is never removed.
-pub(super) async fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
+pub(crate) async fn bind(path: &Path, mode: u32) -> Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     match std::fs::symlink_metadata(path) {
         Ok(m) if !m.file_type().is_socket() => {
