@@ -4,6 +4,7 @@
 //! connection may wait long; nothing here wakes while it does), looks the
 //! endpoint up in the published table (a port that is not listening is
 //! refused), dials the guest's local listener, answers `Opened`, and relays.
+//! An `Open` of a UDP endpoint is a UDP flow instead (`udp`).
 //! A clean end on both sides returns it to waiting; anything else closes it.
 //! A host that hangs up while the dial is in flight cancels it; the end of
 //! the session ends the wait. The host's end is `host/src/data.rs`.
@@ -13,8 +14,8 @@ use anyhow::Result;
 use bytes::BytesMut;
 use hoist_net::{relay, Opening, Stream};
 use hoist_wire::{
-    parse_open, refused_segment, Conn, Endpoint, Refusal, SegmentHeader, SegmentKind, Ticket,
-    WireError, SEGMENT_HEADER_LEN,
+    parse_open, refused_segment, Conn, Endpoint, Proto, Refusal, SegmentHeader, SegmentKind,
+    Ticket, WireError, SEGMENT_HEADER_LEN,
 };
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -69,6 +70,15 @@ pub async fn serve(conn: Conn<Stream>, ticket: Ticket, door: &Door, slot: Slot) 
             _ = ended.cancelled() => return Ok(()),
         };
         let Some(endpoint) = endpoint else { return Ok(()) };
+        if endpoint.proto == Proto::Udp {
+            match crate::udp::flow(&mut data, std::mem::take(&mut inbox), endpoint, door).await? {
+                Some(leftover) if !ended.is_cancelled() => {
+                    inbox = leftover;
+                    continue;
+                }
+                _ => return Ok(()),
+            }
+        }
         let Some(guest) = dial(&mut data, endpoint, door).await? else { return Ok(()) };
         send(&mut data, &SegmentHeader::new(SegmentKind::Opened, 0).encode()).await?;
         // Segments the host sent behind its Open belong to the relay. A reset

@@ -2,7 +2,8 @@
 //! the ring buffer, `sock_diag` snapshots) -> `tracker` (drives the pure
 //! listener `table`) -> `serve` (the door for the host) -> `control` (the
 //! stream of changes to the host) and `data` (data connections from the host,
-//! dialled to the guest's local port). `sys` holds the system calls.
+//! dialled to the guest's local port; `udp` carries a UDP flow's datagrams).
+//! `sys` holds the system calls.
 //!
 //! [`Agent::new`] assembles an agent from any [`EventSource`]; the binary
 //! uses [`run`], which loads the kernel source.
@@ -18,6 +19,7 @@ mod source;
 mod sys;
 mod table;
 mod tracker;
+mod udp;
 
 pub use admin::show_status;
 pub use source::{

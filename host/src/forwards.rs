@@ -1,7 +1,8 @@
 //! The host's forwards: the guest's endpoints, what the rules decide for
 //! each, and an owned handle per served one. Opening a forward binds its
 //! host port; dropping its handle closes the port and stops its accept loop
-//! (connections already carried live on until either side closes them). A
+//! (connections already carried live on until either side closes them) or,
+//! for UDP, its socket's task and its flows (`udp`). A
 //! port a host program already holds is reported once and retried while it
 //! lasts; hoist never shares or steals it. New rules re-decide every
 //! endpoint: a forward whose place did not change keeps its port and its
@@ -10,7 +11,7 @@
 use crate::listener::{accept_loop, bind_host_port};
 use crate::rules::{Decision, Defaults, Rules};
 use crate::{Config, ForwardState, ForwardStats, ForwardStatus, Status};
-use hoist_wire::{Endpoint, Forward};
+use hoist_wire::{Endpoint, Forward, Proto};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,23 +20,31 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-/// A mirrored guest listener. Dropping it closes the host port.
+/// A mirrored guest listener (TCP) or server (UDP). Dropping it closes the
+/// host port.
 pub struct ForwardHandle {
+    proto: Proto,
     host: SocketAddr,
     rule: Option<String>,
     since: SystemTime,
     stats: Arc<ForwardStats>,
     task: JoinHandle<()>,
-    /// A second descriptor for the listening socket `task` accepts on.
+    /// A second descriptor for the socket `task` serves.
     socket: socket2::Socket,
 }
 
 impl Drop for ForwardHandle {
     fn drop(&mut self) {
-        // Aborting the task drops its listener only when the runtime next
-        // gets to it; shutting the socket down refuses new connections now,
-        // so the port is closed by the time "forward_closed" is logged.
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        // Aborting the task drops its socket only when the runtime next
+        // gets to it; shutting a listener down refuses new connections now
+        // (deafening a UDP socket refuses new datagrams), so the port is
+        // closed by the time "forward_closed" is logged.
+        match self.proto {
+            Proto::Tcp => {
+                let _ = self.socket.shutdown(std::net::Shutdown::Both);
+            }
+            Proto::Udp => crate::udp::deafen(&self.socket),
+        }
         self.task.abort();
     }
 }
@@ -154,13 +163,24 @@ impl Forwards {
     /// conflict (try number `tries`) when the port cannot be had.
     fn open(&self, f: &Forward, host: SocketAddr, rule: Option<String>, tries: u32) -> Place {
         let e = f.endpoint;
-        match bind_host_port(host).and_then(|l| Ok((socket2::SockRef::from(&l).try_clone()?, l))) {
-            Ok((socket, listener)) => {
-                info!(event = "forward_opened", port = e.port, family = %e.family(), host = %host, guest_address = %f.guest_addr, pid = f.pid, comm = %f.comm, rule = rule.as_deref().unwrap_or("default"), "forwarding {host} to the guest's {}", e);
-                let stats = Arc::new(ForwardStats::default());
-                let task =
-                    tokio::spawn(accept_loop(listener, e, self.config.clone(), stats.clone()));
+        let stats = Arc::new(ForwardStats::default());
+        let (config, stats2) = (self.config.clone(), stats.clone());
+        let opened = match e.proto {
+            Proto::Tcp => bind_host_port(host).and_then(|l| {
+                let socket = socket2::SockRef::from(&l).try_clone()?;
+                Ok((socket, tokio::spawn(accept_loop(l, e, config, stats2))))
+            }),
+            Proto::Udp => crate::udp::bind(host).and_then(|s| {
+                let socket = socket2::SockRef::from(&s).try_clone()?;
+                let s = tokio::net::UdpSocket::from_std(s)?;
+                Ok((socket, tokio::spawn(crate::udp::serve(s, e, config, stats2))))
+            }),
+        };
+        match opened {
+            Ok((socket, task)) => {
+                info!(event = "forward_opened", proto = %e.proto, port = e.port, family = %e.family(), host = %host, guest_address = %f.guest_addr, pid = f.pid, comm = %f.comm, rule = rule.as_deref().unwrap_or("default"), "forwarding {} {host} to the guest's {}", e.proto, e);
                 Place::Open(ForwardHandle {
+                    proto: e.proto,
                     host,
                     rule,
                     since: SystemTime::now(),
@@ -172,7 +192,7 @@ impl Forwards {
             Err(err) => {
                 let why = explain_bind_error(&err, host);
                 if tries == 0 {
-                    warn!(event = "host_port_conflict", port = e.port, family = %e.family(), host = %host, pid = f.pid, comm = %f.comm, reason = %why, "host port {host} {why}; guest listener of pid {} ({}) is not forwarded until it is free", f.pid, f.comm);
+                    warn!(event = "host_port_conflict", proto = %e.proto, port = e.port, family = %e.family(), host = %host, pid = f.pid, comm = %f.comm, reason = %why, "{} port {host} {why}; guest listener of pid {} ({}) is not forwarded until it is free", e.proto, f.pid, f.comm);
                 }
                 Place::Conflict {
                     host,
@@ -215,7 +235,7 @@ impl Forwards {
             let place = match self.open(&f, host, rule, tries + 1) {
                 Place::Conflict { host, rule, why: now_why, tries, next_try, .. } => {
                     if now_why != why {
-                        warn!(event = "host_port_conflict", port = e.port, family = %e.family(), host = %host, reason = %now_why, "host port {host} {now_why}");
+                        warn!(event = "host_port_conflict", proto = %e.proto, port = e.port, family = %e.family(), host = %host, reason = %now_why, "host port {host} {now_why}");
                     }
                     Place::Conflict { host, rule, why: now_why, tries, next_try, since }
                 }
@@ -261,10 +281,10 @@ impl Forwards {
                 // connect the moment the line appears.
                 let host = h.host;
                 drop(h);
-                info!(event = "forward_closed", port = e.port, family = %e.family(), host = %host, pid = f.pid, comm = %f.comm, "{why}; host port {host} closed");
+                info!(event = "forward_closed", proto = %e.proto, port = e.port, family = %e.family(), host = %host, pid = f.pid, comm = %f.comm, "{why}; host port {host} closed");
             }
             Place::Conflict { host, .. } => {
-                info!(event = "forward_closed", port = e.port, family = %e.family(), host = %host, "{why} (its host port was in conflict)");
+                info!(event = "forward_closed", proto = %e.proto, port = e.port, family = %e.family(), host = %host, "{why} (its host port was in conflict)");
             }
             Place::Ignored { .. } => debug!(port = e.port, "{why} (it was ignored)"),
         }

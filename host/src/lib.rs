@@ -2,7 +2,8 @@
 //! from the agent, reconnecting with backoff) -> `forwards` (one owned handle
 //! per mirrored guest listener) -> `listener` (accepts on the host's loopback)
 //! -> `data` (each accepted client carried over a data connection to the
-//! agent, taken from the session's `pool`).
+//! agent, taken from the session's `pool`). A UDP forward is `udp`: its
+//! socket, its flow table, a data connection per flow.
 #![forbid(unsafe_code)]
 
 mod admin;
@@ -17,6 +18,7 @@ mod listener_windows;
 mod pool;
 mod rules;
 mod status;
+mod udp;
 
 use hoist_net::{Addr, Limit, Traffic};
 use hoist_wire::{AgentInfo, Endpoint, Forward, Token};
@@ -44,13 +46,15 @@ pub struct Config {
     /// Forwards are closed once the agent has been unreachable this long.
     pub stale_after: Duration,
     /// Client connections carried at once; beyond it new clients are reset
-    /// and counted.
+    /// and counted. A UDP flow counts as one.
     pub max_connections: usize,
     /// Where the forwarding rules come from.
     pub rules: RuleSource,
     /// The local socket `hoist-host status` and `reload` talk to (none:
     /// no such socket).
     pub admin_socket: Option<PathBuf>,
+    /// A UDP flow with no datagram either way for this long ends.
+    pub udp_idle_timeout: Duration,
     /// The current session's data connections.
     pool: pool::DataPool,
     /// The bound on client connections (from `max_connections`, fitted to
@@ -142,6 +146,9 @@ pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long forwards outlive an unreachable agent unless configured.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(30);
 
+/// How long an idle UDP flow lives unless configured.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Config {
     /// Reaches the agent at `guest`; forwards listen on loopback.
     pub fn new(guest: Addr) -> Config {
@@ -155,6 +162,7 @@ impl Config {
             max_connections: hoist_net::DEFAULT_MAX_CONNECTIONS,
             rules: RuleSource::default(),
             admin_socket: None,
+            udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
             pool: Default::default(),
             limit: Limit::new(hoist_net::DEFAULT_MAX_CONNECTIONS),
             target: Default::default(),

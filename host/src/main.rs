@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
-/// Host relay of hoist: mirrors every TCP listener of the guest on this host's loopback.
+/// Host relay of hoist: mirrors every TCP listener and UDP server of the guest on this host's
+/// loopback.
 ///
 /// Without a subcommand it runs the relay (as `hoist-host run`).
 #[derive(Parser, Debug)]
@@ -102,7 +103,7 @@ struct RunArgs {
     #[arg(long, default_value_t = hoist_host::DEFAULT_STALE_AFTER.as_secs())]
     stale_after: u64,
     /// Client connections carried at once; beyond it new clients are reset and counted. Lowered
-    /// at start-up if the open-file limit cannot cover it.
+    /// at start-up if the open-file limit cannot cover it. A UDP flow counts as one.
     #[arg(long, default_value_t = hoist_net::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
     /// Forwarding rules (TOML, [[rule]] tables); default: /etc/hoist/host.toml for root,
@@ -119,6 +120,10 @@ struct RunArgs {
     /// Where `hoist-host status` and `reload` reach this relay; default: this user's.
     #[arg(long)]
     admin_socket: Option<PathBuf>,
+    /// Seconds a UDP flow (one client address of a UDP forward) may be idle, no datagram either
+    /// way, before it ends and its sockets close on both sides.
+    #[arg(long, default_value_t = hoist_host::DEFAULT_UDP_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    udp_idle_timeout: u64,
     /// Log lines as text or as one JSON object per line; filter with RUST_LOG.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -226,6 +231,7 @@ fn config(args: &RunArgs) -> Result<Config> {
     c.admin_socket = Some(
         args.admin_socket.clone().unwrap_or_else(|| hoist_net::admin::default_path("hoist-host")),
     );
+    c.udp_idle_timeout = std::time::Duration::from_secs(args.udp_idle_timeout);
     let (mut v4, mut v6) = (0, 0);
     for a in &args.bind_address {
         match a {

@@ -1,9 +1,9 @@
 //! hoist's runtime pieces, shared by the host relay and the guest agent: the
 //! transports that carry the wire protocol (`transport`, the only place that
 //! opens sockets to the peer), the full-duplex byte relay both sides run on
-//! data connections (`relay`), the bound on connections carried at once
-//! (`limit`), log set-up and process start-up. The wire
-//! format itself lives in `hoist-wire`.
+//! data connections (`relay`), a UDP flow's segments on them (`datagram`),
+//! the bound on connections carried at once (`limit`), log set-up and
+//! process start-up. The wire format itself lives in `hoist-wire`.
 // `unsafe` lives only in sys/windows.rs (Windows system calls); elsewhere,
 // and on every other OS, there is none.
 #![cfg_attr(not(windows), forbid(unsafe_code))]
@@ -13,6 +13,7 @@
 pub mod admin;
 #[cfg(windows)]
 mod console;
+mod datagram;
 pub mod docs;
 mod limit;
 mod logging;
@@ -21,6 +22,9 @@ mod relay;
 mod sys;
 mod transport;
 
+pub use datagram::{
+    datagram_segment, grow_recv_buffer, write_fin, DatagramBuf, FlowSegment, SegmentReader,
+};
 pub use limit::{Limit, Permit, Refused, DEFAULT_MAX_CONNECTIONS};
 pub use logging::LogFormat;
 pub use process::{read_token_file, run_main, run_main_logging_to, stop_on_signal};

@@ -124,6 +124,11 @@ impl Endpoint {
         Endpoint { proto: Proto::Tcp, addr: family.loopback(), port }
     }
 
+    /// A UDP endpoint at the family's loopback address.
+    pub fn udp(family: Family, port: u16) -> Endpoint {
+        Endpoint { proto: Proto::Udp, addr: family.loopback(), port }
+    }
+
     /// The address family.
     pub fn family(&self) -> Family {
         Family::of(self.addr)
@@ -151,11 +156,6 @@ impl Family {
             Family::V4 => IpAddr::V4(Ipv4Addr::LOCALHOST),
             Family::V6 => IpAddr::V6(Ipv6Addr::LOCALHOST),
         }
-    }
-
-    /// A UDP endpoint at the family's loopback address.
-    pub fn udp(family: Family, port: u16) -> Endpoint {
-        Endpoint { proto: Proto::Udp, addr: family.loopback(), port }
     }
 }
 

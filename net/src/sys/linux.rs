@@ -80,6 +80,16 @@ pub fn peer_credentials(s: &tokio::net::UnixStream) -> io::Result<(u32, u32)> {
     Ok((cred.uid(), cred.pid().map_or(0, |p| p as u32)))
 }
 
+/// Sets a socket's receive buffer to `bytes`: past `net.core.rmem_max` when
+/// the process may (CAP_NET_ADMIN), else as far as that allows.
+pub fn set_recv_buffer(fd: impl AsFd, bytes: usize) -> io::Result<()> {
+    use rustix::net::sockopt::{set_socket_recv_buffer_size, set_socket_recv_buffer_size_force};
+    match set_socket_recv_buffer_size_force(&fd, bytes) {
+        Ok(()) => Ok(()),
+        Err(_) => Ok(set_socket_recv_buffer_size(&fd, bytes)?),
+    }
+}
+
 /// This process's effective user id.
 pub fn effective_uid() -> u32 {
     rustix::process::geteuid().as_raw()
