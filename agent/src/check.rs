@@ -126,6 +126,8 @@ pub const KERNEL_CONFIG: &[(&str, &[&str])] = &[
             "CONFIG_PERF_EVENTS",
             "CONFIG_UPROBE_EVENTS",
             "CONFIG_FTRACE_SYSCALLS",
+            "CONFIG_CGROUPS",
+            "CONFIG_CGROUP_BPF",
         ],
     ),
     ("sock_diag.tcp4", &["CONFIG_INET_DIAG", "CONFIG_INET_TCP_DIAG"]),
@@ -828,7 +830,8 @@ const IPPROTO_UDP: u8 = 17;
 fn sock_diag(key: &'static str, family: u8, protocol: u8) -> Item {
     let proto = if protocol == IPPROTO_TCP { "TCP" } else { "UDP" };
     let v = if family == AF_INET { "IPv4" } else { "IPv6" };
-    // UDP: needed for UDP forwarding, which is coming; the agent runs without.
+    // UDP: needed for UDP forwarding; without it the agent forwards TCP only
+    // (and says so at start-up).
     let need = if protocol == IPPROTO_TCP { Need::Always } else { Need::Optional };
     match diag_dump(family, protocol) {
         Ok(n) => Item::ok(

@@ -85,10 +85,16 @@ pub fn ep(family: &str, port: u16) -> Ep {
     (family.to_string(), port)
 }
 
-/// The set of host forwards implied by the host's log so far.
+/// The set of host TCP forwards implied by the host's log so far.
 pub fn serving(lines: &[serde_json::Value]) -> BTreeSet<Ep> {
+    serving_proto(lines, "tcp")
+}
+
+/// The set of host forwards of one protocol ("tcp", "udp") implied by the
+/// host's log so far.
+pub fn serving_proto(lines: &[serde_json::Value], proto: &str) -> BTreeSet<Ep> {
     let mut s = BTreeSet::new();
-    for v in lines {
+    for v in lines.iter().filter(|v| v.get("proto").and_then(|p| p.as_str()) == Some(proto)) {
         let fam = v.get("family").and_then(|f| f.as_str()).unwrap_or_default().to_string();
         if is_event(v, "forward_opened") {
             s.insert((fam, port_of(v).unwrap()));
