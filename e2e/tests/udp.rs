@@ -11,79 +11,13 @@ mod common;
 use common::*;
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The largest UDP payloads IPv4 and IPv6 carry.
 const MAX_V4: usize = 65_507;
 const MAX_V6: usize = 65_527;
-
-fn udp_forwards(lab: &Lab) -> BTreeSet<Ep> {
-    serving_proto(&lab.host_logs().snapshot(), "udp")
-}
-
-fn wait_udp(lab: &Lab, what: &str, pred: impl Fn(&BTreeSet<Ep>) -> bool) -> BTreeSet<Ep> {
-    lab.host_logs().wait(what, |l| {
-        let s = serving_proto(l, "udp");
-        pred(&s).then_some(s)
-    })
-}
-
-/// A UDP port free in the guest and on the host: explicit binds of it make
-/// servers (a port 0 bind never does).
-fn free_udp_port(lab: &Lab) -> u16 {
-    loop {
-        let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let free_in_guest = lab.guest(move || UdpSocket::bind(("0.0.0.0", port)).is_ok());
-        if free_in_guest && UdpSocket::bind(("::1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// A guest UDP socket bound to `addr` (an explicit port): a server.
-fn guest_udp(lab: &Lab, addr: &str) -> UdpSocket {
-    let addr: SocketAddr = addr.parse().unwrap();
-    lab.guest(move || {
-        let s = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )
-        .unwrap();
-        // Room for a burst of the largest datagrams from every client.
-        let _ = s.set_recv_buffer_size(16 << 20);
-        s.bind(&addr.into()).unwrap();
-        s.into()
-    })
-}
-
-/// Echoes every datagram back to its sender until the socket errors out.
-fn serve_udp_echo(s: UdpSocket) {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65_536];
-        while let Ok((n, from)) = s.recv_from(&mut buf) {
-            let _ = s.send_to(&buf[..n], from);
-        }
-    });
-}
-
-/// A host client of `addr` with bounded waits.
-fn client(addr: &str) -> UdpSocket {
-    let bind = if addr.starts_with('[') { "[::1]:0" } else { "127.0.0.1:0" };
-    let c = UdpSocket::bind(bind).unwrap();
-    c.connect(addr).unwrap();
-    c.set_read_timeout(Some(WAIT)).unwrap();
-    c
-}
-
-/// Asserts the host port behind `c` refuses: the probe meets no socket.
-fn refused_udp(c: &UdpSocket) {
-    c.send(b"anyone?").unwrap();
-    let err = c.recv(&mut [0u8; 64]).expect_err("a closed forward answered");
-    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
-}
 
 fn dig(server: &str, port: u16, name: &str, rtype: &str) -> String {
     let out = Command::new("dig")
@@ -114,8 +48,8 @@ fn a_dns_server_in_the_guest_answers_dig_on_the_hosts_loopback() {
     lab.wait_forwarded("ipv4", port);
     assert_eq!(dig("127.0.0.1", port, "hoist.test", "A"), "10.1.2.3");
     assert_eq!(dig("::1", port, "hoist.test", "AAAA"), "fd00::1234");
-    let v4 = client(&format!("127.0.0.1:{port}"));
-    let v6 = client(&format!("[::1]:{port}"));
+    let v4 = udp_client(&format!("127.0.0.1:{port}"));
+    let v6 = udp_client(&format!("[::1]:{port}"));
     dnsmasq.stop();
     wait_udp(&lab, "dnsmasq's UDP ports to be closed", |s| s.is_disjoint(&both));
     refused_udp(&v4);
@@ -143,7 +77,7 @@ fn datagrams_of_every_size_from_fifty_clients_come_back_whole_to_their_sender() 
         .map(|who| {
             let addr = addr.clone();
             std::thread::spawn(move || {
-                let c = client(&addr);
+                let c = udp_client(&addr);
                 let mut buf = vec![0u8; 65_536];
                 for seq in 0..EACH {
                     let i = who * EACH + seq;
@@ -239,7 +173,7 @@ fn only_unconnected_sockets_bound_to_a_named_port_are_forwarded() {
     serve_udp_echo(guest_udp(&lab, &format!("[::1]:{barrier}")));
     wait_udp(&lab, "the barrier", |s| s.contains(&ep("ipv6", barrier)));
     // The largest datagram IPv6 carries crosses whole.
-    let v6 = client(&format!("[::1]:{barrier}"));
+    let v6 = udp_client(&format!("[::1]:{barrier}"));
     let d = datagram(0, 0, MAX_V6);
     v6.send(&d).unwrap();
     let mut buf = vec![0u8; 65_536];
@@ -262,7 +196,7 @@ fn only_unconnected_sockets_bound_to_a_named_port_are_forwarded() {
         "the failed bind of {held} made a second forward: {opened:?}"
     );
     assert_eq!(
-        udp_forwards(&lab),
+        serving_proto(&lab.host_logs().snapshot(), "udp"),
         BTreeSet::from([ep("ipv4", held), ep("ipv6", barrier)]),
         "the forwards are exactly the servers"
     );
