@@ -10,7 +10,9 @@
 //! deaf at once when dropped ([`deafen`]): the socket is connected to itself,
 //! so every client's datagram meets no socket (the client sees the port
 //! closed) even before the runtime has dropped the aborted task, which closes
-//! it.
+//! it. On Windows (as far as Wine shows) a deafened socket refuses nobody: the
+//! port refuses once the runtime drops the task, right after, as a TCP
+//! forward's does there.
 
 mod flow;
 pub mod flows;
@@ -260,7 +262,9 @@ mod tests {
 
     /// A forward's port refuses a client at once when its handle deafens it,
     /// while its task still holds the socket (nothing has yielded to the
-    /// runtime since).
+    /// runtime since). Linux only: under Wine the client sees no refusal
+    /// from a deafened socket (see the module's doc).
+    #[cfg(not(windows))]
     #[tokio::test]
     async fn a_deafened_forward_refuses_at_once() {
         let std_socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
