@@ -243,8 +243,10 @@ async fn session(
     };
     let mut conn = Conn::new(s);
     let (agent, ticket, table) = handshake(&mut conn, config).await.map_err(before)?;
-    forwards.resync(table);
+    // The pool first: a forward's port takes clients the moment it opens,
+    // and each needs the session's data connections.
     config.pool.start(addr, ticket);
+    forwards.resync(table);
     status.send_modify(|st| {
         st.connected = true;
         st.last_error = None;

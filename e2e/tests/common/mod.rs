@@ -111,11 +111,13 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts `cmd` with its log followed; its RUST_LOG is `info`, or what
+    /// E2E_LOG says (`E2E_LOG=debug` to see why a test failed).
     pub fn spawn(name: &'static str, mut cmd: Command) -> Proc {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", std::env::var("E2E_LOG").unwrap_or_else(|_| "info".into()));
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
         let logs = Logs::follow(name, child.stderr.take().unwrap());
         Proc { child, logs }
