@@ -525,9 +525,14 @@ impl Vm {
         }
     }
 
-    /// The host ports hoist-host serves, from its log.
+    /// The host TCP ports hoist-host serves, from its log.
     fn serving(&self) -> BTreeSet<u16> {
-        self.host.as_ref().map(|h| h.lines.with(serving_ports)).unwrap_or_default()
+        self.serving_proto("tcp")
+    }
+
+    /// The host ports hoist-host serves for `proto` ("tcp", "udp"), from its log.
+    fn serving_proto(&self, proto: &str) -> BTreeSet<u16> {
+        self.host.as_ref().map(|h| h.lines.with(|l| serving_ports(l, proto))).unwrap_or_default()
     }
 
     /// Lines the guest's churn process has logged (one per port change, then `settled`).
