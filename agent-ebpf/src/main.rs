@@ -82,11 +82,11 @@ static IN_LISTEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
 #[no_mangle]
 pub(crate) static NETNS_INUM: u32 = 0;
 #[no_mangle]
-pub(crate) static OFF_FAMILY: u32 = ABSENT;
+static OFF_FAMILY: u32 = ABSENT;
 #[no_mangle]
-pub(crate) static OFF_PROTOCOL: u32 = ABSENT;
+static OFF_PROTOCOL: u32 = ABSENT;
 #[no_mangle]
-pub(crate) static PROTOCOL_SIZE: u32 = 0;
+static PROTOCOL_SIZE: u32 = 0;
 #[no_mangle]
 static OFF_NUM: u32 = ABSENT;
 #[no_mangle]
@@ -98,9 +98,9 @@ static OFF_IPV6ONLY_BYTE: u32 = ABSENT;
 #[no_mangle]
 static IPV6ONLY_BIT: u32 = 0;
 #[no_mangle]
-pub(crate) static OFF_NET: u32 = ABSENT;
+static OFF_NET: u32 = ABSENT;
 #[no_mangle]
-pub(crate) static OFF_NET_INUM: u32 = ABSENT;
+static OFF_NET_INUM: u32 = ABSENT;
 #[no_mangle]
 static OFF_INET_SPORT: u32 = ABSENT;
 #[no_mangle]
@@ -163,10 +163,10 @@ unsafe fn describe(sk: *const u8, kind: u8) -> Option<ListenEvent> {
     describe_as(sk, kind, IPPROTO_TCP)
 }
 
-/// Builds the event for `sk` if its protocol is `protocol` (and its family and
-/// network namespace are watched). The port is the caller's to fill in.
+/// `sk`'s family and network namespace inode, if it is a socket of
+/// `protocol` in a family and the network namespace the agent watches.
 #[inline(always)]
-pub(crate) unsafe fn describe_as(sk: *const u8, kind: u8, protocol: u8) -> Option<ListenEvent> {
+pub(crate) unsafe fn watched_sock(sk: *const u8, protocol: u8) -> Option<(u16, u32)> {
     let family: u16 = load(sk, global(&OFF_FAMILY));
     if family != AF_INET && family != AF_INET6 {
         return None;
@@ -190,6 +190,14 @@ pub(crate) unsafe fn describe_as(sk: *const u8, kind: u8, protocol: u8) -> Optio
     if want != 0 && netns != want {
         return None;
     }
+    Some((family, netns))
+}
+
+/// Builds the event for `sk` if its protocol is `protocol` (and its family and
+/// network namespace are watched). The port is the caller's to fill in.
+#[inline(always)]
+pub(crate) unsafe fn describe_as(sk: *const u8, kind: u8, protocol: u8) -> Option<ListenEvent> {
+    let (family, netns) = watched_sock(sk, protocol)?;
     let mut ev = ListenEvent::zeroed();
     ev.kind = kind;
     ev.proto = protocol;

@@ -23,10 +23,7 @@
 //!   with port 0 and resolved from a snapshot. Attached to the cgroup v2
 //!   root, they see every process's sockets; they only ever allow.
 
-use crate::{
-    count_drop, ctx_slot, emit, global, load, sport_num, NETNS_INUM, OFF_FAMILY, OFF_NET,
-    OFF_NET_INUM, OFF_PROTOCOL, PIDNS_INO, PROTOCOL_SIZE,
-};
+use crate::{count_drop, ctx_slot, emit, global, load, sport_num, NETNS_INUM, PIDNS_INO};
 use aya_ebpf::bindings::{bpf_sock, bpf_sock_addr, BPF_F_NO_PREALLOC, BPF_NOEXIST};
 use aya_ebpf::helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie};
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
@@ -159,27 +156,7 @@ fn connected<C: EbpfContext>(ctx: &C, cookie: u64, family: u16) {
 /// Whether `sk` is a UDP socket of the watched namespace; its family.
 #[inline(always)]
 unsafe fn udp_family(sk: *const u8) -> Option<u16> {
-    let family: u16 = load(sk, global(&OFF_FAMILY));
-    if family != AF_INET && family != AF_INET6 {
-        return None;
-    }
-    let proto = match global(&PROTOCOL_SIZE) {
-        2 => load::<u16>(sk, global(&OFF_PROTOCOL)),
-        1 => load::<u8>(sk, global(&OFF_PROTOCOL)) as u16,
-        _ => return None,
-    };
-    if proto != IPPROTO_UDP as u16 {
-        return None;
-    }
-    let net: *const u8 = load(sk, global(&OFF_NET));
-    if net.is_null() {
-        return None;
-    }
-    let want = global(&NETNS_INUM);
-    if want != 0 && load::<u32>(net, global(&OFF_NET_INUM)) != want {
-        return None;
-    }
-    Some(family)
+    crate::watched_sock(sk, IPPROTO_UDP).map(|(family, _)| family)
 }
 
 /// Whether bind() was given `sk`'s port.
@@ -203,34 +180,31 @@ unsafe fn server_bound<C: EbpfContext>(ctx: &C, sk: *const u8) {
     }
 }
 
-#[fexit(function = "inet_bind")]
-pub fn udp_bind(ctx: FExitContext) -> i32 {
-    // inet_bind(struct socket *, struct sockaddr *, int): the return value
-    // follows the three parameters (the agent checks the prototype).
-    if ctx_slot::<24>(&ctx) as i32 != 0 {
+/// A bind that succeeded: `inet_bind` and `inet6_bind` both take
+/// (struct socket *, struct sockaddr *, int), the return value following the
+/// three parameters (the agent checks the prototypes).
+#[inline(always)]
+fn bind_returned(ctx: &FExitContext) -> i32 {
+    if ctx_slot::<24>(ctx) as i32 != 0 {
         return 0;
     }
     let sock: *const u8 = ctx.arg(0);
     // SAFETY: sock is the BTF-typed argument; loads are verifier-checked.
     unsafe {
         let sk: *const u8 = load(sock, global(&OFF_SOCKET_SK));
-        server_bound(&ctx, sk);
+        server_bound(ctx, sk);
     }
     0
 }
 
+#[fexit(function = "inet_bind")]
+pub fn udp_bind(ctx: FExitContext) -> i32 {
+    bind_returned(&ctx)
+}
+
 #[fexit(function = "inet6_bind")]
 pub fn udp_bind6(ctx: FExitContext) -> i32 {
-    if ctx_slot::<24>(&ctx) as i32 != 0 {
-        return 0;
-    }
-    let sock: *const u8 = ctx.arg(0);
-    // SAFETY: as above.
-    unsafe {
-        let sk: *const u8 = load(sock, global(&OFF_SOCKET_SK));
-        server_bound(&ctx, sk);
-    }
-    0
+    bind_returned(&ctx)
 }
 
 /// A connect that succeeded on a socket of the map.

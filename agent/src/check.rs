@@ -126,6 +126,8 @@ pub const KERNEL_CONFIG: &[(&str, &[&str])] = &[
             "CONFIG_PERF_EVENTS",
             "CONFIG_UPROBE_EVENTS",
             "CONFIG_FTRACE_SYSCALLS",
+            "CONFIG_CGROUPS",
+            "CONFIG_CGROUP_BPF",
         ],
     ),
     ("sock_diag.tcp4", &["CONFIG_INET_DIAG", "CONFIG_INET_TCP_DIAG"]),
@@ -291,6 +293,7 @@ pub fn json(items: &[Item], mode: HookMode) -> serde_json::Value {
 pub mod cap {
     pub const DAC_READ_SEARCH: u32 = 2;
     pub const NET_BIND_SERVICE: u32 = 10;
+    pub const NET_ADMIN: u32 = 12;
     pub const SYS_PTRACE: u32 = 19;
     pub const SYS_ADMIN: u32 = 21;
     pub const PERFMON: u32 = 38;
@@ -313,13 +316,17 @@ pub struct Wants {
     pub enter_netns: bool,
     /// Listening on a vsock port up to 1023 (CAP_NET_BIND_SERVICE).
     pub privileged_port: bool,
+    /// The tracepoint set may be attached: its cgroup socket programs (UDP
+    /// servers) need CAP_NET_ADMIN.
+    pub cgroup_hooks: bool,
 }
 
 /// Judges the effective capabilities against what the agent does. Needed:
 /// CAP_BPF (maps, programs) and CAP_PERFMON (tracing programs and their
 /// attachment), each or CAP_SYS_ADMIN (which implies both, and is the only
 /// one before Linux 5.8); CAP_SYS_ADMIN to mount tracefs or enter `--netns`;
-/// CAP_NET_BIND_SERVICE for a vsock port up to 1023; CAP_DAC_READ_SEARCH and
+/// CAP_NET_BIND_SERVICE for a vsock port up to 1023; CAP_NET_ADMIN (or
+/// CAP_SYS_ADMIN) for the tracepoint set's cgroup programs; CAP_DAC_READ_SEARCH and
 /// CAP_SYS_PTRACE, to read tracefs and name the owners of other users'
 /// listeners from /proc (the agent will not run without them). Pure.
 pub fn privileges(cap_eff: u64, wants: Wants) -> Item {
@@ -339,6 +346,9 @@ pub fn privileges(cap_eff: u64, wants: Wants) -> Item {
     }
     if wants.privileged_port && !has(cap::NET_BIND_SERVICE) {
         missing.push("CAP_NET_BIND_SERVICE (the vsock port up to 1023)");
+    }
+    if wants.cgroup_hooks && !has(cap::NET_ADMIN) && !admin {
+        missing.push("CAP_NET_ADMIN (the tracepoint set's cgroup programs, for UDP servers)");
     }
     // The agent refuses to start without these (agent/src/privileges.rs):
     // every listener must come with its owner.
@@ -565,6 +575,7 @@ pub fn run(config: &Config) -> Vec<Item> {
         mount_tracefs: !tracefs_mounted,
         enter_netns: config.netns.is_some(),
         privileged_port,
+        cgroup_hooks: config.hooks != HookMode::Trampoline,
     };
     let privileged = can_load(caps);
 
@@ -828,7 +839,8 @@ const IPPROTO_UDP: u8 = 17;
 fn sock_diag(key: &'static str, family: u8, protocol: u8) -> Item {
     let proto = if protocol == IPPROTO_TCP { "TCP" } else { "UDP" };
     let v = if family == AF_INET { "IPv4" } else { "IPv6" };
-    // UDP: needed for UDP forwarding, which is coming; the agent runs without.
+    // UDP: needed for UDP forwarding; without it the agent forwards TCP only
+    // (and says so at start-up).
     let need = if protocol == IPPROTO_TCP { Need::Always } else { Need::Optional };
     match diag_dump(family, protocol) {
         Ok(n) => Item::ok(
@@ -1085,6 +1097,7 @@ verdict: hoist-agent can run here, on the tracepoint hooks
         let bpf_only = caps(&[cap::BPF, cap::PERFMON]);
         let vsock = Wants { privileged_port: true, ..Wants::default() };
         let unmounted = Wants { mount_tracefs: true, ..Wants::default() };
+        let tracepoints = Wants { cgroup_hooks: true, ..Wants::default() };
         #[rustfmt::skip]
         let cases: &[(u64, Wants, State, Need, &str)] = &[
             (root, vsock, K, Need::Always, "every capability"),
@@ -1092,6 +1105,8 @@ verdict: hoist-agent can run here, on the tracepoint hooks
             (caps(&[cap::SYS_ADMIN, cap::SYS_PTRACE, cap::DAC_READ_SEARCH]), Wants::default(), K, Need::Always, "every capability"),
             (bpf_only, Wants::default(), M, Need::Always, "lacks CAP_DAC_READ_SEARCH (tracefs, and listing other users' /proc/<pid>/fd), CAP_SYS_PTRACE"),
             (bpf_only | caps(&[cap::DAC_READ_SEARCH, cap::SYS_PTRACE]), Wants::default(), K, Need::Always, "every capability"),
+            (bpf_only | caps(&[cap::DAC_READ_SEARCH, cap::SYS_PTRACE]), tracepoints, M, Need::Always, "lacks CAP_NET_ADMIN (the tracepoint set's cgroup programs"),
+            (bpf_only | caps(&[cap::DAC_READ_SEARCH, cap::SYS_PTRACE, cap::NET_ADMIN]), tracepoints, K, Need::Always, "every capability"),
             (bpf_only, unmounted, M, Need::Always, "CAP_SYS_ADMIN (to mount tracefs)"),
             (caps(&[cap::BPF, cap::PERFMON, cap::DAC_READ_SEARCH]), Wants::default(), M, Need::Always, "lacks CAP_SYS_PTRACE"),
             (bpf_only, vsock, M, Need::Always, "CAP_NET_BIND_SERVICE"),

@@ -13,12 +13,14 @@
 //! - CAP_SYS_PTRACE: reading the links in those /proc/<pid>/fd (the kernel
 //!   asks for ptrace read access), which say who owns a listener;
 //! - CAP_NET_BIND_SERVICE: the vsock port, up to 1023 (net's vsock.rs);
+//! - CAP_NET_ADMIN: the tracepoint set's cgroup socket programs (UDP
+//!   servers), which the kernel counts as networking programs;
 //! - CAP_SYS_ADMIN only where tracefs is not mounted and the agent must mount
 //!   it (the tracepoint hooks; systemd mounts it at boot). It would also
 //!   stand in for CAP_BPF and CAP_PERFMON, which is why those two are only
 //!   seen to be needed without it.
 //!
-//! CAP_NET_ADMIN is not needed: sock_diag dumps every TCP socket to any user.
+//! sock_diag needs nothing: it dumps every TCP and UDP socket to any user.
 
 use anyhow::{bail, Context, Result};
 use rustix::thread::CapabilitySet;
@@ -26,7 +28,7 @@ use std::io::ErrorKind;
 use std::path::Path;
 
 /// The first words of every such error: what to grant.
-pub const NEEDS: &str = "hoist-agent needs root, or the capabilities CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE and CAP_NET_BIND_SERVICE (as packaging/systemd/hoist-agent.service grants them)";
+pub const NEEDS: &str = "hoist-agent needs root, or the capabilities CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_NET_BIND_SERVICE and CAP_NET_ADMIN (as packaging/systemd/hoist-agent.service grants them)";
 
 /// Checks that the agent can tell who owns another user's listener. The
 /// snapshot reads /proc/<pid>/fd of every process, and without these two

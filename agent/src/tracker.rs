@@ -418,8 +418,7 @@ mod tests {
         };
         let truth = Arc::new(std::sync::Mutex::new(vec![udp(1, 5353), udp(2, 5354)]));
         let (tx, events) = mpsc::unbounded_channel();
-        let (tracker, handle) =
-            Tracker::new(Scripted { events, truth: truth.clone() }).unwrap();
+        let (tracker, handle) = Tracker::new(Scripted { events, truth: truth.clone() }).unwrap();
         let stop = CancellationToken::new();
         let run = tokio::spawn(tracker.run(stop.clone()));
         let mut exposed = handle.exposed.clone();

@@ -118,7 +118,7 @@ async fn report_listens_and_unlistens_in_one_namespace_only(mode: HookMode, want
     let snap = ns.run(listening_tcp).unwrap().unwrap();
     let d = snap.iter().find(|d| d.port == p4).expect("sock_diag sees the listener").clone();
     assert_eq!(d.cookie, e.cookie, "the event's cookie is sock_diag's");
-    let full = ns.run(|| snapshot(&|_| false, &mut |_| false)).unwrap().unwrap();
+    let full = ns.run(|| snapshot(&|_| false, Some(&mut |_| false))).unwrap().unwrap();
     let owned = full.iter().find(|l| l.cookie == d.cookie).expect("the snapshot has it");
     assert_eq!(owned.pid, me, "the snapshot names the owner from /proc");
 

@@ -2,8 +2,8 @@
 //! grants them: the capabilities are read from the unit itself, and the agent
 //! runs as an ordinary user (nobody) holding exactly those as ambient
 //! capabilities (what systemd's AmbientCapabilities= does), through
-//! `setpriv`, in a fresh network namespace, with tracefs mounted as systemd
-//! mounts it at boot. It must forward a listener end to end and know who
+//! `setpriv`, in a fresh network namespace, with tracefs and the cgroup v2
+//! hierarchy mounted as systemd mounts them at boot. It must forward a listener end to end and know who
 //! owns another user's listener; and without any one of the capabilities it
 //! must stop at once with its one-line error.
 
@@ -36,7 +36,12 @@ fn setpriv_name(cap: &str) -> String {
 /// the agent as nobody with only `caps`, pid unchanged by the execs.
 fn agent_command(lab: &Lab, caps: &[String], mount_tracefs: bool, extra: &[&str]) -> Command {
     let list: String = caps.iter().map(|c| format!(",+{}", setpriv_name(c))).collect();
-    let mount = if mount_tracefs { "mount -t tracefs tracefs /sys/kernel/tracing && " } else { "" };
+    // `ip netns exec` remounts /sys: tracefs and the cgroup v2 hierarchy go
+    // back where systemd mounts them at boot (the cgroup always: only the
+    // tracefs case tests a missing mount).
+    let tracefs =
+        if mount_tracefs { "mount -t tracefs tracefs /sys/kernel/tracing && " } else { "" };
+    let mount = format!("mount -t cgroup2 cgroup2 /sys/fs/cgroup && {tracefs}");
     let script = format!(
         "{mount}exec setpriv --reuid=65534 --regid=65534 --clear-groups \
          --inh-caps=-all{list} --ambient-caps=-all{list} --bounding-set=-all{list} \
@@ -132,6 +137,7 @@ fn without_any_one_capability_the_agent_says_what_it_needs() {
         ("CAP_PERFMON", "loading tracepoint/"),
         ("CAP_DAC_READ_SEARCH", "without CAP_DAC_READ_SEARCH"),
         ("CAP_SYS_PTRACE", "without CAP_SYS_PTRACE"),
+        ("CAP_NET_ADMIN", "loading cgroup/"),
     ];
     for cap in &caps {
         if cap == "CAP_NET_BIND_SERVICE" {

@@ -1,16 +1,19 @@
 //! In-process end to end, no kernel hooks and no root: the agent's tracker
 //! fed by a scripted event source and snapshot, served on a Unix socket, and
 //! the host relay as a task binding 127.0.0.2 (the "guest" servers are on
-//! 127.0.0.1, port 0). Waits follow the host's status channel; no sleeps.
+//! 127.0.0.1, port 0), for TCP and UDP; a hand-driven fake agent for
+//! misbehaviour. Waits follow the host's status channel (or the datagrams
+//! themselves); no sleeps.
 
 use anyhow::Result;
 use hoist_agent::{Agent, EventSource, GuestListener, Settings};
-use hoist_common::{ListenEvent, AF_INET, EVENT_LISTEN, EVENT_UNLISTEN};
+use hoist_common::{ListenEvent, AF_INET, EVENT_LISTEN, EVENT_UNLISTEN, IPPROTO_TCP, IPPROTO_UDP};
 use hoist_host::{Config, Status};
 use hoist_net::{Acceptor, Addr};
 use hoist_wire::{
-    AgentInfo, AgentMsg, Challenge, Conn, Endpoint, Family, Forward, HostMsg, Token,
-    HANDSHAKE_TIMEOUT, PROTOCOL_VERSION, SNAPSHOT_CHUNK,
+    datagram_header, parse_open, AgentInfo, AgentMsg, Challenge, Conn, Endpoint, Family, Forward,
+    HostMsg, Proto, SegmentHeader, SegmentKind, Token, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION,
+    SEGMENT_HEADER_LEN, SNAPSHOT_CHUNK,
 };
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -18,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -58,9 +61,13 @@ struct Guest {
 }
 
 fn event(kind: u8, cookie: u64, port: u16) -> ListenEvent {
+    event_of(IPPROTO_TCP, kind, cookie, port)
+}
+
+fn event_of(proto: u8, kind: u8, cookie: u64, port: u16) -> ListenEvent {
     let mut e = ListenEvent::zeroed();
     e.kind = kind;
-    e.proto = hoist_common::IPPROTO_TCP;
+    e.proto = proto;
     e.family = AF_INET;
     e.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
     e.port = port;
@@ -90,6 +97,16 @@ impl Guest {
     fn unlisten(&self, cookie: u64, port: u16) {
         self.truth.lock().unwrap().retain(|l| l.cookie != cookie);
         self.events.send(event(EVENT_UNLISTEN, cookie, port)).unwrap();
+    }
+    /// A UDP server bound to 127.0.0.1:`port` appears.
+    fn serve_udp(&self, cookie: u64, port: u16) {
+        let ev = event_of(IPPROTO_UDP, EVENT_LISTEN, cookie, port);
+        self.truth.lock().unwrap().push(GuestListener::from_event(&ev).unwrap());
+        self.events.send(ev).unwrap();
+    }
+    fn close_udp(&self, cookie: u64, port: u16) {
+        self.truth.lock().unwrap().retain(|l| l.cookie != cookie);
+        self.events.send(event_of(IPPROTO_UDP, EVENT_UNLISTEN, cookie, port)).unwrap();
     }
 }
 
@@ -369,21 +386,50 @@ impl FakeAgent {
                 other => panic!("expected Control or Data, got {other:?}"),
             }
         };
-        assert!(matches!(
-            conn.recv_within::<HostMsg>(HANDSHAKE_TIMEOUT).await.unwrap(),
-            HostMsg::Hello { .. }
-        ));
-        let agent = AgentInfo { version: "fake".into(), hooks: "none".into(), pid: 1 };
-        conn.send(&AgentMsg::Welcome {
-            version: PROTOCOL_VERSION,
-            agent,
-            ticket: [1; 16],
-            challenge: None::<Challenge>,
-        })
-        .await
-        .unwrap();
+        greet(&mut conn).await;
         conn
     }
+
+    /// Serves one UDP forward: each control stream gets a snapshot of
+    /// `forward` and no more (no pings answered); each data connection is
+    /// served by `serve_udp_data`.
+    async fn serve_udp(self, forward: Forward) {
+        loop {
+            let (s, _) = self.listener.accept().await.unwrap();
+            let forward = forward.clone();
+            tokio::spawn(async move {
+                let mut conn = Conn::new(s);
+                match conn.recv_within::<HostMsg>(HANDSHAKE_TIMEOUT).await {
+                    Ok(HostMsg::Control { .. }) => {
+                        greet(&mut conn).await;
+                        let snap = AgentMsg::Snapshot { forwards: vec![forward], last: true };
+                        conn.send(&snap).await.unwrap();
+                        std::future::pending::<()>().await
+                    }
+                    Ok(HostMsg::Data { .. }) => serve_udp_data(conn).await,
+                    other => panic!("unexpected first frame {other:?}"),
+                }
+            });
+        }
+    }
+}
+
+/// The rest of a control stream's handshake, after `Control`: the host's
+/// `Hello`, the fake agent's `Welcome`.
+async fn greet(conn: &mut Conn<UnixStream>) {
+    assert!(matches!(
+        conn.recv_within::<HostMsg>(HANDSHAKE_TIMEOUT).await.unwrap(),
+        HostMsg::Hello { .. }
+    ));
+    let agent = AgentInfo { version: "fake".into(), hooks: "none".into(), pid: 1 };
+    conn.send(&AgentMsg::Welcome {
+        version: PROTOCOL_VERSION,
+        agent,
+        ticket: [1; 16],
+        challenge: None::<Challenge>,
+    })
+    .await
+    .unwrap();
 }
 
 /// An agent that keeps its socket open and says nothing more (a frozen VM,
@@ -598,4 +644,146 @@ async fn data_connections_beyond_the_agents_limit_are_refused() {
     assert_eq!(echo_once_free(port).await, b"hello");
     host.stop().await;
     agent.stop().await;
+}
+
+// ---- UDP ----
+
+fn udp(port: u16) -> Endpoint {
+    Endpoint::udp(Family::V4, port)
+}
+
+/// A UDP echo server on 127.0.0.1 with a buffer for bursts.
+async fn udp_echo_server() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_nonblocking(true).unwrap();
+    hoist_net::grow_recv_buffer(&socket2::SockRef::from(&s).try_clone().unwrap(), 4 << 20);
+    let s = UdpSocket::from_std(s).unwrap();
+    let port = s.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let (n, from) = s.recv_from(&mut buf).await.unwrap();
+            let _ = s.send_to(&buf[..n], from).await;
+        }
+    });
+    port
+}
+
+/// A client of the host's port, connected to it.
+async fn udp_client(port: u16) -> UdpSocket {
+    let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    c.connect(SocketAddr::from((HOST_IP, port))).await.unwrap();
+    c
+}
+
+/// Sends `d` and waits for its echo.
+async fn round_trip(c: &UdpSocket, d: &[u8]) -> std::io::Result<Vec<u8>> {
+    c.send(d).await?;
+    let mut buf = vec![0u8; 65536];
+    let n = tokio::time::timeout(WAIT, c.recv(&mut buf)).await.expect("an answer or an error")?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Datagrams of every size up to the largest IPv4 carries cross whole, in
+/// order, each back to the client that sent it; closing the guest server
+/// closes the host port at once (the client sees it refused).
+/// Datagrams of every size up to the largest IPv4 carries cross whole, in
+/// order, each back to the client that sent it; closing the guest server
+/// closes the host port at once (the client sees it refused).
+#[tokio::test]
+async fn datagrams_cross_whole_to_their_client_and_the_port_closes_with_the_server() {
+    let sock = sock_path("echo");
+    let (agent, guest) = start_agent(&sock, Default::default()).await;
+    let mut host = Host::start(&sock);
+    host.wait("connected", |s| s.connected).await;
+    let port = udp_echo_server().await;
+    guest.serve_udp(1, port);
+    host.wait("the UDP forward", |s| s.serving.contains(&udp(port))).await;
+    let (a, b) = (udp_client(port).await, udp_client(port).await);
+    for (i, len) in [0usize, 1, 2, 1400, 9000, 65_507].into_iter().enumerate() {
+        for (who, c) in [(1u8, &a), (2, &b)] {
+            let d: Vec<u8> = (0..len).map(|j| (j as u8) ^ who ^ (i as u8)).collect();
+            assert_eq!(round_trip(c, &d).await.unwrap(), d, "client {who}, {len} bytes");
+        }
+    }
+    guest.close_udp(1, port);
+    host.wait("the forward to close", |s| !s.serving.contains(&udp(port))).await;
+    let err = round_trip(&a, b"anyone?").await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    host.stop().await;
+    agent.stop().await;
+}
+
+/// A data connection: `Opened` to each `Open`, then the flow's datagrams
+/// echoed, unless the first one says "stall": then it reads nothing more.
+async fn serve_udp_data(conn: Conn<UnixStream>) {
+    let (mut s, mut inbox) = conn.into_parts();
+    let Some((SegmentKind::Open, payload)) = read_segment(&mut s, &mut inbox).await else {
+        return;
+    };
+    assert_eq!(parse_open(&payload).unwrap().proto, Proto::Udp);
+    s.write_all(&SegmentHeader::new(SegmentKind::Opened, 0).encode()).await.unwrap();
+    let mut first = true;
+    while let Some((kind, payload)) = read_segment(&mut s, &mut inbox).await {
+        assert_eq!(kind, SegmentKind::Datagram);
+        if first && &payload[..] == b"stall" {
+            // Keeps the connection open and unread, as a stuck peer would.
+            std::future::pending::<()>().await
+        }
+        first = false;
+        s.write_all(&datagram_header(payload.len())).await.unwrap();
+        s.write_all(&payload).await.unwrap();
+    }
+}
+
+/// The next segment on a data connection; `None` at its end.
+async fn read_segment(
+    s: &mut UnixStream,
+    inbox: &mut bytes::BytesMut,
+) -> Option<(SegmentKind, bytes::BytesMut)> {
+    loop {
+        if inbox.len() >= SEGMENT_HEADER_LEN {
+            let h = SegmentHeader::decode(inbox[..5].try_into().unwrap()).unwrap();
+            if inbox.len() >= SEGMENT_HEADER_LEN + h.len {
+                let _ = inbox.split_to(SEGMENT_HEADER_LEN);
+                return Some((h.kind, inbox.split_to(h.len)));
+            }
+        }
+        if s.read_buf(inbox).await.unwrap() == 0 {
+            return None;
+        }
+    }
+}
+
+/// A flow whose data connection stops taking datagrams fills only its own
+/// bounded queue (the rest is dropped and counted, not buffered): other
+/// clients of the same forward go on being answered.
+#[tokio::test]
+async fn a_stalled_flow_holds_up_no_other_flow() {
+    let sock = sock_path("stall");
+    let fake = FakeAgent::bind(&sock);
+    let port = std::net::UdpSocket::bind((HOST_IP, 0)).unwrap().local_addr().unwrap().port();
+    let forward = Forward {
+        endpoint: udp(port),
+        guest_addr: "127.0.0.1".parse().unwrap(),
+        pid: 1,
+        comm: "fake".into(),
+    };
+    tokio::spawn(fake.serve_udp(forward));
+    let mut host = Host::start(&sock);
+    host.wait("the UDP forward", |s| s.serving.contains(&udp(port))).await;
+    let stalled = udp_client(port).await;
+    stalled.send(b"stall").await.unwrap();
+    // Far more than the queue and the data connection's buffers take.
+    let big = vec![0x33u8; 60_000];
+    for _ in 0..200 {
+        stalled.send(&big).await.unwrap();
+    }
+    let other = udp_client(port).await;
+    for i in 0..50u32 {
+        let d = i.to_be_bytes();
+        assert_eq!(round_trip(&other, &d).await.unwrap(), d);
+    }
+    host.stop().await;
 }

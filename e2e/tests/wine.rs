@@ -151,6 +151,38 @@ fn guest_ports_answer_on_windows_loopback_intact_and_close_with_the_server() {
     refused(&format!("127.0.0.1:{p}"));
 }
 
+/// UDP through hoist-host.exe: a guest UDP server answers on Windows'
+/// 127.0.0.1, datagrams from 1 byte to the IPv4 maximum cross whole, and
+/// the server's close closes the forward (its port refuses).
+#[test]
+fn guest_udp_servers_answer_on_windows_loopback_and_close_with_the_server() {
+    let lab = wine_lab();
+    let port = free_udp_port(&lab);
+    let server = guest_udp(&lab, &format!("127.0.0.1:{port}"));
+    // Echoes until told "close", then closes its socket.
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = server.recv_from(&mut buf) {
+            if &buf[..n] == b"close" {
+                return;
+            }
+            let _ = server.send_to(&buf[..n], from);
+        }
+    });
+    wait_udp(&lab, "the UDP forward", |s| s.contains(&ep("ipv4", port)));
+    let c = udp_client(&format!("127.0.0.1:{port}"));
+    let mut buf = vec![0u8; 65_536];
+    for (seed, len) in [(1, 1), (2, 1400), (3, 65_507)] {
+        let d = pattern(seed, len);
+        c.send(&d).unwrap();
+        let n = c.recv(&mut buf).unwrap_or_else(|e| panic!("{len} bytes: {e}"));
+        assert!(n == len && buf[..n] == d[..], "{len} bytes came back as {n}");
+    }
+    c.send(b"close").unwrap();
+    wait_udp(&lab, "the UDP forward to close", |s| !s.contains(&ep("ipv4", port)));
+    refused_udp(&c);
+}
+
 #[test]
 fn a_port_held_by_another_program_is_reported_and_left_alone() {
     let lab = wine_lab();

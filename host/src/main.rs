@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the relay (what `hoist-host --guest ...` without a subcommand does).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show what the running relay forwards: host address, guest listener, process, state,
     /// connections, bytes.
     Status(StatusArgs),
@@ -136,7 +136,8 @@ struct RunArgs {
 fn main() {
     let cli = Cli::parse();
     match (cli.cmd, cli.run) {
-        (Some(Cmd::Run(args)), _) | (None, Some(args)) => run(args),
+        (Some(Cmd::Run(args)), _) => run(*args),
+        (None, Some(args)) => run(args),
         (Some(Cmd::Status(args)), _) => {
             let path = admin_path(&args.admin);
             hoist_net::admin::run_client("hoist-host", async move {

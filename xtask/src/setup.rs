@@ -14,7 +14,16 @@ use std::sync::OnceLock;
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Commands the demo and the tests run, and the Debian package of each.
-const DEBIAN: &[(&str, &str)] = &[("ip", "iproute2"), ("python3", "python3"), ("curl", "curl")];
+/// dnsmasq-base and bind9-dnsutils are the UDP tests' DNS server and client
+/// (dnsmasq-base: the binary alone, no service that would take port 53 on
+/// this machine).
+const DEBIAN: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("python3", "python3"),
+    ("curl", "curl"),
+    ("dnsmasq", "dnsmasq-base"),
+    ("dig", "bind9-dnsutils"),
+];
 
 /// Returns whether it installed anything. `test` builds several times in one
 /// run (tests, VM lab, bench): the checks run once.

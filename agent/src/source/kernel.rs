@@ -18,7 +18,9 @@ use aya::programs::{
     BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, FEntry, FExit, TracePoint,
 };
 use aya::{Btf, Ebpf, EbpfLoader};
-use hoist_common::{global, prog, ListenEvent, UdpBound, MAP_DROPS, MAP_EVENTS, MAP_UDP_BOUND};
+use hoist_common::{
+    global, prog, ListenEvent, UdpBound, IPPROTO_UDP, MAP_DROPS, MAP_EVENTS, MAP_UDP_BOUND,
+};
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -87,6 +89,9 @@ pub struct KernelSource {
     drops: Array<MapData, u64>,
     /// Cookie -> `UdpBound` bytes: UDP sockets bound to a port they named.
     udp_bound: HashMap<MapData, u64, u32>,
+    /// Whether UDP servers are tracked: not when the kernel cannot dump UDP
+    /// sockets (no snapshot could be the truth about them).
+    udp: bool,
     hooks: Hooks,
     log_task: Option<tokio::task::JoinHandle<()>>,
     // Holds the programs and their links: dropping it detaches everything.
@@ -245,7 +250,14 @@ impl KernelSource {
             HashMap::try_from(ebpf.take_map(MAP_UDP_BOUND).context("map UDP_BOUND missing")?)
                 .context("opening map UDP_BOUND")?;
         let ring = crate::sys::async_fd(ring).context("registering the ring buffer")?;
-        Ok(KernelSource { ring, drops, udp_bound, hooks, log_task, _ebpf: ebpf })
+        let udp = match super::unconnected_udp() {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(event = "udp_forwarding_off", "{e:#}: UDP servers are not forwarded (the kernel needs CONFIG_INET_UDP_DIAG: modprobe udp_diag); TCP is");
+                false
+            }
+        };
+        Ok(KernelSource { ring, drops, udp_bound, udp, hooks, log_task, _ebpf: ebpf })
     }
 
     /// Whether an unconnected UDP socket of a snapshot is a server (see
@@ -292,6 +304,7 @@ impl KernelSource {
             let ring = guard.get_inner_mut();
             while let Some(item) = ring.next() {
                 match ListenEvent::from_bytes(&item) {
+                    Some(ev) if ev.proto == IPPROTO_UDP && !self.udp => {}
                     Some(ev) => out.push(ev),
                     None => warn!(len = item.len(), "short record in the ring buffer"),
                 }
@@ -320,8 +333,11 @@ impl EventSource for KernelSource {
         KernelSource::drops(self)
     }
     fn snapshot(&mut self, owner_known: &dyn Fn(u64) -> bool) -> Result<Vec<GuestListener>> {
+        if !self.udp {
+            return super::snapshot(owner_known, None);
+        }
         let ephemeral = ephemeral_ports()?;
-        super::snapshot(owner_known, &mut |d| self.udp_server(d, &ephemeral))
+        super::snapshot(owner_known, Some(&mut |d| self.udp_server(d, &ephemeral)))
     }
 }
 

@@ -40,21 +40,21 @@ pub trait EventSource: Send + 'static {
     fn snapshot(&mut self, owner_known: &dyn Fn(u64) -> bool) -> Result<Vec<GuestListener>>;
 }
 
-/// The real snapshot: `sock_diag` for the TCP listeners and the unconnected
-/// UDP sockets, of which `udp_server` keeps the servers (see `udp_rule`),
-/// and `/proc` for the owners `owner_known` does not know.
+/// The real snapshot: `sock_diag` for the TCP listeners and (unless UDP is
+/// not tracked: `None`) the unconnected UDP sockets, of which `udp_server`
+/// keeps the servers (see `udp_rule`), and `/proc` for the owners
+/// `owner_known` does not know.
 pub fn snapshot(
     owner_known: &dyn Fn(u64) -> bool,
-    udp_server: &mut dyn FnMut(&DiagSocket) -> bool,
+    udp_server: Option<&mut dyn FnMut(&DiagSocket) -> bool>,
 ) -> Result<Vec<GuestListener>> {
     use anyhow::Context;
     let tcp = listening_tcp().context("sock_diag snapshot of TCP listeners")?;
-    let udp = unconnected_udp().context("sock_diag snapshot of UDP sockets")?;
-    let found: Vec<(Proto, DiagSocket)> = tcp
-        .into_iter()
-        .map(|d| (Proto::Tcp, d))
-        .chain(udp.into_iter().filter(|d| udp_server(d)).map(|d| (Proto::Udp, d)))
-        .collect();
+    let mut found: Vec<(Proto, DiagSocket)> = tcp.into_iter().map(|d| (Proto::Tcp, d)).collect();
+    if let Some(udp_server) = udp_server {
+        let udp = unconnected_udp().context("sock_diag snapshot of UDP sockets")?;
+        found.extend(udp.into_iter().filter(|d| udp_server(d)).map(|d| (Proto::Udp, d)));
+    }
     let inodes: Vec<u64> =
         found.iter().filter(|(_, d)| !owner_known(d.cookie)).map(|(_, d)| d.inode).collect();
     let owners = owners::owners(&inodes);

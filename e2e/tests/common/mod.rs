@@ -8,7 +8,7 @@
 use hoist_testsupport::Netns;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -85,10 +85,16 @@ pub fn ep(family: &str, port: u16) -> Ep {
     (family.to_string(), port)
 }
 
-/// The set of host forwards implied by the host's log so far.
+/// The set of host TCP forwards implied by the host's log so far.
 pub fn serving(lines: &[serde_json::Value]) -> BTreeSet<Ep> {
+    serving_proto(lines, "tcp")
+}
+
+/// The set of host forwards of one protocol ("tcp", "udp") implied by the
+/// host's log so far.
+pub fn serving_proto(lines: &[serde_json::Value], proto: &str) -> BTreeSet<Ep> {
     let mut s = BTreeSet::new();
-    for v in lines {
+    for v in lines.iter().filter(|v| v.get("proto").and_then(|p| p.as_str()) == Some(proto)) {
         let fam = v.get("family").and_then(|f| f.as_str()).unwrap_or_default().to_string();
         if is_event(v, "forward_opened") {
             s.insert((fam, port_of(v).unwrap()));
@@ -312,4 +318,67 @@ pub fn terminate(child: &Child) {
     if let Some(pid) = Pid::from_raw(child.id() as i32) {
         let _ = kill_process(pid, Signal::TERM);
     }
+}
+
+/// Waits until the host's UDP forwards are what `pred` accepts.
+pub fn wait_udp(lab: &Lab, what: &str, pred: impl Fn(&BTreeSet<Ep>) -> bool) -> BTreeSet<Ep> {
+    lab.host_logs().wait(what, |l| {
+        let s = serving_proto(l, "udp");
+        pred(&s).then_some(s)
+    })
+}
+
+/// A UDP port free in the guest and on the host: explicit binds of it make
+/// servers (a port 0 bind never does).
+pub fn free_udp_port(lab: &Lab) -> u16 {
+    loop {
+        let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let free_in_guest = lab.guest(move || UdpSocket::bind(("0.0.0.0", port)).is_ok());
+        if free_in_guest && UdpSocket::bind(("::1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A guest UDP socket bound to `addr` (an explicit port): a server.
+pub fn guest_udp(lab: &Lab, addr: &str) -> UdpSocket {
+    let addr: SocketAddr = addr.parse().unwrap();
+    lab.guest(move || {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        // Room for a burst of the largest datagrams from every client.
+        let _ = s.set_recv_buffer_size(16 << 20);
+        s.bind(&addr.into()).unwrap();
+        s.into()
+    })
+}
+
+/// Echoes every datagram back to its sender until the socket errors out.
+pub fn serve_udp_echo(s: UdpSocket) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+}
+
+/// A host client of `addr` with bounded waits.
+pub fn udp_client(addr: &str) -> UdpSocket {
+    let bind = if addr.starts_with('[') { "[::1]:0" } else { "127.0.0.1:0" };
+    let c = UdpSocket::bind(bind).unwrap();
+    c.connect(addr).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c
+}
+
+/// Asserts the host port behind `c` refuses: the probe meets no socket.
+pub fn refused_udp(c: &UdpSocket) {
+    c.send(b"anyone?").unwrap();
+    let err = c.recv(&mut [0u8; 64]).expect_err("a closed forward answered");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
 }
