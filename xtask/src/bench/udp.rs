@@ -20,6 +20,11 @@ use std::time::{Duration, Instant};
 /// flow's way into the guest, and must not be buried under more probes.
 const PROBE_ECHO_WAIT: Duration = Duration::from_millis(5);
 
+/// The pause between probes that found the port in the state it is leaving,
+/// as the TCP detection's: a tighter spin would take the CPU from the agent
+/// and relay it measures (2 cores here).
+const PROBE_PAUSE: Duration = Duration::from_micros(20);
+
 /// What one probe of a UDP port found.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Probe {
@@ -35,49 +40,66 @@ fn observe(r: std::io::Result<usize>) -> Result<Probe> {
     match r {
         Ok(_) => Ok(Probe::Answered),
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(Probe::Refused),
-        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(Probe::Silent),
+        // A read timeout, or nothing there on a non-blocking socket.
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            Ok(Probe::Silent)
+        }
         Err(e) => Err(e).context("probing a UDP port"),
     }
 }
 
-/// Probes 127.0.0.1:`port` from a fresh socket until it answers
-/// (`want_open`: a probe is echoed) or refuses (a probe meets no socket:
-/// ECONNREFUSED); returns when it did.
-fn spin_until(port: u16, want_open: bool) -> Result<Instant> {
+/// A fresh probe socket connected to 127.0.0.1:`port`, and the time limit
+/// of the wait it is made for.
+fn probe_socket(port: u16) -> Result<(UdpSocket, Instant)> {
     let probe = UdpSocket::bind("127.0.0.1:0").context("binding a probe socket")?;
     probe.connect(("127.0.0.1", port)).context("connecting the probe socket")?;
-    probe.set_nonblocking(true)?;
-    let want = if want_open { Probe::Answered } else { Probe::Refused };
-    // Opening: a probe that was not refused is waited for (see
-    // PROBE_ECHO_WAIT). Closing: each probe can only show the port still
-    // open, so the next goes at once.
-    let echo_wait = if want_open { PROBE_ECHO_WAIT } else { Duration::ZERO };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut awaiting: Option<Instant> = None;
+    Ok((probe, Instant::now() + Duration::from_secs(5)))
+}
+
+/// Probes 127.0.0.1:`port` until a probe is echoed; returns when the echo
+/// arrived. A probe that is not refused is waited for, in a blocking read
+/// that returns as the echo (or a late refusal) arrives.
+fn until_answers(port: u16) -> Result<Instant> {
+    let (probe, deadline) = probe_socket(port)?;
+    probe.set_read_timeout(Some(PROBE_ECHO_WAIT))?;
     let mut buf = [0u8; 64];
     loop {
-        if awaiting.is_none_or(|sent| sent.elapsed() >= echo_wait) {
-            // A refusal of an earlier probe can surface here, as the send's error.
-            match observe(probe.send(b"probe"))? {
-                Probe::Refused if !want_open => return Ok(Instant::now()),
-                Probe::Refused => awaiting = None,
-                _ => awaiting = Some(Instant::now()),
-            }
+        // A refusal of an earlier probe can surface here, as the send's error.
+        let refused = observe(probe.send(b"probe"))? == Probe::Refused
+            || match observe(probe.recv(&mut buf))? {
+                Probe::Answered => return Ok(Instant::now()),
+                Probe::Refused => true,
+                // No echo within PROBE_ECHO_WAIT: the next probe goes at once.
+                Probe::Silent => false,
+            };
+        if Instant::now() > deadline {
+            bail!("UDP 127.0.0.1:{port} did not answer within 5 s");
         }
-        // Probe every 20 µs, as the TCP detection does: a tighter spin would
-        // take the CPU from the agent and relay it measures (2 cores here).
-        std::thread::sleep(Duration::from_micros(20));
+        if refused {
+            std::thread::sleep(PROBE_PAUSE);
+        }
+    }
+}
+
+/// Probes 127.0.0.1:`port` until a probe is refused; returns when the
+/// refusal was seen. Only a new probe can meet the closed port, so they go
+/// out every [`PROBE_PAUSE`], as the TCP detection's connects do.
+fn until_refuses(port: u16) -> Result<Instant> {
+    let (probe, deadline) = probe_socket(port)?;
+    probe.set_nonblocking(true)?;
+    let mut buf = [0u8; 64];
+    loop {
+        if observe(probe.send(b"probe"))? == Probe::Refused {
+            return Ok(Instant::now());
+        }
+        std::thread::sleep(PROBE_PAUSE);
         let now = Instant::now();
-        match observe(probe.recv(&mut buf))? {
-            p if p == want => return Ok(now),
-            Probe::Refused => awaiting = None,
-            _ => {}
+        // Echoes of probes the server answered before it closed are skipped.
+        if observe(probe.recv(&mut buf))? == Probe::Refused {
+            return Ok(now);
         }
         if now > deadline {
-            bail!(
-                "UDP 127.0.0.1:{port} did not {} within 5 s",
-                if want_open { "answer" } else { "refuse" }
-            );
+            bail!("UDP 127.0.0.1:{port} did not refuse within 5 s");
         }
     }
 }
@@ -90,9 +112,9 @@ pub fn detection(rig: &Rig, cycles: usize) -> Result<Latency> {
         Latency { listen_us: Vec::with_capacity(cycles), close_us: Vec::with_capacity(cycles) };
     for _ in 0..cycles {
         let (server, t0) = UdpEcho::bind(rig, port)?;
-        let t1 = spin_until(port, true)?;
+        let t1 = until_answers(port)?;
         let t2 = server.close();
-        let t3 = spin_until(port, false)?;
+        let t3 = until_refuses(port)?;
         lat.listen_us.push((t1 - t0).as_secs_f64() * 1e6);
         lat.close_us.push((t3 - t2).as_secs_f64() * 1e6);
     }
