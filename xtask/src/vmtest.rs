@@ -3,8 +3,8 @@
 //! it to this machine through vhost-device-vsock (guest side real
 //! virtio-vsock, host side Unix sockets only: no AF_VSOCK socket is ever
 //! opened here), runs hoist-host here against it over the hybrid-vsock
-//! socket, and checks the scenarios with both hook sets. A failure prints the
-//! guest console and both logs.
+//! socket, and checks the scenarios (TCP and UDP) with both hook sets. A
+//! failure prints the guest console and both logs.
 
 use crate::build::build;
 use crate::setup::apt;
@@ -12,7 +12,7 @@ use crate::util::{listening_ports, output, require_root, root, run, say, serving
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,6 +45,12 @@ const BARRIER: u16 = 27022;
 const ABORT: u16 = 27023;
 /// A listener held in a PID namespace of its own.
 const NSHELD: u16 = 27024;
+/// A UDP echo server, and a second one as a barrier behind the UDP clients.
+const UDP_ECHO: u16 = 27030;
+const UDP_BARRIER: u16 = 27031;
+/// Datagram sizes sent through the UDP forward: the smallest, one that fits
+/// an Ethernet MTU, the largest an IPv4 UDP datagram can be.
+const UDP_SIZES: [usize; 3] = [1, 1400, 65507];
 /// Guest ports 27010..27018 open and close while hoist-host restarts.
 const CHURN: u16 = 27010;
 const CHURN_COUNT: u16 = 8;
@@ -268,6 +274,7 @@ fn initramfs(kernel: &Kernel, statics: &Statics, run_dir: &Path) -> Result<PathB
     std::fs::copy(&statics.guest, tree.join("bin/hoist-vmlab-guest"))
         .context("copying hoist-vmlab-guest")?;
     std::fs::copy(root().join("vmlab/init"), tree.join("init")).context("copying init")?;
+
     for m in MODULES {
         let src = kernel.modules.join(format!("{m}.ko"));
         let name = Path::new(m).file_name().unwrap().to_string_lossy().into_owned();
@@ -649,6 +656,101 @@ fn fnv(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf29ce484222325u64, |h, &x| (h ^ x as u64).wrapping_mul(0x100000001b3))
 }
 
+/// Whether hoist-host ever logged a forward of `proto` `port` opening.
+fn ever_opened(lines: &[String], proto: &str, port: u16) -> bool {
+    lines.iter().any(|l| {
+        l.contains("\"event\":\"forward_opened\"")
+            && l.contains(&format!("\"proto\":\"{proto}\""))
+            && l.contains(&format!("\"port\":{port},"))
+    })
+}
+
+/// A UDP socket on this machine connected to the forward of guest UDP port
+/// `port`; its reads wait at most `timeout`.
+fn udp_client(port: u16, timeout: Duration) -> Result<UdpSocket> {
+    let c = UdpSocket::bind("127.0.0.1:0").context("binding a UDP client")?;
+    c.connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to UDP 127.0.0.1:{port}"))?;
+    c.set_read_timeout(Some(timeout))?;
+    Ok(c)
+}
+
+/// A guest UDP server over real vsock: forwarded, datagrams of each size
+/// come back whole, clients of it are not forwarded, its close closes the
+/// forward and the host port refuses.
+fn udp_scenario(vm: &Vm) -> Result<()> {
+    let host = vm.host.as_ref().unwrap();
+    vm.cmd(&format!("spawn udpecho /bin/hoist-vmlab-guest udpecho {UDP_ECHO}"))?;
+    host.wait_line("the UDP echo server's forward", Duration::from_secs(30), |l| {
+        ever_opened(l, "udp", UDP_ECHO)
+    })?;
+    let c = udp_client(UDP_ECHO, Duration::from_secs(30))?;
+    let mut back = vec![0u8; 65536];
+    for n in UDP_SIZES {
+        let data: Vec<u8> =
+            (0..n).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[2]).collect();
+        c.send(&data).with_context(|| format!("sending a {n}-byte datagram"))?;
+        let got = c
+            .recv(&mut back)
+            .with_context(|| format!("awaiting the echo of a {n}-byte datagram"))?;
+        if back[..got] != data[..] {
+            bail!(
+                "the {n}-byte datagram came back as {got} bytes (fnv {:x}, sent fnv {:x})",
+                fnv(&back[..got]),
+                fnv(&data)
+            );
+        }
+    }
+    say(format!("  a guest UDP server is forwarded; datagrams of {UDP_SIZES:?} bytes come back whole over real vsock"));
+
+    // Clients: the ports the kernel gave them, then a server behind them
+    // as a barrier (events arrive in order): none may have been forwarded.
+    vm.cmd(&format!("spawn udpclients /bin/hoist-vmlab-guest udpclients {UDP_ECHO}"))?;
+    let line = vm.sh("for i in $(seq 100); do grep clients /tmp/udpclients.log && exit 0; sleep 0.05; done; cat /tmp/udpclients.log; exit 1")
+        .context("the guest's UDP clients")?;
+    let clients = line
+        .split_whitespace()
+        .skip(1)
+        .map(|p| p.parse::<u16>())
+        .collect::<Result<Vec<u16>, _>>()
+        .with_context(|| format!("the UDP clients' ports in {line:?}"))?;
+    if clients.len() != 2 {
+        bail!("the guest's UDP clients should name two ports: {line:?}");
+    }
+    vm.cmd(&format!("spawn udpbarrier /bin/hoist-vmlab-guest udpecho {UDP_BARRIER}"))?;
+    host.wait_line("the UDP barrier's forward", Duration::from_secs(30), |l| {
+        ever_opened(l, "udp", UDP_BARRIER)
+    })?;
+    if let Some(p) = clients.iter().find(|&&p| host.lines.with(|l| ever_opened(l, "udp", p))) {
+        bail!("a guest UDP client (port {p}, of {clients:?}: autobound at sendto, autobound at connect) was forwarded");
+    }
+    let served = vm.serving_proto("udp");
+    if served != BTreeSet::from([UDP_ECHO, UDP_BARRIER]) {
+        bail!("the host should serve UDP ports {UDP_ECHO} and {UDP_BARRIER} alone, it serves {served:?}");
+    }
+    for name in ["udpclients", "udpbarrier"] {
+        vm.cmd(&format!("kill {name}"))?;
+    }
+    say(format!("  UDP clients (autobound at sendto, autobound at connect: ports {clients:?}) are not forwarded"));
+
+    vm.cmd("kill udpecho")?;
+    host.wait_line("the UDP echo server's forward to close", Duration::from_secs(30), |l| {
+        l.iter().any(|x| {
+            x.contains("\"event\":\"forward_closed\"")
+                && x.contains("\"proto\":\"udp\"")
+                && x.contains(&format!("\"port\":{UDP_ECHO},"))
+        })
+    })?;
+    let probe = udp_client(UDP_ECHO, Duration::from_secs(10))?;
+    probe.send(b"anyone?").context("sending a probe")?;
+    match probe.recv(&mut back) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        other => bail!("UDP 127.0.0.1:{UDP_ECHO} should refuse after the server exited: {other:?}"),
+    }
+    say("  the UDP server's exit closes its forward (forward_closed, proto udp); the host port refuses");
+    Ok(())
+}
+
 /// `hoist-agent check` on the guest's kernel, which allows trampolines: it
 /// passes on them, with the virtio vsock transport.
 fn check_in_guest(vm: &Vm) -> Result<()> {
@@ -757,6 +859,8 @@ fn scenarios(vm: &mut Vm, hoist_host: &Path, hooks: Option<&str>, want: &str) ->
         vm.cmd(&format!("kill {name}"))?;
     }
     say("  SCTP and DCCP listeners are not forwarded (only the TCP one beside them is)");
+
+    udp_scenario(vm)?;
 
     // The agent restarts while the guest changes its ports.
     vm.cmd("term agent")?;
