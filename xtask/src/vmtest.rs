@@ -3,8 +3,10 @@
 //! it to this machine through vhost-device-vsock (guest side real
 //! virtio-vsock, host side Unix sockets only: no AF_VSOCK socket is ever
 //! opened here), runs hoist-host here against it over the hybrid-vsock
-//! socket, and checks the scenarios (TCP and UDP) with both hook sets. A
-//! failure prints the guest console and both logs.
+//! socket, and checks the scenarios (TCP and UDP) with both hook sets. First
+//! it runs the agent's kernel tests that need trampolines, which this
+//! machine's kernel refuses, on the guest's kernel. A failure prints the
+//! guest console and both logs.
 
 use crate::build::build;
 use crate::setup::apt;
@@ -21,6 +23,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const VHOST_DEVICE_VSOCK: &str = "0.3.0";
+/// The agent's kernel tests (agent/tests/kernel_source.rs): those this
+/// machine's kernel cannot run (trampolines) run in the guest.
+const KERNEL_TESTS: &str = "kernel_source";
+/// The tests of it that need trampolines, by name filter.
+const TRAMPOLINE_TESTS: &str = "trampoline_hooks_";
 /// Guest vsock port of the lab's command channel.
 const CMD_PORT: u32 = 2000;
 /// Guest vsock port the agent listens on.
@@ -108,6 +115,7 @@ pub fn vm_test() -> Result<()> {
     let result = (|| -> Result<()> {
         vm.wait_for_guest()?;
         check_in_guest(&vm)?;
+        kernel_tests_in_guest(&vm)?;
         for (flag, want) in [(None, "trampoline"), (Some("tracepoint"), "tracepoint")] {
             scenarios(&mut vm, &built.host, flag, want)
                 .with_context(|| format!("scenarios with the {want} hooks"))?;
@@ -153,10 +161,12 @@ fn lock() -> Result<std::fs::File> {
     Ok(f)
 }
 
-/// Static builds of the agent and the guest tool for the initramfs.
+/// Static builds of the agent, the guest tool and the agent's kernel tests
+/// for the initramfs.
 struct Statics {
     agent: PathBuf,
     guest: PathBuf,
+    kernel_tests: PathBuf,
 }
 
 fn build_static(ebpf: &Path) -> Result<Statics> {
@@ -183,7 +193,31 @@ fn build_static(ebpf: &Path) -> Result<Statics> {
         "cargo build (static, for the guest)",
     )?;
     let dir = target_dir.join("x86_64-unknown-linux-gnu/release");
-    Ok(Statics { agent: dir.join("hoist-agent"), guest: dir.join("hoist-vmlab-guest") })
+    say("building the agent's kernel tests (static) for the guest");
+    let out = output(
+        Command::new("cargo")
+            .args(["test", "--locked", "--release", "--no-run", "--message-format=json"])
+            .args(["--target", "x86_64-unknown-linux-gnu", "-p", "hoist-agent"])
+            .args(["--test", KERNEL_TESTS])
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .current_dir(root())
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env("HOIST_EBPF_OBJECT", ebpf),
+        "cargo test --no-run (static kernel tests, for the guest)",
+    )?;
+    // Test binaries are named by hash: cargo's artifact message names it.
+    let kernel_tests = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == KERNEL_TESTS)
+        .and_then(|v| v["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("cargo test --no-run named no {KERNEL_TESTS} executable"))?;
+    Ok(Statics {
+        agent: dir.join("hoist-agent"),
+        guest: dir.join("hoist-vmlab-guest"),
+        kernel_tests,
+    })
 }
 
 fn vhost_device_vsock() -> Result<PathBuf> {
@@ -274,7 +308,10 @@ fn initramfs(kernel: &Kernel, statics: &Statics, run_dir: &Path) -> Result<PathB
     std::fs::copy(&statics.guest, tree.join("bin/hoist-vmlab-guest"))
         .context("copying hoist-vmlab-guest")?;
     std::fs::copy(root().join("vmlab/init"), tree.join("init")).context("copying init")?;
-
+    std::fs::create_dir_all(tree.join("lab/bin"))?;
+    std::fs::copy(&statics.kernel_tests, tree.join("bin/kernel-tests"))
+        .context("copying the kernel tests")?;
+    std::fs::copy(root().join("vmlab/ip"), tree.join("lab/bin/ip")).context("copying vmlab/ip")?;
     for m in MODULES {
         let src = kernel.modules.join(format!("{m}.ko"));
         let name = Path::new(m).file_name().unwrap().to_string_lossy().into_owned();
@@ -768,6 +805,26 @@ fn check_in_guest(vm: &Vm) -> Result<()> {
         }
     }
     say("  hoist-agent check passes in the guest, on the trampoline hooks");
+    Ok(())
+}
+
+/// The agent's kernel tests that need trampolines, which this machine's
+/// kernel refuses, on the guest's kernel that allows them: the TCP and the
+/// UDP hooks against real sockets in network namespaces of the guest.
+fn kernel_tests_in_guest(vm: &Vm) -> Result<()> {
+    let answer = vm.cmd_within(
+        &format!("run PATH=/lab/bin:/bin /bin/kernel-tests --ignored --test-threads=1 {TRAMPOLINE_TESTS}"),
+        Duration::from_secs(600),
+    )?;
+    let (code, out) = answer.split_once('\n').unwrap_or((&answer, ""));
+    // Both ignored tests ran and passed, and nothing else ran.
+    let ran = out.lines().filter(|l| l.starts_with("test ") && l.ends_with(" ... ok")).count();
+    if code != "0" || ran != 2 || !out.contains("test result: ok. 2 passed; 0 failed") {
+        bail!("the agent's trampoline kernel tests should pass in the guest (exit {code}, {ran} passed):\n{out}");
+    }
+    for l in out.lines().filter(|l| l.starts_with("test ")) {
+        say(format!("  in the guest: {l}"));
+    }
     Ok(())
 }
 
