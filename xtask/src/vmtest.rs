@@ -61,7 +61,7 @@ const UDP_SIZES: [usize; 3] = [1, 1400, 65507];
 /// Guest ports 27010..27018 open and close while hoist-host restarts.
 const CHURN: u16 = 27010;
 const CHURN_COUNT: u16 = 8;
-/// The guest session's hard limit (it takes about 15 s): past it the
+/// The guest session's hard limit (it takes about 30 s): past it the
 /// watchdog kills QEMU and the daemon, so every wait fails fast and the logs
 /// are printed instead of CI hanging. HOIST_VMLAB_WATCHDOG_SECS overrides it.
 fn watchdog() -> Duration {
