@@ -26,8 +26,9 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
 /// `SOCK_BINDPORT_LOCK` in `sk_userlocks`: bind() was given the port (the
-/// kernel did not choose it).
-pub const SOCK_BINDPORT_LOCK: u8 = 4;
+/// kernel did not choose it). 8, include/net/sock.h; 4 is
+/// `SOCK_BINDADDR_LOCK`, set by a bind to any address but the wildcard.
+pub const SOCK_BINDPORT_LOCK: u8 = 8;
 
 /// `AF_INET` as the kernel spells it.
 pub const AF_INET: u16 = 2;

@@ -2,13 +2,14 @@
 //! one run. A network namespace is the guest (agent inside, host relay
 //! outside, Unix-socket transport), real tools are the load (iperf3, wrk,
 //! nginx), and every figure is reported with the baseline measured in the same
-//! run. `--quick` runs each measurement briefly and only checks that it
+//! run. TCP and UDP forwards are measured alike (`udp` holds the UDP ones). `--quick` runs each measurement briefly and only checks that it
 //! produced numbers (CI); `--write` also writes BENCHMARKS.md and SVG charts.
 
 mod measure;
 mod report;
 mod servers;
 mod small;
+mod udp;
 
 use crate::build::build;
 use crate::setup::apt;
@@ -55,6 +56,12 @@ pub enum Only {
     Storm,
     /// Wake-ups, CPU and memory with nothing to do.
     Idle,
+    /// UDP bind() -> host port echoes a probe, close() -> host port refuses one.
+    UdpLatency,
+    /// 64-byte datagram round trips, one client, one datagram in flight.
+    UdpPingpong,
+    /// iperf3 -u at fixed offered rates: received rate and loss, direct and hoist.
+    UdpThroughput,
 }
 
 impl Only {
@@ -101,6 +108,7 @@ impl Rig {
         let mut host = Command::new(host)
             .args(["--guest", &format!("unix:{}", sock.display()), "--log-format", "json"])
             .args(["--liveness-timeout", &measure::LIVENESS_TIMEOUT.as_secs().to_string()])
+            .args(["--udp-idle-timeout", &measure::UDP_IDLE_TIMEOUT.as_secs().to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -126,18 +134,32 @@ impl Rig {
         self.host_log.wait(what, timeout, pred)
     }
 
-    /// Waits until the host forwards `port` (for `what`, in the error).
+    /// Waits until the host forwards TCP `port` (for `what`, in the error).
     pub fn wait_forwarded(&self, port: u16, what: &str) -> Result<()> {
         self.wait_host(
             &format!("{what}'s port {port} to be forwarded"),
             Duration::from_secs(10),
-            |l| serving_ports(l).contains(&port),
+            |l| serving_ports(l, "tcp").contains(&port),
         )
     }
 
-    /// Host ports currently forwarded, from the host's log.
+    /// Waits until the host forwards UDP `port` (for `what`, in the error).
+    pub fn wait_udp_forwarded(&self, port: u16, what: &str) -> Result<()> {
+        self.wait_host(
+            &format!("{what}'s UDP port {port} to be forwarded"),
+            Duration::from_secs(10),
+            |l| serving_ports(l, "udp").contains(&port),
+        )
+    }
+
+    /// Host TCP ports currently forwarded, from the host's log.
     pub fn serving(&self) -> std::collections::BTreeSet<u16> {
-        self.host_log.with(serving_ports)
+        self.host_log.with(|l| serving_ports(l, "tcp"))
+    }
+
+    /// Host UDP ports currently forwarded, from the host's log.
+    pub fn udp_serving(&self) -> std::collections::BTreeSet<u16> {
+        self.host_log.with(|l| serving_ports(l, "udp"))
     }
 }
 
@@ -202,8 +224,27 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         results.storm =
             Some(measure::storm(&rig, if q { 500 } else { 10_000 }, if q { 1 } else { 3 })?);
     }
+    if want(Only::UdpLatency) {
+        say("measuring UDP detection latency (bind -> host port echoes, close -> host port refuses)");
+        results.udp_latency = Some(udp::detection(&rig, if q { 50 } else { 1000 })?);
+    }
+    if want(Only::UdpPingpong) {
+        say("measuring UDP request/response: 64-byte datagrams, one in flight (echo server in the guest)");
+        results.udp_pingpong = Some(udp::pingpong(&rig, if q { 500 } else { 20_000 })?);
+    }
+    if want(Only::UdpThroughput) {
+        say(format!(
+            "measuring UDP throughput (iperf3 -u, {}-byte datagrams, offered {:?} Mbit/s, direct and hoist, both directions)",
+            udp::DATAGRAM,
+            udp::RATES_MBPS
+        ));
+        results.udp_throughput = udp::throughput(&rig, q)?;
+    }
     if want(Only::Idle) {
-        say("measuring idle cost (100 forwarded ports, 100 open connections)");
+        say(format!(
+            "measuring idle cost (100 forwarded ports, 100 open connections, {} UDP forwards whose flows expired)",
+            measure::IDLE_UDP_SERVERS
+        ));
         results.idle = Some(measure::idle(
             &rig,
             if q { Duration::from_secs(1) } else { Duration::from_secs(10) },

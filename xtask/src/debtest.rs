@@ -254,7 +254,7 @@ impl Env {
         let host_log = self.spawn(cmd)?;
         host_log
             .wait(&format!("the installed host to forward port {port}"), WAIT, |l| {
-                crate::util::serving_ports(l).contains(&port)
+                crate::util::serving_ports(l, "tcp").contains(&port)
             })
             .with_context(|| {
                 format!("host log:\n{}\nagent log:\n{}", host_log.text(), agent_log.text())

@@ -145,10 +145,14 @@ impl Lines {
     }
 }
 
-/// The ports hoist-host serves according to its JSON log lines.
-pub fn serving_ports(lines: &[String]) -> std::collections::BTreeSet<u16> {
+/// The ports hoist-host serves for `proto` ("tcp" or "udp") according to
+/// its JSON log lines. One port can carry a forward of each protocol (an
+/// iperf3 server's TCP control port and UDP data port): each protocol's
+/// opens and closes count only for its own set.
+pub fn serving_ports(lines: &[String], proto: &str) -> std::collections::BTreeSet<u16> {
     let mut s = std::collections::BTreeSet::new();
-    for line in lines {
+    let want = format!("\"proto\":\"{proto}\"");
+    for line in lines.iter().filter(|l| l.contains(&want)) {
         let port = line
             .split("\"port\":")
             .nth(1)
@@ -177,4 +181,28 @@ pub fn listening_ports(proc_net_tcp: &str) -> std::collections::BTreeSet<u16> {
                 .then(|| u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok())?
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TCP and a UDP forward on one port are two forwards: closing one
+    /// leaves the other served.
+    #[test]
+    fn serving_ports_keeps_each_protocol_apart() {
+        let line = |event: &str, proto: &str, port: u16| {
+            format!("{{\"event\":\"{event}\",\"proto\":\"{proto}\",\"port\":{port},\"family\":\"ipv4\"}}")
+        };
+        let lines = vec![
+            line("forward_opened", "tcp", 5201),
+            line("forward_opened", "udp", 5201),
+            line("forward_opened", "udp", 5353),
+            line("forward_closed", "udp", 5201),
+            line("forward_opened", "tcp", 8080),
+            line("forward_closed", "tcp", 8080),
+        ];
+        assert_eq!(serving_ports(&lines, "tcp").into_iter().collect::<Vec<_>>(), [5201]);
+        assert_eq!(serving_ports(&lines, "udp").into_iter().collect::<Vec<_>>(), [5353]);
+    }
 }

@@ -3,7 +3,9 @@
 //! it to this machine through vhost-device-vsock (guest side real
 //! virtio-vsock, host side Unix sockets only: no AF_VSOCK socket is ever
 //! opened here), runs hoist-host here against it over the hybrid-vsock
-//! socket, and checks the scenarios with both hook sets. A failure prints the
+//! socket, and checks the scenarios (TCP and UDP) with both hook sets. First
+//! it runs the agent's kernel tests that need trampolines, which this
+//! machine's kernel refuses, on the guest's kernel. A failure prints the
 //! guest console and both logs.
 
 use crate::build::build;
@@ -12,7 +14,7 @@ use crate::util::{listening_ports, output, require_root, root, run, say, serving
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,6 +23,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const VHOST_DEVICE_VSOCK: &str = "0.3.0";
+/// The agent's kernel tests (agent/tests/kernel_source.rs): those this
+/// machine's kernel cannot run (trampolines) run in the guest.
+const KERNEL_TESTS: &str = "kernel_source";
+/// The tests of it that need trampolines, by name filter.
+const TRAMPOLINE_TESTS: &str = "trampoline_hooks_";
 /// Guest vsock port of the lab's command channel.
 const CMD_PORT: u32 = 2000;
 /// Guest vsock port the agent listens on.
@@ -45,10 +52,16 @@ const BARRIER: u16 = 27022;
 const ABORT: u16 = 27023;
 /// A listener held in a PID namespace of its own.
 const NSHELD: u16 = 27024;
+/// A UDP echo server, and a second one as a barrier behind the UDP clients.
+const UDP_ECHO: u16 = 27030;
+const UDP_BARRIER: u16 = 27031;
+/// Datagram sizes sent through the UDP forward: the smallest, one that fits
+/// an Ethernet MTU, the largest an IPv4 UDP datagram can be.
+const UDP_SIZES: [usize; 3] = [1, 1400, 65507];
 /// Guest ports 27010..27018 open and close while hoist-host restarts.
 const CHURN: u16 = 27010;
 const CHURN_COUNT: u16 = 8;
-/// The guest session's hard limit (it takes about 15 s): past it the
+/// The guest session's hard limit (it takes about 30 s): past it the
 /// watchdog kills QEMU and the daemon, so every wait fails fast and the logs
 /// are printed instead of CI hanging. HOIST_VMLAB_WATCHDOG_SECS overrides it.
 fn watchdog() -> Duration {
@@ -102,6 +115,7 @@ pub fn vm_test() -> Result<()> {
     let result = (|| -> Result<()> {
         vm.wait_for_guest()?;
         check_in_guest(&vm)?;
+        kernel_tests_in_guest(&vm)?;
         for (flag, want) in [(None, "trampoline"), (Some("tracepoint"), "tracepoint")] {
             scenarios(&mut vm, &built.host, flag, want)
                 .with_context(|| format!("scenarios with the {want} hooks"))?;
@@ -147,10 +161,12 @@ fn lock() -> Result<std::fs::File> {
     Ok(f)
 }
 
-/// Static builds of the agent and the guest tool for the initramfs.
+/// Static builds of the agent, the guest tool and the agent's kernel tests
+/// for the initramfs.
 struct Statics {
     agent: PathBuf,
     guest: PathBuf,
+    kernel_tests: PathBuf,
 }
 
 fn build_static(ebpf: &Path) -> Result<Statics> {
@@ -177,7 +193,31 @@ fn build_static(ebpf: &Path) -> Result<Statics> {
         "cargo build (static, for the guest)",
     )?;
     let dir = target_dir.join("x86_64-unknown-linux-gnu/release");
-    Ok(Statics { agent: dir.join("hoist-agent"), guest: dir.join("hoist-vmlab-guest") })
+    say("building the agent's kernel tests (static) for the guest");
+    let out = output(
+        Command::new("cargo")
+            .args(["test", "--locked", "--release", "--no-run", "--message-format=json"])
+            .args(["--target", "x86_64-unknown-linux-gnu", "-p", "hoist-agent"])
+            .args(["--test", KERNEL_TESTS])
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .current_dir(root())
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env("HOIST_EBPF_OBJECT", ebpf),
+        "cargo test --no-run (static kernel tests, for the guest)",
+    )?;
+    // Test binaries are named by hash: cargo's artifact message names it.
+    let kernel_tests = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == KERNEL_TESTS)
+        .and_then(|v| v["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("cargo test --no-run named no {KERNEL_TESTS} executable"))?;
+    Ok(Statics {
+        agent: dir.join("hoist-agent"),
+        guest: dir.join("hoist-vmlab-guest"),
+        kernel_tests,
+    })
 }
 
 fn vhost_device_vsock() -> Result<PathBuf> {
@@ -268,6 +308,10 @@ fn initramfs(kernel: &Kernel, statics: &Statics, run_dir: &Path) -> Result<PathB
     std::fs::copy(&statics.guest, tree.join("bin/hoist-vmlab-guest"))
         .context("copying hoist-vmlab-guest")?;
     std::fs::copy(root().join("vmlab/init"), tree.join("init")).context("copying init")?;
+    std::fs::create_dir_all(tree.join("lab/bin"))?;
+    std::fs::copy(&statics.kernel_tests, tree.join("bin/kernel-tests"))
+        .context("copying the kernel tests")?;
+    std::fs::copy(root().join("vmlab/ip"), tree.join("lab/bin/ip")).context("copying vmlab/ip")?;
     for m in MODULES {
         let src = kernel.modules.join(format!("{m}.ko"));
         let name = Path::new(m).file_name().unwrap().to_string_lossy().into_owned();
@@ -525,9 +569,14 @@ impl Vm {
         }
     }
 
-    /// The host ports hoist-host serves, from its log.
+    /// The host TCP ports hoist-host serves, from its log.
     fn serving(&self) -> BTreeSet<u16> {
-        self.host.as_ref().map(|h| h.lines.with(serving_ports)).unwrap_or_default()
+        self.serving_proto("tcp")
+    }
+
+    /// The host ports hoist-host serves for `proto` ("tcp", "udp"), from its log.
+    fn serving_proto(&self, proto: &str) -> BTreeSet<u16> {
+        self.host.as_ref().map(|h| h.lines.with(|l| serving_ports(l, proto))).unwrap_or_default()
     }
 
     /// Lines the guest's churn process has logged (one per port change, then `settled`).
@@ -644,6 +693,101 @@ fn fnv(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf29ce484222325u64, |h, &x| (h ^ x as u64).wrapping_mul(0x100000001b3))
 }
 
+/// Whether hoist-host ever logged a forward of `proto` `port` opening.
+fn ever_opened(lines: &[String], proto: &str, port: u16) -> bool {
+    lines.iter().any(|l| {
+        l.contains("\"event\":\"forward_opened\"")
+            && l.contains(&format!("\"proto\":\"{proto}\""))
+            && l.contains(&format!("\"port\":{port},"))
+    })
+}
+
+/// A UDP socket on this machine connected to the forward of guest UDP port
+/// `port`; its reads wait at most `timeout`.
+fn udp_client(port: u16, timeout: Duration) -> Result<UdpSocket> {
+    let c = UdpSocket::bind("127.0.0.1:0").context("binding a UDP client")?;
+    c.connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to UDP 127.0.0.1:{port}"))?;
+    c.set_read_timeout(Some(timeout))?;
+    Ok(c)
+}
+
+/// A guest UDP server over real vsock: forwarded, datagrams of each size
+/// come back whole, clients of it are not forwarded, its close closes the
+/// forward and the host port refuses.
+fn udp_scenario(vm: &Vm) -> Result<()> {
+    let host = vm.host.as_ref().unwrap();
+    vm.cmd(&format!("spawn udpecho /bin/hoist-vmlab-guest udpecho {UDP_ECHO}"))?;
+    host.wait_line("the UDP echo server's forward", Duration::from_secs(30), |l| {
+        ever_opened(l, "udp", UDP_ECHO)
+    })?;
+    let c = udp_client(UDP_ECHO, Duration::from_secs(30))?;
+    let mut back = vec![0u8; 65536];
+    for n in UDP_SIZES {
+        let data: Vec<u8> =
+            (0..n).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[2]).collect();
+        c.send(&data).with_context(|| format!("sending a {n}-byte datagram"))?;
+        let got = c
+            .recv(&mut back)
+            .with_context(|| format!("awaiting the echo of a {n}-byte datagram"))?;
+        if back[..got] != data[..] {
+            bail!(
+                "the {n}-byte datagram came back as {got} bytes (fnv {:x}, sent fnv {:x})",
+                fnv(&back[..got]),
+                fnv(&data)
+            );
+        }
+    }
+    say(format!("  a guest UDP server is forwarded; datagrams of {UDP_SIZES:?} bytes come back whole over real vsock"));
+
+    // Clients: the ports the kernel gave them, then a server behind them
+    // as a barrier (events arrive in order): none may have been forwarded.
+    vm.cmd(&format!("spawn udpclients /bin/hoist-vmlab-guest udpclients {UDP_ECHO}"))?;
+    let line = vm.sh("for i in $(seq 100); do grep clients /tmp/udpclients.log && exit 0; sleep 0.05; done; cat /tmp/udpclients.log; exit 1")
+        .context("the guest's UDP clients")?;
+    let clients = line
+        .split_whitespace()
+        .skip(1)
+        .map(|p| p.parse::<u16>())
+        .collect::<Result<Vec<u16>, _>>()
+        .with_context(|| format!("the UDP clients' ports in {line:?}"))?;
+    if clients.len() != 2 {
+        bail!("the guest's UDP clients should name two ports: {line:?}");
+    }
+    vm.cmd(&format!("spawn udpbarrier /bin/hoist-vmlab-guest udpecho {UDP_BARRIER}"))?;
+    host.wait_line("the UDP barrier's forward", Duration::from_secs(30), |l| {
+        ever_opened(l, "udp", UDP_BARRIER)
+    })?;
+    if let Some(p) = clients.iter().find(|&&p| host.lines.with(|l| ever_opened(l, "udp", p))) {
+        bail!("a guest UDP client (port {p}, of {clients:?}: autobound at sendto, autobound at connect) was forwarded");
+    }
+    let served = vm.serving_proto("udp");
+    if served != BTreeSet::from([UDP_ECHO, UDP_BARRIER]) {
+        bail!("the host should serve UDP ports {UDP_ECHO} and {UDP_BARRIER} alone, it serves {served:?}");
+    }
+    for name in ["udpclients", "udpbarrier"] {
+        vm.cmd(&format!("kill {name}"))?;
+    }
+    say(format!("  UDP clients (autobound at sendto, autobound at connect: ports {clients:?}) are not forwarded"));
+
+    vm.cmd("kill udpecho")?;
+    host.wait_line("the UDP echo server's forward to close", Duration::from_secs(30), |l| {
+        l.iter().any(|x| {
+            x.contains("\"event\":\"forward_closed\"")
+                && x.contains("\"proto\":\"udp\"")
+                && x.contains(&format!("\"port\":{UDP_ECHO},"))
+        })
+    })?;
+    let probe = udp_client(UDP_ECHO, Duration::from_secs(10))?;
+    probe.send(b"anyone?").context("sending a probe")?;
+    match probe.recv(&mut back) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        other => bail!("UDP 127.0.0.1:{UDP_ECHO} should refuse after the server exited: {other:?}"),
+    }
+    say("  the UDP server's exit closes its forward (forward_closed, proto udp); the host port refuses");
+    Ok(())
+}
+
 /// `hoist-agent check` on the guest's kernel, which allows trampolines: it
 /// passes on them, with the virtio vsock transport.
 fn check_in_guest(vm: &Vm) -> Result<()> {
@@ -661,6 +805,26 @@ fn check_in_guest(vm: &Vm) -> Result<()> {
         }
     }
     say("  hoist-agent check passes in the guest, on the trampoline hooks");
+    Ok(())
+}
+
+/// The agent's kernel tests that need trampolines, which this machine's
+/// kernel refuses, on the guest's kernel that allows them: the TCP and the
+/// UDP hooks against real sockets in network namespaces of the guest.
+fn kernel_tests_in_guest(vm: &Vm) -> Result<()> {
+    let answer = vm.cmd_within(
+        &format!("run PATH=/lab/bin:/bin /bin/kernel-tests --ignored --test-threads=1 {TRAMPOLINE_TESTS}"),
+        Duration::from_secs(600),
+    )?;
+    let (code, out) = answer.split_once('\n').unwrap_or((&answer, ""));
+    // Both ignored tests ran and passed, and nothing else ran.
+    let ran = out.lines().filter(|l| l.starts_with("test ") && l.ends_with(" ... ok")).count();
+    if code != "0" || ran != 2 || !out.contains("test result: ok. 2 passed; 0 failed") {
+        bail!("the agent's trampoline kernel tests should pass in the guest (exit {code}, {ran} passed):\n{out}");
+    }
+    for l in out.lines().filter(|l| l.starts_with("test ")) {
+        say(format!("  in the guest: {l}"));
+    }
     Ok(())
 }
 
@@ -752,6 +916,8 @@ fn scenarios(vm: &mut Vm, hoist_host: &Path, hooks: Option<&str>, want: &str) ->
         vm.cmd(&format!("kill {name}"))?;
     }
     say("  SCTP and DCCP listeners are not forwarded (only the TCP one beside them is)");
+
+    udp_scenario(vm)?;
 
     // The agent restarts while the guest changes its ports.
     vm.cmd("term agent")?;

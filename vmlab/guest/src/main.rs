@@ -13,6 +13,13 @@
 //! (prints `listening`), held until killed: no TCP forward may come of it.
 //! `abort <port>`: a TCP server on 0.0.0.0 that reads 4 bytes, answers half
 //! a response and resets the connection.
+//! `udpecho <port>`: a UDP echo server bound to 0.0.0.0 and the port it
+//! names (a server by hoist's rule); prints `bound`, echoes each datagram to
+//! its sender until killed.
+//! `udpclients <port>`: two UDP clients of 127.0.0.1:`port`, bound by the
+//! kernel as clients are: one at its first sendto(), one at connect() (which
+//! then sends); prints `clients <sendto port> <connected port>` and holds
+//! both until killed: no UDP forward may come of them.
 //! `churn <first port> <count> <interval ms>`: opens and closes listeners on
 //! 127.0.0.1, ports first..first+count, one change per interval (logged as
 //! `open P` / `close P`), until /tmp/churn.stop exists; then prints
@@ -23,7 +30,7 @@ mod sys;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Shutdown, TcpListener};
+use std::net::{Shutdown, TcpListener, UdpSocket};
 use std::process::{Child, Command, Stdio};
 
 fn main() {
@@ -50,12 +57,14 @@ fn main() {
             }
         }
         Some("abort") => abort(port(2) as u16),
+        Some("udpecho") => udp_echo(port(2) as u16),
+        Some("udpclients") => udp_clients(port(2) as u16),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: hoist-vmlab-guest serve <vsock-port> | echo <port> | hold <port> | sctp <port> | dccp <port> | abort <port> | churn <first port> <count> <interval ms>");
+    eprintln!("usage: hoist-vmlab-guest serve <vsock-port> | echo <port> | hold <port> | sctp <port> | dccp <port> | abort <port> | udpecho <port> | udpclients <port> | churn <first port> <count> <interval ms>");
     std::process::exit(2)
 }
 
@@ -80,6 +89,35 @@ fn echo(port: u16) {
             let _ = std::io::copy(&mut r, &mut c);
             let _ = c.shutdown(Shutdown::Write);
         });
+    }
+}
+
+fn udp_echo(port: u16) {
+    let s = UdpSocket::bind(("0.0.0.0", port)).expect("bind");
+    println!("bound");
+    let _ = std::io::stdout().flush();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        // An unconnected socket hears of no client's ICMP error: a failure
+        // concerns one datagram, and the server carries on.
+        if let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    }
+}
+
+fn udp_clients(port: u16) {
+    let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let by_sendto = sys::udp_unbound().expect("socket");
+    by_sendto.send_to(b"sendto", server).expect("sendto");
+    let connected = sys::udp_unbound().expect("socket");
+    connected.connect(server).expect("connect");
+    connected.send(b"connected").expect("send");
+    let port_of = |s: &UdpSocket| s.local_addr().expect("local address").port();
+    println!("clients {} {}", port_of(&by_sendto), port_of(&connected));
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::park();
     }
 }
 

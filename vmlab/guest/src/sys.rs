@@ -104,3 +104,15 @@ pub fn reset(c: std::net::TcpStream) {
     };
     drop(c);
 }
+
+/// An IPv4 UDP socket never bound: the kernel binds it to a port of its
+/// choosing at its first sendto() or connect(), as it does a client's.
+pub fn udp_unbound() -> io::Result<std::net::UdpSocket> {
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { std::net::UdpSocket::from_raw_fd(fd) })
+}

@@ -1,6 +1,6 @@
 //! The measurements. Each returns plain numbers; `report` compares them.
 
-use super::servers::{output_within, Server};
+use super::servers::{output_within, Server, UdpEcho};
 use super::Rig;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
@@ -230,7 +230,7 @@ fn host_listening(port: u16) -> bool {
 /// Runs `client` against a fresh one-off iperf3 server in the guest, once
 /// the guest listens and the host forwards it: a long-lived server carries
 /// state from one test to the next (and reopens its socket after each).
-fn with_server<T>(rig: &Rig, port: u16, client: impl FnOnce() -> Result<T>) -> Result<T> {
+pub fn with_server<T>(rig: &Rig, port: u16, client: impl FnOnce() -> Result<T>) -> Result<T> {
     let mut server = rig
         .ns
         .command("iperf3")
@@ -249,9 +249,12 @@ fn with_server<T>(rig: &Rig, port: u16, client: impl FnOnce() -> Result<T>) -> R
     })();
     let _ = server.kill();
     let _ = server.wait();
-    // The next server must not find the old forward still up.
+    // The next server must not find the old forwards still up (a UDP test
+    // also had its UDP socket forwarded).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while rig.serving().contains(&port) && Instant::now() < deadline {
+    while (rig.serving().contains(&port) || rig.udp_serving().contains(&port))
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(5));
     }
     r
@@ -483,6 +486,15 @@ const SETTLE: Duration = Duration::from_secs(6);
 /// third of it, the one wake-up an idle hoist makes on purpose.
 pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The relay's UDP idle timeout in the bench: short, so the idle
+/// measurement sees its UDP flows expire within seconds; long beside any
+/// pause inside a UDP measurement's traffic.
+pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// UDP servers forwarded during the idle measurement, each with a flow that
+/// has expired before the window.
+pub const IDLE_UDP_SERVERS: usize = 10;
+
 /// Context switches one wake-up may cost a process (a worker leaving
 /// epoll_wait, handing a task to another worker, both going back).
 pub const SWITCHES_PER_WAKE: u64 = 4;
@@ -557,6 +569,7 @@ pub fn idle(rig: &Rig, window: Duration) -> Result<Idle> {
         }
     }
     let (agent_rss, host_rss) = (rss_kib(agent)?, rss_kib(host)?);
+    let udp = idle_udp_forwards(rig)?;
     // Steady state: each connection's handshake armed a timeout; a timer
     // that was cancelled can still end one sleep of the runtime when its
     // deadline passes. Wait those out, then count.
@@ -580,5 +593,66 @@ pub fn idle(rig: &Rig, window: Duration) -> Result<Idle> {
     drop(clients);
     drop(guest_side);
     drop(listeners);
+    drop(udp);
     Ok(idle)
+}
+
+/// UDP servers in the guest, forwarded, each echoed once through hoist,
+/// whose flows have then expired: what an idle UDP forward is after its
+/// clients went quiet.
+fn idle_udp_forwards(rig: &Rig) -> Result<Vec<UdpEcho>> {
+    // Held together, so no two are the same port.
+    let picks = (0..IDLE_UDP_SERVERS)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("picking free UDP ports")?;
+    let ports = picks.iter().map(|s| Ok(s.local_addr()?.port())).collect::<Result<Vec<u16>>>()?;
+    drop(picks);
+    let servers =
+        ports.iter().map(|&p| Ok(UdpEcho::bind(rig, p)?.0)).collect::<Result<Vec<_>>>()?;
+    for &p in &ports {
+        rig.wait_udp_forwarded(p, "an idle UDP server")?;
+        let c = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        c.connect(("127.0.0.1", p))?;
+        c.set_read_timeout(Some(super::servers::IO_TIMEOUT))?;
+        c.send(b"x")?;
+        c.recv(&mut [0u8; 8]).with_context(|| format!("a datagram's echo through UDP port {p}"))?;
+    }
+    // Each flow's guest end is the agent's socket connected to its server;
+    // it closes when the flow expires. (`hoist-host status` would count the
+    // flows too, but fails on a relay with this many forwards: its client
+    // reads at most 4096 bytes of answer.)
+    let flows = guest_udp_flows(rig, &ports)?;
+    if flows != ports.len() {
+        bail!(
+            "the agent should hold one flow socket per idle UDP server ({}), it holds {flows}",
+            ports.len()
+        );
+    }
+    let deadline = Instant::now() + UDP_IDLE_TIMEOUT * 3 + Duration::from_secs(10);
+    loop {
+        match guest_udp_flows(rig, &ports)? {
+            0 => return Ok(servers),
+            n if Instant::now() > deadline => bail!(
+                "{n} UDP flows of the idle servers did not expire (--udp-idle-timeout {UDP_IDLE_TIMEOUT:?})"
+            ),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Connected UDP sockets in the guest whose peer port is one of `ports`,
+/// from the guest's /proc/net/udp.
+fn guest_udp_flows(rig: &Rig, ports: &[u16]) -> Result<usize> {
+    // thread-self: /proc/net would show the thread group leader's namespace.
+    let text = rig.ns.run(|| std::fs::read_to_string("/proc/thread-self/net/udp"))??;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let remote = l.split_whitespace().nth(2)?;
+            u16::from_str_radix(remote.rsplit(':').next()?, 16).ok()
+        })
+        .filter(|p| ports.contains(p))
+        .count())
 }

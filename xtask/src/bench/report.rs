@@ -4,6 +4,7 @@
 
 use super::measure::{Conn, Cpu, Idle, Latency, Storm, Tput};
 use super::small::{PingPong, Requests, Sequential};
+use super::udp::{UdpRun, UdpTput};
 use crate::util::root;
 use anyhow::{bail, Result};
 use std::fmt::Write as _;
@@ -18,6 +19,9 @@ pub struct Results {
     pub pingpong: Option<PingPong>,
     pub storm: Option<Storm>,
     pub idle: Option<Idle>,
+    pub udp_latency: Option<Latency>,
+    pub udp_pingpong: Option<PingPong>,
+    pub udp_throughput: Vec<UdpTput>,
 }
 
 fn sorted(v: &[f64]) -> Vec<f64> {
@@ -57,6 +61,54 @@ fn spread(v: &[f64], unit: &str) -> String {
     format!("{:.2} {unit} ({:.2}–{:.2})", median(v), s[0], s[s.len() - 1])
 }
 
+/// "median (min–max)" of repetitions, whole numbers.
+fn spread0(v: &[f64], unit: &str) -> String {
+    let s = sorted(v);
+    if s.len() < 2 {
+        return format!("{:.0} {unit}", median(v));
+    }
+    format!("{:.0} {unit} ({:.0}–{:.0})", median(v), s[0], s[s.len() - 1])
+}
+
+/// Received rate, loss and what the sender managed, over repetitions.
+fn udp_cell(v: &[UdpRun]) -> String {
+    let f = |g: fn(&UdpRun) -> f64| v.iter().map(g).collect::<Vec<_>>();
+    format!(
+        "received {}, loss {:.1}% ({:.1}–{:.1}); sent {:.0} Mbit/s",
+        spread0(&f(|r| r.received_mbps), "Mbit/s"),
+        median(&f(|r| r.lost_percent)),
+        sorted(&f(|r| r.lost_percent)).first().copied().unwrap_or(f64::NAN),
+        sorted(&f(|r| r.lost_percent)).last().copied().unwrap_or(f64::NAN),
+        median(&f(|r| r.sent_mbps))
+    )
+}
+
+/// A detection row's cells after its name: the latencies, the 1 s poll
+/// baseline, the ratio and the target.
+fn detection_cells(v: &[f64], baseline: &str) -> String {
+    let (p50, p99, max) = (q(v, 0.5), q(v, 0.99), q(v, 1.0));
+    format!(
+        "p50 {p50:.0} µs, p99 {p99:.0} µs, max {max:.0} µs | {baseline} | {:.0}x faster than a 1 s poll (p50) | p99 < 1 ms: {} |",
+        500_000.0 / p50,
+        mark(p99 < 1000.0)
+    )
+}
+
+fn pingpong_cells(p: &PingPong) -> String {
+    let (h, d) = (&p.hoist, &p.direct);
+    format!(
+        "{:.0} round trips/s, p50 {:.0} µs, p99 {:.0} µs | direct {:.0} round trips/s, p50 {:.0} µs, p99 {:.0} µs | {:.0}% of direct, {:+.0} µs at p50",
+        h.per_s,
+        q(&h.us, 0.5),
+        q(&h.us, 0.99),
+        d.per_s,
+        q(&d.us, 0.5),
+        q(&d.us, 0.99),
+        100.0 * h.per_s / d.per_s,
+        q(&h.us, 0.5) - q(&d.us, 0.5)
+    )
+}
+
 fn totals(v: &[Cpu]) -> Vec<f64> {
     v.iter().map(|c| c.total_s()).collect()
 }
@@ -90,16 +142,11 @@ pub fn markdown(r: &Results) -> String {
             ("listen() -> host port accepts", &l.listen_us),
             ("close() -> host port refuses", &l.close_us),
         ] {
-            let (p50, p99, max) = (q(v, 0.5), q(v, 0.99), q(v, 1.0));
             let _ = writeln!(
                 t,
-                "| detection: {what} ({} cycles) | p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs | 1 s poll (WSL NAT): median 500 ms; 3 s poll (Lima): 1.5 s | {:.0}x faster than a 1 s poll (p50) | p99 < 1 ms: {} |",
+                "| detection: {what} ({} cycles) | {}",
                 v.len(),
-                p50,
-                p99,
-                max,
-                500_000.0 / p50,
-                mark(p99 < 1000.0)
+                detection_cells(v, "1 s poll (WSL NAT): median 500 ms; 3 s poll (Lima): 1.5 s")
             );
         }
     }
@@ -204,19 +251,46 @@ pub fn markdown(r: &Results) -> String {
         }
     }
     if let Some(p) = &r.pingpong {
-        let (h, d) = (&p.hoist, &p.direct);
         let _ = writeln!(
             t,
-            "| ping-pong, 64 bytes, one persistent connection ({} round trips) | {:.0} round trips/s, p50 {:.0} µs, p99 {:.0} µs | direct {:.0} round trips/s, p50 {:.0} µs, p99 {:.0} µs | {:.0}% of direct, {:+.0} µs at p50 | reported |",
-            h.us.len(),
-            h.per_s,
-            q(&h.us, 0.5),
-            q(&h.us, 0.99),
-            d.per_s,
-            q(&d.us, 0.5),
-            q(&d.us, 0.99),
-            100.0 * h.per_s / d.per_s,
-            q(&h.us, 0.5) - q(&d.us, 0.5)
+            "| ping-pong, 64 bytes, one persistent connection ({} round trips) | {} | reported |",
+            p.hoist.us.len(),
+            pingpong_cells(p)
+        );
+    }
+    if let Some(l) = &r.udp_latency {
+        for (what, v) in [
+            ("bind() -> host port echoes a probe", &l.listen_us),
+            ("close() -> host port refuses a probe", &l.close_us),
+        ] {
+            let _ = writeln!(
+                t,
+                "| UDP detection: {what} ({} cycles) | {}",
+                v.len(),
+                detection_cells(v, "a 1 s poll: median 500 ms")
+            );
+        }
+    }
+    if let Some(p) = &r.udp_pingpong {
+        let _ = writeln!(
+            t,
+            "| UDP request/response, 64-byte datagrams, one client, one in flight ({} round trips) | {} | >= 50% of direct: {} |",
+            p.hoist.us.len(),
+            pingpong_cells(p),
+            mark(p.hoist.per_s >= 0.5 * p.direct.per_s)
+        );
+    }
+    for x in &r.udp_throughput {
+        let rate = |v: &[UdpRun]| median(&v.iter().map(|r| r.received_mbps).collect::<Vec<_>>());
+        let _ = writeln!(
+            t,
+            "| UDP throughput (iperf3 -u, {}-byte datagrams), offered {} Mbit/s, {} | {} | direct {} | {:.0}% of direct's received rate | reported |",
+            super::udp::DATAGRAM,
+            x.offered_mbps,
+            if x.reverse { "guest -> host" } else { "host -> guest" },
+            udp_cell(&x.hoist),
+            udp_cell(&x.direct),
+            100.0 * rate(&x.hoist) / rate(&x.direct)
         );
     }
     if let Some(s) = &r.storm {
@@ -242,8 +316,9 @@ pub fn markdown(r: &Results) -> String {
     if let Some(i) = &r.idle {
         let _ = writeln!(
             t,
-            "| idle: wake-ups over {:.0} s (100 ports, 100 open connections) | agent {} context switches, relay {} | a 1 s poller: {:.0} wake-ups | | only the liveness ping ({} in the window at most; agent <= {}, relay <= {}): {} |",
+            "| idle: wake-ups over {:.0} s (100 ports, 100 open connections, {} UDP forwards whose flows expired) | agent {} context switches, relay {} | a 1 s poller: {:.0} wake-ups | | only the liveness ping ({} in the window at most; agent <= {}, relay <= {}): {} |",
             i.window_s,
+            super::measure::IDLE_UDP_SERVERS,
             i.agent_switches,
             i.host_switches,
             i.window_s,
@@ -319,6 +394,29 @@ impl Results {
         }
         if s.events == 0 || !s.agent_cpu_s.is_finite() || s.paced_rate <= 0.0 {
             bail!("listen storm produced no numbers");
+        }
+        let Some(l) = &self.udp_latency else { bail!("no UDP detection latency") };
+        if !positive(&l.listen_us) || !positive(&l.close_us) {
+            bail!("UDP detection latency produced no numbers");
+        }
+        let Some(p) = &self.udp_pingpong else { bail!("no UDP request/response") };
+        if !positive(&[p.direct.per_s, p.hoist.per_s])
+            || !positive(&p.direct.us)
+            || !positive(&p.hoist.us)
+        {
+            bail!("UDP request/response produced no numbers");
+        }
+        if self.udp_throughput.len() != 2 * super::udp::RATES_MBPS.len()
+            || self.udp_throughput.iter().any(|x| {
+                x.hoist.is_empty()
+                    || x.direct.is_empty()
+                    || x.hoist.iter().chain(&x.direct).any(|r| {
+                        !positive(&[r.sent_mbps, r.received_mbps])
+                            || !(0.0..=100.0).contains(&r.lost_percent)
+                    })
+            })
+        {
+            bail!("UDP throughput produced no numbers");
         }
         let Some(i) = &self.idle else { bail!("no idle cost") };
         if i.agent_rss_kib == 0 || i.host_rss_kib == 0 || !i.per_conn_bytes.is_finite() {

@@ -1,14 +1,16 @@
 //! The servers the measurements load, each run in the guest and stopped when
-//! its guard is dropped (also on every error path): nginx, redis-server and a
-//! small TCP echo server on a thread. Also the time limit every client
-//! command runs under.
+//! its guard is dropped (also on every error path): nginx, redis-server, and
+//! a small TCP and a small UDP echo server on a thread. Also the time limit
+//! every client command runs under.
 
 use super::measure::{free_port, listener};
 use super::Rig;
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long any single connect or read in a measurement may wait.
@@ -149,6 +151,91 @@ impl Drop for Echo {
             let _ = t.join();
         }
     }
+}
+
+/// A UDP echo server on a thread of this process, its socket bound in the
+/// guest to 127.0.0.1 and a port it names: a server by hoist's rule (bound to
+/// port 0 it would be a client, never forwarded). Echoes each datagram to
+/// its sender. Closed by [`UdpEcho::close`] or on drop.
+pub struct UdpEcho {
+    pub port: u16,
+    /// Another descriptor of the socket, to wake the thread with; `None`
+    /// once closed.
+    socket: Option<UdpSocket>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    /// Binds 127.0.0.1:`port` in the guest and starts echoing, without
+    /// waiting for hoist; also returns when the bind returned.
+    pub fn bind(rig: &Rig, port: u16) -> Result<(UdpEcho, Instant)> {
+        let (socket, bound) = rig.ns.run(move || {
+            let s = UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], port)));
+            (s, Instant::now())
+        })?;
+        let socket =
+            socket.with_context(|| format!("binding the UDP echo server to 127.0.0.1:{port}"))?;
+        let wake = socket.try_clone().context("cloning the UDP echo server's socket")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        // The socket keeps the guest's namespace: any thread may serve it.
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match socket.recv_from(&mut buf) {
+                    Ok((n, from)) if !stopped.load(Ordering::Acquire) => {
+                        let _ = socket.send_to(&buf[..n], from);
+                    }
+                    // The guard shut the socket down: leave, closing it.
+                    _ if stopped.load(Ordering::Acquire) => return,
+                    // An unconnected socket hears of no client's ICMP error:
+                    // whatever failed concerned one datagram.
+                    _ => {}
+                }
+            }
+        });
+        Ok((UdpEcho { port, socket: Some(wake), stop, thread: Some(thread) }, bound))
+    }
+
+    /// Binds a port that was free on the host, then waits until hoist
+    /// forwards it.
+    pub fn start(rig: &Rig) -> Result<UdpEcho> {
+        let (e, _) = UdpEcho::bind(rig, free_udp_port()?)?;
+        rig.wait_udp_forwarded(e.port, "the UDP echo server")?;
+        Ok(e)
+    }
+
+    /// Closes the server's socket; returns when it is closed.
+    pub fn close(mut self) -> Instant {
+        self.shut();
+        Instant::now()
+    }
+
+    fn shut(&mut self) {
+        let Some(socket) = self.socket.take() else { return };
+        self.stop.store(true, Ordering::Release);
+        // On an unconnected UDP socket shutdown() fails with ENOTCONN but
+        // still wakes the thread's recv_from(), which then returns at once.
+        let _ = socket2::SockRef::from(&socket).shutdown(std::net::Shutdown::Read);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // The thread dropped its descriptor: this one is the last.
+        drop(socket);
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+/// A UDP port free on the host now, for a guest server (see [`free_port`]).
+pub fn free_udp_port() -> Result<u16> {
+    let s = UdpSocket::bind("127.0.0.1:0").context("binding a UDP socket to find a free port")?;
+    Ok(s.local_addr()?.port())
 }
 
 /// Runs `cmd` to its end, killing it after `limit`; its exit status and stdout.

@@ -124,7 +124,7 @@ pub fn pingpong(rig: &Rig, n: usize) -> Result<PingPong> {
 
 /// Round trips that settle the connection in before any is counted (the
 /// first one through hoist also opens the relay's way into the guest).
-const PINGPONG_WARMUP: usize = 100;
+pub const PINGPONG_WARMUP: usize = 100;
 
 /// Sends 64 bytes and waits for the 64 back, `n` times after the warm-up,
 /// on one connection to 127.0.0.1:`port`.
