@@ -11,8 +11,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
-/// Longest request line read.
+/// Longest request line a server reads.
 const MAX_REQUEST: usize = 4096;
+/// Longest answer line a client reads: a status of the largest table
+/// (4 x 65,535 forwards, a few hundred bytes each) fits.
+const MAX_ANSWER: usize = 256 << 20;
 
 /// A byte stream of either OS.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -55,6 +58,9 @@ pub struct AdminListener {
 pub struct AdminConn {
     reader: BufReader<tokio::io::ReadHalf<Box<dyn Io>>>,
     writer: tokio::io::WriteHalf<Box<dyn Io>>,
+    /// Longest line `recv` takes: a request's on the server side, an
+    /// answer's on the client side.
+    max_line: usize,
 }
 
 impl AdminListener {
@@ -118,7 +124,7 @@ impl AdminListener {
             let (s, _) = self.inner.accept().await?;
             let (uid, pid) = crate::sys::peer_credentials(&s)?;
             if uid == 0 || uid == crate::sys::effective_uid() {
-                return Ok(AdminConn::new(Box::new(s)));
+                return Ok(AdminConn::new(Box::new(s), MAX_REQUEST));
             }
             tracing::warn!(uid, pid, "refused an admin connection from another user");
         }
@@ -128,7 +134,7 @@ impl AdminListener {
             self.inner.connect().await?;
             let next = ServerOptions::new().reject_remote_clients(true).create(&self.path)?;
             let connected = std::mem::replace(&mut self.inner, next);
-            Ok(AdminConn::new(Box::new(connected)))
+            Ok(AdminConn::new(Box::new(connected), MAX_REQUEST))
         }
     }
 }
@@ -141,21 +147,21 @@ impl Drop for AdminListener {
 }
 
 impl AdminConn {
-    fn new(io: Box<dyn Io>) -> AdminConn {
+    fn new(io: Box<dyn Io>, max_line: usize) -> AdminConn {
         let (r, w) = tokio::io::split(io);
-        AdminConn { reader: BufReader::new(r), writer: w }
+        AdminConn { reader: BufReader::new(r), writer: w, max_line }
     }
 
     /// The next JSON line; `None` at the end.
     pub async fn recv(&mut self) -> Result<Option<Value>> {
         let mut line = Vec::new();
-        let n =
-            (&mut self.reader).take(MAX_REQUEST as u64 + 1).read_until(b'\n', &mut line).await?;
+        let max = self.max_line;
+        let n = (&mut self.reader).take(max as u64 + 1).read_until(b'\n', &mut line).await?;
         if n == 0 {
             return Ok(None);
         }
-        if line.len() > MAX_REQUEST {
-            anyhow::bail!("a line longer than {MAX_REQUEST} bytes");
+        if line.len() > max {
+            anyhow::bail!("a line longer than {max} bytes");
         }
         Ok(Some(serde_json::from_slice(&line).context("a line that is not JSON")?))
     }
@@ -205,7 +211,7 @@ pub async fn ask(path: &Path, request: &Value, who: &str, start: &str) -> Result
         }
         Err(e) => return Err(anyhow!("connecting to {}: {e}", path.display())),
     };
-    let mut conn = AdminConn::new(io);
+    let mut conn = AdminConn::new(io, MAX_ANSWER);
     conn.send(request).await.with_context(|| format!("asking {}", path.display()))?;
     Ok(conn)
 }
@@ -291,6 +297,34 @@ mod tests {
                 path.display()
             )
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A status is as long as the forwards it lists: a client reads an
+    /// answer far longer than a request may be; a server still refuses a
+    /// request that long.
+    #[tokio::test]
+    async fn long_answers_are_read_and_long_requests_refused() {
+        let dir = std::env::temp_dir().join(format!("hoist-admin-long-{}", std::process::id()));
+        let path = dir.join("x.sock");
+        let mut l = AdminListener::bind(&path).await.unwrap();
+        let long = "f".repeat(1 << 20);
+        let answer = serde_json::json!({ "forwards": long });
+        let sent = answer.clone();
+        let server = tokio::spawn(async move {
+            let mut c = l.accept().await.unwrap();
+            c.recv().await.unwrap().unwrap();
+            c.send(&sent).await.unwrap();
+            let mut c = l.accept().await.unwrap();
+            c.recv().await.map(|_| ()).unwrap_err().to_string()
+        });
+        let mut c = ask(&path, &serde_json::json!({"command": "status"}), "x", "x").await.unwrap();
+        assert_eq!(c.recv().await.unwrap().unwrap(), answer);
+        // The server stops reading at its limit and closes: the rest of the
+        // request may meet a closed socket.
+        let _ = ask(&path, &serde_json::json!({ "command": long }), "x", "x").await;
+        let refused = server.await.unwrap();
+        assert!(refused.contains("longer than"), "{refused}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

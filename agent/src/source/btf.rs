@@ -153,7 +153,7 @@ impl Offsets {
         // BINDPORT bit must sit in the byte read.
         let locks = btf.named(sock, &["sk_userlocks"])?;
         let (userlocks_byte, userlocks_shift) = (locks.bit_offset / 8, locks.bit_offset % 8);
-        if locks.bits < 3 || userlocks_shift + locks.bits.min(8) > 8 {
+        if locks.bits < 4 || userlocks_shift + locks.bits.min(8) > 8 {
             bail!(
                 "struct sock.sk_userlocks is {} bits at bit {}: not within one byte",
                 locks.bits,
