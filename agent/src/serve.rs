@@ -77,13 +77,27 @@ pub async fn serve(acceptor: Acceptor, door: Door) {
                 _ = cancelled.cancelled() => Err(anyhow::anyhow!("dropped mid-handshake: stalled for {STALL:?} while {MAX_PENDING} connections waited")),
             };
             if let Err(e) = r {
-                match e.downcast_ref::<WireError>() {
-                    // A host that went away mid-conversation is routine.
-                    Some(WireError::Closed) => debug!(peer = %peer, "host connection: {e:#}"),
-                    _ => warn!(peer = %peer, "host connection: {e:#}"),
+                if host_went_away(&e) {
+                    debug!(peer = %peer, "host connection: {e:#}");
+                } else {
+                    warn!(peer = %peer, "host connection: {e:#}");
                 }
             }
         });
+    }
+}
+
+/// Whether a connection ended because the host went away mid-conversation
+/// (it closed, or dropped a data connection it no longer needed while the
+/// agent answered): routine, not worth a warning.
+fn host_went_away(e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<WireError>() {
+        Some(WireError::Closed) => true,
+        Some(WireError::Io(io)) => matches!(
+            io.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ),
+        _ => false,
     }
 }
 
@@ -238,6 +252,30 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A host that closed or dropped the connection is routine (debug); any
+    /// other failure is worth a warning.
+    #[test]
+    fn a_host_that_went_away_is_routine() {
+        use std::io::{Error, ErrorKind::*};
+        let cases: Vec<(&str, anyhow::Error, bool)> = vec![
+            ("closed", WireError::Closed.into(), true),
+            ("broken pipe", WireError::Io(Error::from(BrokenPipe)).into(), true),
+            ("reset", WireError::Io(Error::from(ConnectionReset)).into(), true),
+            (
+                "reset, with context",
+                anyhow::Error::from(WireError::Io(Error::from(ConnectionReset)))
+                    .context("answering Open"),
+                true,
+            ),
+            ("permission", WireError::Io(Error::from(PermissionDenied)).into(), false),
+            ("timeout", WireError::Timeout(std::time::Duration::from_secs(5)).into(), false),
+            ("not wire", anyhow::anyhow!("dialling the guest"), false),
+        ];
+        for (name, e, routine) in cases {
+            assert_eq!(host_went_away(&e), routine, "{name}: {e:#}");
+        }
+    }
 
     /// A full house waits for a place rather than drop a connection that is
     /// merely busy; a connection stalled past STALL loses its place to a
