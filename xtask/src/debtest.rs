@@ -9,7 +9,8 @@
 //! verify`. The installed hoist-agent runs in a fresh network namespace and
 //! the installed hoist-host outside it, over a Unix socket, each as the
 //! unprivileged user with exactly the AmbientCapabilities= of its installed
-//! unit (setpriv; tracefs mounted first, as systemd does at boot). A Python
+//! unit (setpriv; tracefs and the cgroup v2 hierarchy mounted first, as
+//! systemd does at boot: `ip netns exec` remounts /sys). A Python
 //! web server in the namespace, on a privileged port, must answer curl on
 //! this host's loopback. Then both packages are purged and must leave
 //! nothing. Bounded in time; cleans up after itself, also on failure.
@@ -210,7 +211,7 @@ impl Env {
             )
         };
         let script = format!(
-            "mount -t tracefs tracefs /sys/kernel/tracing && exec {} \"$0\" --listen unix:{} --log-format json",
+            "mount -t tracefs tracefs /sys/kernel/tracing && mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec {} \"$0\" --listen unix:{} --log-format json",
             setpriv(&agent_caps),
             sock.display()
         );
