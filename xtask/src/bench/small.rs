@@ -136,6 +136,23 @@ fn round_trips(port: u16, n: usize) -> Result<RoundTrips> {
     c.set_read_timeout(Some(IO_TIMEOUT))?;
     let ping = [0x5a; 64];
     let mut pong = [0; 64];
+    timed_round_trips(n, &addr, |_| {
+        c.write_all(&ping)?;
+        c.read_exact(&mut pong).with_context(|| format!("awaiting the echo from {addr}"))?;
+        if pong != ping {
+            bail!("the echo from {addr} differs from what was sent");
+        }
+        Ok(())
+    })
+}
+
+/// Times `n` calls of `one` (round trip number i) after [`PINGPONG_WARMUP`]
+/// untimed ones, within [`LOOP_LIMIT`].
+pub fn timed_round_trips(
+    n: usize,
+    addr: &SocketAddr,
+    mut one: impl FnMut(usize) -> Result<()>,
+) -> Result<RoundTrips> {
     let mut us = Vec::with_capacity(n);
     let mut start = Instant::now();
     for i in 0..PINGPONG_WARMUP + n {
@@ -143,11 +160,7 @@ fn round_trips(port: u16, n: usize) -> Result<RoundTrips> {
             start = Instant::now();
         }
         let t0 = Instant::now();
-        c.write_all(&ping)?;
-        c.read_exact(&mut pong).with_context(|| format!("awaiting the echo from {addr}"))?;
-        if pong != ping {
-            bail!("the echo from {addr} differs from what was sent");
-        }
+        one(i)?;
         if i >= PINGPONG_WARMUP {
             us.push(t0.elapsed().as_secs_f64() * 1e6);
         }

@@ -6,8 +6,8 @@
 //! guest as its baseline.
 
 use super::measure::{with_server, Latency};
-use super::servers::{free_udp_port, output_within, UdpEcho, IO_TIMEOUT, LOOP_LIMIT};
-use super::small::{PingPong, RoundTrips, PINGPONG_WARMUP};
+use super::servers::{free_udp_port, output_within, UdpEcho, IO_TIMEOUT};
+use super::small::{timed_round_trips, PingPong, RoundTrips};
 use super::Rig;
 use anyhow::{bail, Context, Result};
 use std::io::ErrorKind;
@@ -141,13 +141,7 @@ fn round_trips(port: u16, n: usize) -> Result<RoundTrips> {
     c.set_read_timeout(Some(IO_TIMEOUT))?;
     let ping = [0x5a; 64];
     let mut pong = [0; 128];
-    let mut us = Vec::with_capacity(n);
-    let mut start = Instant::now();
-    for i in 0..PINGPONG_WARMUP + n {
-        if i == PINGPONG_WARMUP {
-            start = Instant::now();
-        }
-        let t0 = Instant::now();
+    timed_round_trips(n, &addr, |i| {
         c.send(&ping).with_context(|| format!("sending a datagram to {addr}"))?;
         let got = c.recv(&mut pong).with_context(|| {
             format!("awaiting the echo of datagram {i} from {addr} (lost, or refused)")
@@ -155,14 +149,8 @@ fn round_trips(port: u16, n: usize) -> Result<RoundTrips> {
         if pong[..got] != ping {
             bail!("the echo from {addr} differs from what was sent ({got} bytes)");
         }
-        if i >= PINGPONG_WARMUP {
-            us.push(t0.elapsed().as_secs_f64() * 1e6);
-        }
-        if start.elapsed() > LOOP_LIMIT {
-            bail!("{i} round trips with {addr} took longer than {LOOP_LIMIT:?}");
-        }
-    }
-    Ok(RoundTrips { per_s: n as f64 / start.elapsed().as_secs_f64(), us })
+        Ok(())
+    })
 }
 
 /// The datagram size of the iperf3 -u runs: what fits an Ethernet MTU, the
