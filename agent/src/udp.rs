@@ -119,6 +119,10 @@ async fn to_server(
     }
 }
 
+/// Bytes of segments one write to the host carries at most (a batch stops
+/// growing past it).
+const BATCH_BYTES: usize = 256 << 10;
+
 /// Guest server -> host, until the host's `Fin` came (then this side's).
 async fn to_host(
     mut wr: WriteHalf<&mut Stream>,
@@ -126,6 +130,7 @@ async fn to_host(
     ended: &tokio::sync::Notify,
 ) -> io::Result<()> {
     let mut buf = DatagramBuf::default();
+    let mut out = Vec::new();
     loop {
         let n = tokio::select! {
             r = socket.recv(buf.payload_mut()) => match r {
@@ -137,7 +142,18 @@ async fn to_host(
             },
             _ = ended.notified() => return write_fin(&mut wr).await,
         };
-        wr.write_all(buf.segment(n)).await?;
+        // The datagrams already waiting join this one in a single write
+        // (bounded): one system call per datagram bounded the flow's rate.
+        out.clear();
+        out.extend_from_slice(buf.segment(n));
+        while out.len() < BATCH_BYTES {
+            match socket.try_recv(buf.payload_mut()) {
+                Ok(n) => out.extend_from_slice(buf.segment(n)),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                Err(_) => break,
+            }
+        }
+        wr.write_all(&out).await?;
     }
 }
 
