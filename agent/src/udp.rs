@@ -13,10 +13,11 @@
 use crate::serve::Door;
 use anyhow::Result;
 use bytes::BytesMut;
-use hoist_net::{write_fin, DatagramBuf, FlowSegment, SegmentReader, Stream};
+use hoist_net::{write_fin, DatagramBuf, FlowSegment, SegmentReader, Stream, Traffic};
 use hoist_wire::{refused_segment, Endpoint, Refusal, SegmentHeader, SegmentKind, WireError};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::UdpSocket;
 use tracing::debug;
@@ -50,8 +51,11 @@ pub async fn flow(
     send(data, &SegmentHeader::new(SegmentKind::Opened, 0).encode()).await?;
     let (rd, wr) = tokio::io::split(&mut *data);
     let ended = tokio::sync::Notify::new();
-    let relayed =
-        tokio::try_join!(to_server(rd, inbox, &socket, &ended), to_host(wr, &socket, &ended));
+    let traffic = &door.traffic;
+    let relayed = tokio::try_join!(
+        to_server(rd, inbox, &socket, &ended, traffic),
+        to_host(wr, &socket, &ended, traffic)
+    );
     match relayed {
         Ok((leftover, ())) => Ok(Some(leftover)),
         // A host that gave the flow up, or went away, is routine.
@@ -82,12 +86,15 @@ async fn to_server(
     inbox: BytesMut,
     socket: &UdpSocket,
     ended: &tokio::sync::Notify,
+    traffic: &Traffic,
 ) -> io::Result<BytesMut> {
     let mut segments = SegmentReader::new(inbox);
     loop {
         match segments.next(&mut rd).await? {
             Some(FlowSegment::Datagram(d)) => match socket.send(&d).await {
-                Ok(_) => {}
+                Ok(n) => {
+                    traffic.received.fetch_add(n as u64, Ordering::Relaxed);
+                }
                 // A datagram that cannot be delivered (the server's port
                 // closed a moment ago: an ICMP error, reported on the next
                 // send) is dropped, as the network would.
@@ -128,6 +135,7 @@ async fn to_host(
     mut wr: WriteHalf<&mut Stream>,
     socket: &UdpSocket,
     ended: &tokio::sync::Notify,
+    traffic: &Traffic,
 ) -> io::Result<()> {
     let mut buf = DatagramBuf::default();
     let mut out = Vec::new();
@@ -146,14 +154,19 @@ async fn to_host(
         // (bounded): one system call per datagram bounded the flow's rate.
         out.clear();
         out.extend_from_slice(buf.segment(n));
+        let mut bytes = n;
         while out.len() < BATCH_BYTES {
             match socket.try_recv(buf.payload_mut()) {
-                Ok(n) => out.extend_from_slice(buf.segment(n)),
+                Ok(n) => {
+                    out.extend_from_slice(buf.segment(n));
+                    bytes += n;
+                }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
                 Err(_) => break,
             }
         }
         wr.write_all(&out).await?;
+        traffic.sent.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 }
 

@@ -701,12 +701,26 @@ async fn datagrams_cross_whole_to_their_client_and_the_port_closes_with_the_serv
     guest.serve_udp(1, port);
     host.wait("the UDP forward", |s| s.serving.contains(&udp(port))).await;
     let (a, b) = (udp_client(port).await, udp_client(port).await);
-    for (i, len) in [0usize, 1, 2, 1400, 9000, 65_507].into_iter().enumerate() {
+    // Not empty first: the first datagram of a flow travels with its Open.
+    for (i, len) in [1400usize, 0, 1, 2, 9000, 65_507].into_iter().enumerate() {
         for (who, c) in [(1u8, &a), (2, &b)] {
             let d: Vec<u8> = (0..len).map(|j| (j as u8) ^ who ^ (i as u8)).collect();
             assert_eq!(round_trip(c, &d).await.unwrap(), d, "client {who}, {len} bytes");
         }
     }
+    // Every byte is counted both ways, the first datagram of each flow
+    // (which travels with its Open) too; the status holds the two flows.
+    let each = 2 * [1400u64, 0, 1, 2, 9000, 65_507].iter().sum::<u64>();
+    let st = host.status.borrow().clone();
+    let f = st.forwards.iter().find(|f| f.forward.endpoint == udp(port)).expect("the forward");
+    let stats = f.stats.as_ref().expect("a served forward's counters");
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(
+        (stats.traffic.sent.load(Relaxed), stats.traffic.received.load(Relaxed)),
+        (each, each),
+        "bytes client -> guest, guest -> client"
+    );
+    assert_eq!(stats.total.load(Relaxed), 2, "flows");
     guest.close_udp(1, port);
     host.wait("the forward to close", |s| !s.serving.contains(&udp(port))).await;
     let err = round_trip(&a, b"anyone?").await.unwrap_err();

@@ -86,6 +86,8 @@ async fn carry(
     fwd.lock().table.take_queued(id, &mut waiting);
     for d in &waiting {
         opening.extend_from_slice(d);
+        let payload = d.len().saturating_sub(hoist_wire::SEGMENT_HEADER_LEN);
+        fwd.stats.traffic.sent.fetch_add(payload as u64, Ordering::Relaxed);
     }
     data.stream.write_all(&opening).await.map_err(|e| failed("opening the flow", &e))?;
     let leftover = {
