@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
 
 /// Where the agent listens for the host, for the status view.
 #[derive(Clone, Debug)]
@@ -25,32 +24,13 @@ pub struct Identity {
 }
 
 /// Serves admin connections until `shutdown`.
-pub async fn serve(
-    mut listener: AdminListener,
-    door: Door,
-    me: Identity,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let conn = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            c = listener.accept() => c,
-        };
-        match conn {
-            Ok(conn) => {
-                let (door, me) = (door.clone(), me.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = handle(conn, &door, &me).await {
-                        debug!("admin connection: {e:#}");
-                    }
-                });
-            }
-            Err(e) => {
-                warn!("accepting an admin connection: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+pub async fn serve(listener: AdminListener, door: Door, me: Identity, shutdown: CancellationToken) {
+    listener
+        .serve(shutdown, |conn| {
+            let (door, me) = (door.clone(), me.clone());
+            async move { handle(conn, &door, &me).await }
+        })
+        .await
 }
 
 async fn handle(mut conn: AdminConn, door: &Door, me: &Identity) -> anyhow::Result<()> {

@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
 
 /// A reload asked for, and where its outcome goes: what is in force now,
 /// or why the rules were refused.
@@ -20,32 +19,18 @@ pub type Reload = oneshot::Sender<Result<String, String>>;
 
 /// Serves admin connections until `shutdown`.
 pub async fn serve(
-    mut listener: AdminListener,
+    listener: AdminListener,
     config: Arc<Config>,
     status: watch::Receiver<Status>,
     reload: mpsc::Sender<Reload>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let conn = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            c = listener.accept() => c,
-        };
-        match conn {
-            Ok(conn) => {
-                let (config, status, reload) = (config.clone(), status.clone(), reload.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = handle(conn, &config, status, reload).await {
-                        debug!("admin connection: {e:#}");
-                    }
-                });
-            }
-            Err(e) => {
-                warn!("accepting an admin connection: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    listener
+        .serve(shutdown, |conn| {
+            let (config, status, reload) = (config.clone(), status.clone(), reload.clone());
+            async move { handle(conn, &config, status, reload).await }
+        })
+        .await
 }
 
 fn relay(config: &Config) -> Relay {

@@ -137,6 +137,36 @@ impl AdminListener {
             Ok(AdminConn::new(Box::new(connected), MAX_REQUEST))
         }
     }
+
+    /// Serves connections until `shutdown`, each on a task of its own with
+    /// `handle`; a connection's failure is its own (debug), a failed accept
+    /// is logged and retried.
+    pub async fn serve<F, Fut>(mut self, shutdown: tokio_util::sync::CancellationToken, handle: F)
+    where
+        F: Fn(AdminConn) -> Fut,
+        Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        loop {
+            let conn = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                c = self.accept() => c,
+            };
+            match conn {
+                Ok(conn) => {
+                    let served = handle(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = served.await {
+                            tracing::debug!("admin connection: {e:#}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accepting an admin connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(unix)]

@@ -306,12 +306,38 @@ pub fn echo_ok(addr: &str) {
     assert_eq!(back, b"ping", "echo through {addr}");
 }
 
+/// Asserts that a connection to the port of `taken` (a host program's
+/// listener on 127.0.0.1) reaches `taken`, not hoist.
+pub fn assert_owns(taken: &TcpListener) {
+    use std::io::{Read, Write};
+    let mut c = TcpStream::connect(taken.local_addr().unwrap()).unwrap();
+    let (mut accepted, _) = taken.accept().unwrap();
+    c.write_all(b"mine").unwrap();
+    let mut b = [0u8; 4];
+    accepted.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"mine");
+}
+
 /// Asserts the host refuses connections to `addr`.
 pub fn refused(addr: &str) {
     match TcpStream::connect(addr) {
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{addr}: {e}"),
         Ok(_) => panic!("{addr} still accepts connections"),
     }
+}
+
+/// `program` to be run as nobody with no capability at all (setpriv).
+pub fn as_nobody(program: &std::path::Path) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ])
+    .arg(program);
+    cmd
 }
 
 /// Sends SIGTERM to a child process.

@@ -22,6 +22,17 @@ async fn run_once(
     run(tcp, &mut data, early, Opening::None, &Traffic::default(), splice).await.map(|r| r.moved)
 }
 
+/// The host's relay on a fresh data connection, its `Open` sent and the
+/// agent's answer awaited at most `wait` (pipelined).
+fn awaiting(tcp: TcpStream, ua: UnixStream, wait: Duration, splice: bool) -> Ends {
+    tokio::spawn(async move {
+        let mut data = Stream::Unix(ua);
+        run(tcp, &mut data, BytesMut::new(), Opening::Awaited(wait), &Traffic::default(), splice)
+            .await
+            .map(|r| r.moved)
+    })
+}
+
 /// A connected TCP pair.
 async fn tcp_pair() -> (TcpStream, TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -200,19 +211,7 @@ async fn the_agents_answer_opens_or_refuses() {
         // Opened: the client's request went out before it, the reply follows.
         let (mut client, tcp) = tcp_pair().await;
         let (mut ua, mut ub) = UnixStream::pair().unwrap();
-        let host = tokio::spawn(async move {
-            let mut data = Stream::Unix(ua);
-            run(
-                tcp,
-                &mut data,
-                BytesMut::new(),
-                Opening::Awaited(Duration::from_secs(5)),
-                &Traffic::default(),
-                splice,
-            )
-            .await
-            .map(|r| r.moved)
-        });
+        let host = awaiting(tcp, ua, Duration::from_secs(5), splice);
         client.write_all(b"GET").await.unwrap();
         let mut req = [0u8; 8];
         ub.read_exact(&mut req).await.unwrap();
@@ -233,19 +232,7 @@ async fn the_agents_answer_opens_or_refuses() {
         // Refused: the client is reset, the reason comes back typed.
         let (mut client, tcp) = tcp_pair().await;
         (ua, ub) = UnixStream::pair().unwrap();
-        let host = tokio::spawn(async move {
-            let mut data = Stream::Unix(ua);
-            run(
-                tcp,
-                &mut data,
-                BytesMut::new(),
-                Opening::Awaited(Duration::from_secs(5)),
-                &Traffic::default(),
-                splice,
-            )
-            .await
-            .map(|r| r.moved)
-        });
+        let host = awaiting(tcp, ua, Duration::from_secs(5), splice);
         let mut ub = ub;
         ub.write_all(&hoist_wire::refused_segment(hoist_wire::Refusal::NotListening, "gone"))
             .await
@@ -311,19 +298,7 @@ async fn an_unanswered_open_times_out() {
     for splice in modes() {
         let (mut client, tcp) = tcp_pair().await;
         let (ua, _silent) = UnixStream::pair().unwrap();
-        let host = tokio::spawn(async move {
-            let mut data = Stream::Unix(ua);
-            run(
-                tcp,
-                &mut data,
-                BytesMut::new(),
-                Opening::Awaited(Duration::from_secs(7)),
-                &Traffic::default(),
-                splice,
-            )
-            .await
-            .map(|r| r.moved)
-        });
+        let host = awaiting(tcp, ua, Duration::from_secs(7), splice);
         assert_eq!(read_until_end(&mut client).await, Some(io::ErrorKind::ConnectionReset));
         match host.await.unwrap() {
             Err(RelayError::Transport(e)) => {
