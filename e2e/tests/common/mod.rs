@@ -356,16 +356,41 @@ pub fn wait_udp(lab: &Lab, what: &str, pred: impl Fn(&BTreeSet<Ep>) -> bool) -> 
     })
 }
 
-/// A UDP port free in the guest and on the host: explicit binds of it make
-/// servers (a port 0 bind never does).
+/// A UDP port free in the guest and on the host. The guest is asked by
+/// reading its socket tables, not by binding: a bind of a named port would
+/// make a server, forwarded and closed again, and a test that waits for its
+/// own server's forward could take that one for it.
 pub fn free_udp_port(lab: &Lab) -> u16 {
     loop {
         let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let free_in_guest = lab.guest(move || UdpSocket::bind(("0.0.0.0", port)).is_ok());
-        if free_in_guest && UdpSocket::bind(("::1", port)).is_ok() {
+        let taken_in_guest = lab.guest(move || udp_ports_bound_here().contains(&port));
+        if !taken_in_guest && UdpSocket::bind(("::1", port)).is_ok() {
             return port;
         }
     }
+}
+
+/// The local ports of the UDP sockets of the calling thread's network
+/// namespace, both families (`/proc/thread-self/net/udp*`: the thread's
+/// namespace, which `/proc/self` would not give).
+fn udp_ports_bound_here() -> BTreeSet<u16> {
+    ["udp", "udp6"]
+        .iter()
+        .flat_map(|t| {
+            let path = format!("/proc/thread-self/net/{t}");
+            let table = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            table
+                .lines()
+                .skip(1)
+                .map(|l| {
+                    // "  sl  local_address ...": "0100007F:D275", the port in hex.
+                    let local = l.split_whitespace().nth(1).expect("a local address column");
+                    let port = local.rsplit(':').next().expect("address:port");
+                    u16::from_str_radix(port, 16).expect("a hex port")
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// A guest UDP socket bound to `addr` (an explicit port): a server.
