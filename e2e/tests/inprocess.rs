@@ -801,3 +801,37 @@ async fn a_stalled_flow_holds_up_no_other_flow() {
     }
     host.stop().await;
 }
+
+/// A guest server that restarts on its port (closes it and binds it again
+/// at once, as a dev server reloading does) is forwarded again at once, even
+/// when its close and its new bind reach the host in one read: the new
+/// forward waits for the old one to let go of the host port (a closed UDP
+/// socket keeps its port until its task is gone) instead of meeting it as a
+/// conflict and retrying later.
+#[tokio::test]
+async fn a_server_restarted_on_its_port_is_forwarded_again_at_once() {
+    let sock = sock_path("restart");
+    let fake = FakeAgent::bind(&sock);
+    let mut host = Host::start(&sock);
+    let mut conn = fake.welcome().await;
+    let port = std::net::UdpSocket::bind((HOST_IP, 0)).unwrap().local_addr().unwrap().port();
+    let server = |pid| Forward {
+        endpoint: udp(port),
+        guest_addr: "127.0.0.1".parse().unwrap(),
+        pid,
+        comm: "server".into(),
+    };
+    conn.send(&AgentMsg::Snapshot { forwards: vec![server(1)], last: true }).await.unwrap();
+    host.wait("the UDP forward", |s| s.serving.contains(&udp(port))).await;
+    conn.send_all([&AgentMsg::Removed(udp(port)), &AgentMsg::Added(server(2))]).await.unwrap();
+    let st = host
+        .wait("the restarted server's forward", |s| {
+            s.conflicts.contains(&udp(port))
+                || s.forwards
+                    .iter()
+                    .any(|f| f.forward == server(2) && s.serving.contains(&udp(port)))
+        })
+        .await;
+    assert!(st.conflicts.is_empty(), "the restarted server met its own old forward: {st:?}");
+    host.stop().await;
+}

@@ -132,7 +132,7 @@ pub async fn run(
                     forwards.retry_conflicts();
                     status.send_modify(|st| forwards.fill_status(st));
                 }
-                Some(reply) = reloads.recv() => reload(&config, &mut forwards, &status, reply),
+                Some(reply) = reloads.recv() => reload(&config, &mut forwards, &status, reply).await,
                 _ = sleep_until_some(stale_at) => {
                     let n = forwards.len();
                     forwards.clear();
@@ -149,11 +149,17 @@ pub async fn run(
 
 /// Puts the rules in force anew: re-read, checked, and applied to every
 /// endpoint; refused with the reason (the old rules stay) when bad.
-fn reload(config: &Config, forwards: &mut Forwards, status: &watch::Sender<Status>, reply: Reload) {
+async fn reload(
+    config: &Config,
+    forwards: &mut Forwards,
+    status: &watch::Sender<Status>,
+    reply: Reload,
+) {
     let outcome = match config.rules.load() {
         Ok(rules) => {
             let what = config.rules.describe(rules.len());
             forwards.set_rules(rules);
+            forwards.settle().await;
             status.send_modify(|st| forwards.fill_status(st));
             info!(event = "rules_reloaded", rules = %what, "rules reloaded: {what}");
             Ok(what)
@@ -247,6 +253,7 @@ async fn session(
     // and each needs the session's data connections.
     config.pool.start(addr, ticket);
     forwards.resync(table);
+    forwards.settle().await;
     status.send_modify(|st| {
         st.connected = true;
         st.last_error = None;
@@ -282,6 +289,7 @@ async fn session(
                         return Err(established(e.into()));
                     }
                 }
+                forwards.settle().await;
                 status.send_modify(|st| forwards.fill_status(st));
             }
             _ = tokio::time::sleep_until(next_ping), if !timeout.is_zero() => {
@@ -296,7 +304,7 @@ async fn session(
                 forwards.retry_conflicts();
                 status.send_modify(|st| forwards.fill_status(st));
             }
-            Some(reply) = reloads.recv() => reload(config, forwards, status, reply),
+            Some(reply) = reloads.recv() => reload(config, forwards, status, reply).await,
         }
     }
 }

@@ -7,6 +7,16 @@
 //! lasts; hoist never shares or steals it. New rules re-decide every
 //! endpoint: a forward whose place did not change keeps its port and its
 //! connections.
+//!
+//! A closed forward's socket is closed by the runtime when it drops the
+//! aborted task (and, for UDP, its flows), a moment after the close. A
+//! guest server that restarts on its port can be opened again before that
+//! moment: the new forward then waits for its own predecessor's socket
+//! ([`HeldPort`] says when it is gone, [`Forwards::settle`] waits for it)
+//! instead of meeting it as a conflict and retrying later. Where the port
+//! outlives the socket a little (Wine frees it after closesocket returns),
+//! the new forward retries every few milliseconds, for a second at most,
+//! before it counts as a conflict.
 
 use crate::listener::{accept_loop, bind_host_port};
 use crate::rules::{Decision, Defaults, Rules};
@@ -16,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -31,7 +42,54 @@ pub struct ForwardHandle {
     task: JoinHandle<()>,
     /// A second descriptor for the socket `task` serves.
     socket: socket2::Socket,
+    /// Resolves once the socket `task` serves is closed.
+    freed: Option<oneshot::Receiver<()>>,
 }
+
+/// A forward's host socket, owned by its task, with the signal that it is
+/// closed: fields drop in order, so the sender goes (and the forward's
+/// [`ForwardHandle`] learns that the port is free) only after the socket.
+pub struct HeldPort<S> {
+    socket: S,
+    _freed: oneshot::Sender<()>,
+}
+
+impl<S> HeldPort<S> {
+    /// `socket`, and the receiver that resolves once it is closed.
+    pub(crate) fn new(socket: S) -> (HeldPort<S>, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (HeldPort { socket, _freed: tx }, rx)
+    }
+}
+
+impl<S> std::ops::Deref for HeldPort<S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        &self.socket
+    }
+}
+
+/// A host port a closed forward's socket holds until `freed` (and, on
+/// some systems, a little after).
+struct Closing {
+    proto: Proto,
+    host: SocketAddr,
+    /// Until awaited once.
+    freed: Option<oneshot::Receiver<()>>,
+    /// Until when a bind of `host` that fails is taken to meet this
+    /// forward's socket, not another program's.
+    until: Instant,
+}
+
+/// How long after a forward's close its port may still be held by it: the
+/// runtime drops an aborted task at once, so this bounds only the absurd.
+const OWN_GRACE: Duration = Duration::from_secs(1);
+/// How soon a forward waiting for its predecessor's port tries again when
+/// the port outlived the socket.
+const OWN_RETRY: Duration = Duration::from_millis(5);
+
+/// Why a forward waits, in the status, while its predecessor lets go.
+const OWN_PORT: &str = "is still held by hoist's previous forward of it, closing now";
 
 impl Drop for ForwardHandle {
     fn drop(&mut self) {
@@ -69,6 +127,9 @@ enum Place {
         tries: u32,
         next_try: Instant,
         since: SystemTime,
+        /// The port is held by a forward of ours that is closing: retried
+        /// the moment it lets go (`settle`), without a warning.
+        own: bool,
     },
     Ignored {
         why: String,
@@ -88,12 +149,14 @@ pub struct Forwards {
     rules: Rules,
     /// The guest's endpoints, as last told, and what is done with each.
     all: BTreeMap<Endpoint, (Forward, Place)>,
+    /// Host ports of closed forwards whose sockets may not be closed yet.
+    closing: Vec<Closing>,
 }
 
 impl Forwards {
     /// No forwards yet.
     pub fn new(config: Arc<Config>, rules: Rules) -> Forwards {
-        Forwards { config, rules, all: BTreeMap::new() }
+        Forwards { config, rules, all: BTreeMap::new(), closing: Vec::new() }
     }
 
     /// Makes the forwards equal to the guest's full table.
@@ -134,8 +197,8 @@ impl Forwards {
                 if at == host =>
             {
                 match p {
-                    Place::Conflict { why, tries, next_try, since, .. } => {
-                        Place::Conflict { host, rule, why, tries, next_try, since }
+                    Place::Conflict { why, tries, next_try, since, own, .. } => {
+                        Place::Conflict { host, rule, why, tries, next_try, since, own }
                     }
                     _ => unreachable!("matched a conflict"),
                 }
@@ -161,23 +224,27 @@ impl Forwards {
 
     /// Binds `host` for `f` and starts its accept loop, or records the
     /// conflict (try number `tries`) when the port cannot be had.
-    fn open(&self, f: &Forward, host: SocketAddr, rule: Option<String>, tries: u32) -> Place {
+    fn open(&mut self, f: &Forward, host: SocketAddr, rule: Option<String>, tries: u32) -> Place {
         let e = f.endpoint;
         let stats = Arc::new(ForwardStats::default());
         let (config, stats2) = (self.config.clone(), stats.clone());
         let opened = match e.proto {
             Proto::Tcp => bind_host_port(host).and_then(|l| {
                 let socket = socket2::SockRef::from(&l).try_clone()?;
-                Ok((socket, tokio::spawn(accept_loop(l, e, config, stats2))))
+                let (l, freed) = HeldPort::new(l);
+                Ok((socket, freed, tokio::spawn(accept_loop(l, e, config, stats2))))
             }),
             Proto::Udp => crate::udp::bind(host).and_then(|s| {
                 let socket = socket2::SockRef::from(&s).try_clone()?;
-                let s = tokio::net::UdpSocket::from_std(s)?;
-                Ok((socket, tokio::spawn(crate::udp::serve(s, e, config, stats2))))
+                let (s, freed) = HeldPort::new(tokio::net::UdpSocket::from_std(s)?);
+                Ok((socket, freed, tokio::spawn(crate::udp::serve(s, e, config, stats2))))
             }),
         };
+        let now = Instant::now();
+        self.closing.retain(|c| c.until > now);
+        let own = self.closing.iter().any(|c| c.proto == e.proto && c.host == host);
         match opened {
-            Ok((socket, task)) => {
+            Ok((socket, freed, task)) => {
                 info!(event = "forward_opened", proto = %e.proto, port = e.port, family = %e.family(), host = %host, guest_address = %f.guest_addr, pid = f.pid, comm = %f.comm, rule = rule.as_deref().unwrap_or("default"), "forwarding {} {host} to the guest's {}", e.proto, e);
                 Place::Open(ForwardHandle {
                     proto: e.proto,
@@ -187,12 +254,26 @@ impl Forwards {
                     stats,
                     task,
                     socket,
+                    freed: Some(freed),
                 })
+            }
+            Err(_) if own => {
+                debug!(proto = %e.proto, port = e.port, host = %host, tries, "waiting for the previous forward of {host} to let go of its port");
+                Place::Conflict {
+                    host,
+                    rule,
+                    why: OWN_PORT.into(),
+                    // A real conflict, if it comes to that, starts afresh.
+                    tries: 0,
+                    next_try: now + OWN_RETRY,
+                    since: SystemTime::now(),
+                    own,
+                }
             }
             Err(err) => {
                 let why = explain_bind_error(&err, host);
                 if tries == 0 {
-                    warn!(event = "host_port_conflict", proto = %e.proto, port = e.port, family = %e.family(), host = %host, pid = f.pid, comm = %f.comm, reason = %why, "{} port {host} {why}; guest listener of pid {} ({}) is not forwarded until it is free", e.proto, f.pid, f.comm);
+                    warn_conflict(f, host, &why);
                 }
                 Place::Conflict {
                     host,
@@ -201,8 +282,37 @@ impl Forwards {
                     tries,
                     next_try: Instant::now() + retry_delay(tries),
                     since: SystemTime::now(),
+                    own,
                 }
             }
+        }
+    }
+
+    /// Waits for the sockets of closed forwards that a new forward of the
+    /// same host port waits on (the runtime closes them at once), then opens
+    /// those forwards. Returns at once when no forward waits. Called after
+    /// every change, before the status is published, so a guest server's
+    /// restart on its port never shows as a conflict.
+    pub async fn settle(&mut self) {
+        let waiting: Vec<Endpoint> = self
+            .all
+            .iter()
+            .filter(|(_, (_, p))| matches!(p, Place::Conflict { own: true, .. }))
+            .map(|(e, _)| *e)
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        for c in &mut self.closing {
+            let awaited = waiting.iter().any(|e| {
+                matches!(&self.all[e].1, Place::Conflict { host, .. } if *host == c.host && e.proto == c.proto)
+            });
+            if let Some(freed) = c.freed.take_if(|_| awaited) {
+                let _ = tokio::time::timeout_at(c.until, freed).await;
+            }
+        }
+        for e in waiting {
+            self.retry(e);
         }
     }
 
@@ -227,25 +337,30 @@ impl Forwards {
             .map(|(e, _)| *e)
             .collect();
         for e in due {
-            let Some((f, Place::Conflict { host, rule, why, tries, since, .. })) =
-                self.all.remove(&e)
-            else {
-                continue;
-            };
-            let place = match self.open(&f, host, rule, tries + 1) {
-                Place::Conflict { host, rule, why: now_why, tries, next_try, .. } => {
-                    if now_why != why {
-                        warn!(event = "host_port_conflict", proto = %e.proto, port = e.port, family = %e.family(), host = %host, reason = %now_why, "host port {host} {now_why}");
-                    }
-                    Place::Conflict { host, rule, why: now_why, tries, next_try, since }
-                }
-                open => {
-                    debug!(port = e.port, tries = tries + 1, "host port freed");
-                    open
-                }
-            };
-            self.all.insert(e, (f, place));
+            self.retry(e);
         }
+    }
+
+    /// Tries again to open `e`'s forward, in conflict; logs only what
+    /// changed.
+    fn retry(&mut self, e: Endpoint) {
+        let Some((f, Place::Conflict { host, rule, why, tries, since, .. })) = self.all.remove(&e)
+        else {
+            return;
+        };
+        let place = match self.open(&f, host, rule, tries + 1) {
+            Place::Conflict { host, rule, why: now_why, tries, next_try, own, .. } => {
+                if now_why != why && !own {
+                    warn_conflict(&f, host, &now_why);
+                }
+                Place::Conflict { host, rule, why: now_why, tries, next_try, since, own }
+            }
+            open => {
+                debug!(port = e.port, tries = tries + 1, "host port freed");
+                open
+            }
+        };
+        self.all.insert(e, (f, place));
     }
 
     /// Guest endpoints known (served, in conflict or ignored).
@@ -273,13 +388,17 @@ impl Forwards {
         }
     }
 
-    fn close(&self, f: &Forward, place: Place, why: &str) {
+    fn close(&mut self, f: &Forward, place: Place, why: &str) {
         let e = f.endpoint;
         match place {
-            Place::Open(h) => {
+            Place::Open(mut h) => {
                 // Close the port before saying so: whoever reads the log may
                 // connect the moment the line appears.
                 let host = h.host;
+                if let Some(freed) = h.freed.take() {
+                    let until = Instant::now() + OWN_GRACE;
+                    self.closing.push(Closing { proto: e.proto, host, freed: Some(freed), until });
+                }
                 drop(h);
                 info!(event = "forward_closed", proto = %e.proto, port = e.port, family = %e.family(), host = %host, pid = f.pid, comm = %f.comm, "{why}; host port {host} closed");
             }
@@ -314,6 +433,12 @@ impl Forwards {
         }
         s.rules = self.config.rules.describe(self.rules.len());
     }
+}
+
+/// Reports that `f`'s host port cannot be had, and why.
+fn warn_conflict(f: &Forward, host: SocketAddr, why: &str) {
+    let e = f.endpoint;
+    warn!(event = "host_port_conflict", proto = %e.proto, port = e.port, family = %e.family(), host = %host, pid = f.pid, comm = %f.comm, reason = %why, "{} port {host} {why}; guest listener of pid {} ({}) is not forwarded until it is free", e.proto, f.pid, f.comm);
 }
 
 /// A host port that cannot be bound, in words that say what to do.
@@ -366,6 +491,35 @@ mod tests {
         let err = std::net::TcpStream::connect(("127.0.0.1", port))
             .expect_err("port still open after remove");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
+
+    /// A UDP forward closed and opened again on the same port before the
+    /// runtime has dropped the old task (nothing yielded in between) meets
+    /// its own predecessor's socket: it waits for it, not counted as a
+    /// conflict, and `settle` opens it. (Under Wine the port outlives the
+    /// socket a little: the e2e Wine test covers that case.)
+    #[cfg(not(windows))]
+    #[tokio::test]
+    async fn a_forward_reopened_on_its_port_waits_for_its_predecessor() {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut fw = Forwards::new(
+            Arc::new(Config::new("unix:/nonexistent".parse().unwrap())),
+            Rules::default(),
+        );
+        let e = Endpoint::udp(Family::V4, port);
+        let server = |pid| Forward { endpoint: e, pid, ..f(Family::V4, port) };
+        let served = |fw: &Forwards| {
+            let mut st = Status::default();
+            fw.fill_status(&mut st);
+            (st.serving.contains(&e), st.conflicts.contains(&e))
+        };
+        fw.add(server(1));
+        assert_eq!(served(&fw), (true, false), "opened");
+        fw.remove(e);
+        fw.add(server(2));
+        assert_eq!(served(&fw), (false, true), "waits: the old socket still holds the port");
+        fw.settle().await;
+        assert_eq!(served(&fw), (true, false), "opened once the old socket closed");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! limit allows. Accept errors are logged and the loop goes on.
 
 use crate::data::{carry, CarryError};
+use crate::forwards::HeldPort;
 use crate::{Config, ForwardStats};
 use hoist_wire::{Endpoint, Refusal};
 #[cfg(unix)]
@@ -45,7 +46,7 @@ pub fn bind_host_port(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Accepts until the task is aborted (its forward's handle dropped). A
 /// client beyond the connection limit is reset at once.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: HeldPort<TcpListener>,
     endpoint: Endpoint,
     config: Arc<Config>,
     stats: Arc<ForwardStats>,

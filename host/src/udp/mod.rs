@@ -17,6 +17,7 @@
 mod flow;
 pub mod flows;
 
+use crate::forwards::HeldPort;
 use crate::{Config, ForwardStats};
 use flows::{Arrival, DropReason, FlowId, FlowTable, Limits};
 use hoist_net::DatagramBuf;
@@ -76,7 +77,8 @@ pub fn deafen(socket: &socket2::Socket) {
 /// flow's sender.
 struct Forward {
     endpoint: Endpoint,
-    socket: UdpSocket,
+    /// Closed (and the port freed) with the last flow's reference.
+    socket: HeldPort<UdpSocket>,
     config: Arc<Config>,
     /// Flows carried now and since the forward opened, bytes both ways.
     stats: Arc<ForwardStats>,
@@ -119,7 +121,7 @@ impl Drop for Forward {
 /// Serves the forward on `socket` until the task is aborted (its handle
 /// dropped).
 pub async fn serve(
-    socket: UdpSocket,
+    socket: HeldPort<UdpSocket>,
     endpoint: Endpoint,
     config: Arc<Config>,
     stats: Arc<ForwardStats>,
@@ -271,7 +273,7 @@ mod tests {
         let addr = std_socket.local_addr().unwrap();
         let handle = socket2::SockRef::from(&std_socket).try_clone().unwrap();
         let config = Arc::new(Config::new("unix:/nonexistent".parse().unwrap()));
-        let socket = UdpSocket::from_std(std_socket).unwrap();
+        let (socket, _freed) = HeldPort::new(UdpSocket::from_std(std_socket).unwrap());
         let task = tokio::spawn(serve(
             socket,
             Endpoint::udp(hoist_wire::Family::V4, addr.port()),
