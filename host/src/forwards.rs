@@ -22,7 +22,7 @@ use crate::listener::{accept_loop, bind_host_port};
 use crate::rules::{Decision, Defaults, Rules};
 use crate::{Config, ForwardState, ForwardStats, ForwardStatus, Status};
 use hoist_wire::{Endpoint, Forward, Proto};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -150,13 +150,14 @@ pub struct Forwards {
     /// The guest's endpoints, as last told, and what is done with each.
     all: BTreeMap<Endpoint, (Forward, Place)>,
     /// Host ports of closed forwards whose sockets may not be closed yet.
-    closing: Vec<Closing>,
+    /// Oldest first (each stays `OWN_GRACE`).
+    closing: VecDeque<Closing>,
 }
 
 impl Forwards {
     /// No forwards yet.
     pub fn new(config: Arc<Config>, rules: Rules) -> Forwards {
-        Forwards { config, rules, all: BTreeMap::new(), closing: Vec::new() }
+        Forwards { config, rules, all: BTreeMap::new(), closing: VecDeque::new() }
     }
 
     /// Makes the forwards equal to the guest's full table.
@@ -241,8 +242,11 @@ impl Forwards {
             }),
         };
         let now = Instant::now();
-        self.closing.retain(|c| c.until > now);
-        let own = self.closing.iter().any(|c| c.proto == e.proto && c.host == host);
+        // Only a bind that failed asks whom it met.
+        let own = opened.is_err() && {
+            self.forget_closed(now);
+            self.closing.iter().any(|c| c.proto == e.proto && c.host == host)
+        };
         match opened {
             Ok((socket, freed, task)) => {
                 info!(event = "forward_opened", proto = %e.proto, port = e.port, family = %e.family(), host = %host, guest_address = %f.guest_addr, pid = f.pid, comm = %f.comm, rule = rule.as_deref().unwrap_or("default"), "forwarding {} {host} to the guest's {}", e.proto, e);
@@ -294,6 +298,9 @@ impl Forwards {
     /// every change, before the status is published, so a guest server's
     /// restart on its port never shows as a conflict.
     pub async fn settle(&mut self) {
+        if self.closing.is_empty() {
+            return;
+        }
         let waiting: Vec<Endpoint> = self
             .all
             .iter()
@@ -396,8 +403,15 @@ impl Forwards {
                 // connect the moment the line appears.
                 let host = h.host;
                 if let Some(freed) = h.freed.take() {
-                    let until = Instant::now() + OWN_GRACE;
-                    self.closing.push(Closing { proto: e.proto, host, freed: Some(freed), until });
+                    let now = Instant::now();
+                    self.forget_closed(now);
+                    let until = now + OWN_GRACE;
+                    self.closing.push_back(Closing {
+                        proto: e.proto,
+                        host,
+                        freed: Some(freed),
+                        until,
+                    });
                 }
                 drop(h);
                 info!(event = "forward_closed", proto = %e.proto, port = e.port, family = %e.family(), host = %host, pid = f.pid, comm = %f.comm, "{why}; host port {host} closed");
@@ -406,6 +420,13 @@ impl Forwards {
                 info!(event = "forward_closed", proto = %e.proto, port = e.port, family = %e.family(), host = %host, "{why} (its host port was in conflict)");
             }
             Place::Ignored { .. } => debug!(port = e.port, "{why} (it was ignored)"),
+        }
+    }
+
+    /// Forgets the closed forwards whose grace is over.
+    fn forget_closed(&mut self, now: Instant) {
+        while self.closing.front().is_some_and(|c| c.until <= now) {
+            self.closing.pop_front();
         }
     }
 
