@@ -492,6 +492,12 @@ mod tests {
         }
     }
 
+    /// Forwards under the default rules, for an agent nobody reaches.
+    #[cfg(unix)]
+    fn forwards() -> Forwards {
+        Forwards::new(Arc::new(Config::new("unix:/nonexistent".parse().unwrap())), Rules::default())
+    }
+
     /// The port refuses connections as soon as the forward is removed, not
     /// whenever the runtime next drops the aborted accept task. (Windows
     /// cannot shut a listener down: listener_windows.rs tests its version.)
@@ -499,10 +505,7 @@ mod tests {
     #[tokio::test]
     async fn removing_a_forward_closes_its_port_at_once() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut fw = Forwards::new(
-            Arc::new(Config::new("unix:/nonexistent".parse().unwrap())),
-            Rules::default(),
-        );
+        let mut fw = forwards();
         fw.add(f(Family::V4, port));
         let mut st = Status::default();
         fw.fill_status(&mut st);
@@ -519,14 +522,11 @@ mod tests {
     /// its own predecessor's socket: it waits for it, not counted as a
     /// conflict, and `settle` opens it. (Under Wine the port outlives the
     /// socket a little: the e2e Wine test covers that case.)
-    #[cfg(not(windows))]
+    #[cfg(unix)]
     #[tokio::test]
     async fn a_forward_reopened_on_its_port_waits_for_its_predecessor() {
         let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut fw = Forwards::new(
-            Arc::new(Config::new("unix:/nonexistent".parse().unwrap())),
-            Rules::default(),
-        );
+        let mut fw = forwards();
         let e = Endpoint::udp(Family::V4, port);
         let server = |pid| Forward { endpoint: e, pid, ..f(Family::V4, port) };
         let served = |fw: &Forwards| {
