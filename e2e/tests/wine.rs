@@ -45,6 +45,24 @@ fn pipe<R: Read, W: Write>(mut from: R, mut to: W, fin: impl FnOnce(&W) -> std::
 }
 
 /// A lab whose host is hoist-host.exe under Wine, through the bridge.
+/// Asserts that the host port at `addr` refuses connections, soon. Windows
+/// cannot shut a listening socket down: a forward's port closes when the
+/// runtime drops its task, just after `forward_closed` is logged (under
+/// Wine a moment later still), so the probe repeats, bounded.
+fn refused_soon(addr: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match TcpStream::connect(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            Err(e) => panic!("{addr}: {e}"),
+            Ok(_) => {
+                assert!(std::time::Instant::now() < deadline, "{addr} still accepts connections")
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 fn wine_lab() -> Lab {
     let mut lab = Lab::empty();
     lab.start_agent(&[]);
@@ -148,7 +166,7 @@ fn guest_ports_answer_on_windows_loopback_intact_and_close_with_the_server() {
     lab.wait_forwarded("ipv4", p);
     drop(l);
     lab.wait_unforwarded("ipv4", p);
-    refused(&format!("127.0.0.1:{p}"));
+    refused_soon(&format!("127.0.0.1:{p}"));
 }
 
 /// UDP through hoist-host.exe: a guest UDP server answers on Windows'
@@ -256,7 +274,7 @@ fn a_restarted_agent_resyncs_and_ctrl_c_stops_the_host() {
     });
     let want = [ep("ipv4", port(&b)), ep("ipv4", port(&c))].into_iter().collect();
     assert_eq!(serving(&lab.host_logs().snapshot()), want, "resynced to the guest's table");
-    refused(&format!("127.0.0.1:{pa}"));
+    refused_soon(&format!("127.0.0.1:{pa}"));
 
     // Wine turns SIGINT into the console's Ctrl-C.
     let host = lab.host.take().unwrap();
@@ -265,7 +283,7 @@ fn a_restarted_agent_resyncs_and_ctrl_c_stops_the_host() {
     host.logs
         .wait("the shutdown line", |l| l.iter().any(|v| is_event(v, "shutdown")).then_some(()));
     assert_eq!(exit_code(pid), Some(0), "exit status after Ctrl-C");
-    refused(&format!("127.0.0.1:{}", port(&b)));
+    refused_soon(&format!("127.0.0.1:{}", port(&b)));
 }
 
 /// Waits (bounded) for a child to exit, leaving it for its owner to reap;
