@@ -356,25 +356,29 @@ pub fn wait_udp(lab: &Lab, what: &str, pred: impl Fn(&BTreeSet<Ep>) -> bool) -> 
     })
 }
 
-/// A UDP port free in the guest and on the host. The guest is asked by
-/// reading its socket tables, not by binding: a bind of a named port would
-/// make a server, forwarded and closed again, and a test that waits for its
-/// own server's forward could take that one for it.
+/// A port free for UDP and TCP, both families, in the guest and on the host
+/// (a server such as dnsmasq takes both protocols on it). The guest is asked
+/// by reading its socket tables, not by binding: a bind of a named port
+/// would make a server, forwarded and closed again, and a test that waits
+/// for its own server's forward could take that one for it.
 pub fn free_udp_port(lab: &Lab) -> u16 {
     loop {
         let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let taken_in_guest = lab.guest(move || udp_ports_bound_here().contains(&port));
-        if !taken_in_guest && UdpSocket::bind(("::1", port)).is_ok() {
+        let taken_in_guest = lab.guest(move || ports_in_use_here().contains(&port));
+        let free_on_host = UdpSocket::bind(("::1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("::1", port)).is_ok();
+        if !taken_in_guest && free_on_host {
             return port;
         }
     }
 }
 
-/// The local ports of the UDP sockets of the calling thread's network
-/// namespace, both families (`/proc/thread-self/net/udp*`: the thread's
-/// namespace, which `/proc/self` would not give).
-fn udp_ports_bound_here() -> BTreeSet<u16> {
-    ["udp", "udp6"]
+/// The local ports of the UDP and TCP sockets of the calling thread's
+/// network namespace, both families (`/proc/thread-self/net/*`: the
+/// thread's namespace, which `/proc/self` would not give).
+fn ports_in_use_here() -> BTreeSet<u16> {
+    ["udp", "udp6", "tcp", "tcp6"]
         .iter()
         .flat_map(|t| {
             let path = format!("/proc/thread-self/net/{t}");
