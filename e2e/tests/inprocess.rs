@@ -688,9 +688,6 @@ async fn round_trip(c: &UdpSocket, d: &[u8]) -> std::io::Result<Vec<u8>> {
 /// Datagrams of every size up to the largest IPv4 carries cross whole, in
 /// order, each back to the client that sent it; closing the guest server
 /// closes the host port at once (the client sees it refused).
-/// Datagrams of every size up to the largest IPv4 carries cross whole, in
-/// order, each back to the client that sent it; closing the guest server
-/// closes the host port at once (the client sees it refused).
 #[tokio::test]
 async fn datagrams_cross_whole_to_their_client_and_the_port_closes_with_the_server() {
     let sock = sock_path("echo");

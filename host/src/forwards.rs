@@ -286,7 +286,7 @@ impl Forwards {
                     tries,
                     next_try: Instant::now() + retry_delay(tries),
                     since: SystemTime::now(),
-                    own,
+                    own: false,
                 }
             }
         }
@@ -301,24 +301,24 @@ impl Forwards {
         if self.closing.is_empty() {
             return;
         }
-        let waiting: Vec<Endpoint> = self
+        let waiting: Vec<(Endpoint, SocketAddr)> = self
             .all
             .iter()
-            .filter(|(_, (_, p))| matches!(p, Place::Conflict { own: true, .. }))
-            .map(|(e, _)| *e)
+            .filter_map(|(e, (_, p))| match p {
+                Place::Conflict { host, own: true, .. } => Some((*e, *host)),
+                _ => None,
+            })
             .collect();
         if waiting.is_empty() {
             return;
         }
         for c in &mut self.closing {
-            let awaited = waiting.iter().any(|e| {
-                matches!(&self.all[e].1, Place::Conflict { host, .. } if *host == c.host && e.proto == c.proto)
-            });
+            let awaited = waiting.iter().any(|(e, host)| e.proto == c.proto && *host == c.host);
             if let Some(freed) = c.freed.take_if(|_| awaited) {
                 let _ = tokio::time::timeout_at(c.until, freed).await;
             }
         }
-        for e in waiting {
+        for (e, _) in waiting {
             self.retry(e);
         }
     }
