@@ -3,7 +3,8 @@
 //! one after another: it waits, idle, for the host's `Open` (a pooled
 //! connection may wait long; nothing here wakes while it does), looks the
 //! endpoint up in the published table (a port that is not listening is
-//! refused), dials the guest's local listener, answers `Opened`, and relays.
+//! refused), dials the guest's local listener, and relays, its answer
+//! `Opened` in front of the guest server's first segment.
 //! An `Open` of a UDP endpoint is a UDP flow instead (`udp`).
 //! A clean end on both sides returns it to waiting; anything else closes it.
 //! A host that hangs up while the dial is in flight cancels it; the end of
@@ -21,9 +22,9 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-/// How long a dial to a guest listener may take. The host waits longer for
-/// the answer (see `host/src/data.rs`), so a slow dial that succeeds never
-/// meets a connection the host already dropped.
+/// How long a dial to a guest listener may take: a dial that fails or hangs
+/// is answered `Refused` within it (the host has no deadline of its own: an
+/// `Opened` waits for the guest server's first segment).
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves a data connection that presented `ticket`.
@@ -80,11 +81,12 @@ pub async fn serve(conn: Conn<Stream>, ticket: Ticket, door: &Door, slot: Slot) 
             }
         }
         let Some(guest) = dial(&mut data, endpoint, door).await? else { return Ok(()) };
-        send(&mut data, &SegmentHeader::new(SegmentKind::Opened, 0).encode()).await?;
-        // Segments the host sent behind its Open belong to the relay. A reset
-        // or a vanished peer ends a relay routinely; the host side logs the
-        // connection's fate, so this side keeps it to debug.
-        match relay(guest, &mut data, std::mem::take(&mut inbox), Opening::None, &door.traffic)
+        // `Opened` rides with the guest server's first segment (see
+        // `Opening::Announce`). Segments the host sent behind its Open
+        // belong to the relay. A reset or a vanished peer ends a relay
+        // routinely; the host side logs the connection's fate, so this side
+        // keeps it to debug.
+        match relay(guest, &mut data, std::mem::take(&mut inbox), Opening::Announce, &door.traffic)
             .await
         {
             Ok(done) => inbox = done.leftover,

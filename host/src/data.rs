@@ -13,14 +13,8 @@ use anyhow::anyhow;
 use bytes::BytesMut;
 use hoist_net::{relay, Opening, RelayError, Traffic};
 use hoist_wire::{open_segment, Endpoint, Refusal};
-use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-/// How long the host waits for the agent's answer: strictly longer than the
-/// agent's own dial timeout (5 s, `agent/src/data.rs`), so a slow dial that
-/// succeeds is never met by a connection the host already dropped.
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(7);
 
 /// How a client connection ended, when not cleanly.
 #[derive(Debug)]
@@ -63,9 +57,7 @@ pub async fn carry(
         hoist_net::reset(client);
         return Err(CarryError::Failed(anyhow::Error::new(e).context("opening a data connection")));
     }
-    let relayed =
-        relay(client, &mut data.stream, BytesMut::new(), Opening::Awaited(OPEN_TIMEOUT), traffic)
-            .await;
+    let relayed = relay(client, &mut data.stream, BytesMut::new(), Opening::Awaited, traffic).await;
     match relayed {
         Ok(done) => {
             // Nothing may follow a clean end unasked: a connection that
@@ -84,18 +76,5 @@ pub async fn carry(
         Err(e) => {
             Err(CarryError::Failed(anyhow::Error::new(e).context(format!("relaying {endpoint}"))))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The host outwaits the agent's dial, by a margin that covers a
-    /// scheduling hiccup on either side.
-    #[test]
-    fn the_host_waits_longer_than_the_agent_dials() {
-        const AGENT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-        assert!(OPEN_TIMEOUT >= AGENT_DIAL_TIMEOUT + Duration::from_secs(1));
     }
 }

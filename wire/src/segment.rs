@@ -15,12 +15,18 @@
 //! | kind | segment   | payload                          | sent by                   |
 //! |------|-----------|----------------------------------|---------------------------|
 //! | 1    | `Open`    | endpoint (see `msg`)             | host, first               |
-//! | 2    | `Opened`  | none                             | agent, first: dialled     |
+//! | 2    | `Opened`  | none                             | agent, first: dialled (1) |
 //! | 3    | `Refused` | code:u8 reason:str               | agent, first; then closes |
 //! | 4    | `Bytes`   | 1..=[`MAX_SEGMENT`] stream bytes | both                      |
 //! | 5    | `Fin`     | none: the sender's stream ended  | both, once                |
 //! | 6    | `Reset`   | none: the sender's side reset    | both                      |
 //! | 7    | `Datagram`| one UDP datagram, 0..=[`MAX_DATAGRAM`] bytes | both, UDP flows only |
+//!
+//! (1) For a TCP endpoint the agent sends `Opened` in the same write as its
+//! first other segment (the guest server's first bytes, its end or its
+//! reset), however late that is, and the host waits for it without a
+//! deadline: the answer costs no write and no wake-up of its own. A UDP
+//! flow's `Opened` comes at once, as its socket is made.
 //!
 //! A connection ends cleanly only after a `Fin` each way; an end of stream
 //! any earlier, or a `Reset`, resets the other side's TCP connection. A UDP

@@ -12,7 +12,6 @@
 
 use super::flows::{DropReason, FlowId};
 use super::{FlowCtl, Forward};
-use crate::data::OPEN_TIMEOUT;
 use crate::pool::greeting;
 use bytes::Bytes;
 use hoist_net::{write_fin, FlowSegment, Permit, SegmentReader, Stream};
@@ -25,6 +24,12 @@ use std::time::Duration;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 use tracing::{debug, warn};
+
+/// How long the agent may take to answer a flow's `Open`: it only creates a
+/// socket connected to the guest server, so this bounds a stuck agent, not
+/// a slow server (unlike a TCP connection's, a flow's answer never waits
+/// for the server).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(7);
 
 /// How long the agent may take to answer a flow's `Fin`.
 const FIN_WAIT: Duration = OPEN_TIMEOUT;

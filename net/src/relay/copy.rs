@@ -3,8 +3,8 @@
 //! buffers with the transport's own async reads and writes.
 
 use super::{
-    at_end, bad_segment, local, take_answer, transport, within, Moved, Opening, RelayError,
-    Relayed, State, ENDED_BEFORE_ANSWER,
+    at_end, bad_segment, local, take_answer, transport, Moved, Opening, RelayError, Relayed, State,
+    ENDED_BEFORE_ANSWER, HEADING,
 };
 use bytes::{Buf, BytesMut};
 use hoist_wire::{SegmentHeader, SegmentKind, SEGMENT_HEADER_LEN};
@@ -35,22 +35,22 @@ async fn encode(
     mut data: impl AsyncWrite + Unpin,
     state: &State<'_>,
 ) -> Result<u64, RelayError> {
-    let mut buf = vec![0u8; SEGMENT_HEADER_LEN + BUF];
+    // An owed `Opened` and a header, then the bytes: one write per segment.
+    let mut buf = vec![0u8; HEADING + BUF];
     let mut total = 0u64;
     loop {
-        let n = tcp.read(&mut buf[SEGMENT_HEADER_LEN..]).await.map_err(local)?;
+        let n = tcp.read(&mut buf[HEADING..]).await.map_err(local)?;
         if n == 0 {
-            data.write_all(&SegmentHeader::new(SegmentKind::Fin, 0).encode())
-                .await
-                .map_err(transport)?;
+            let (fin, from) = state.heading(SegmentKind::Fin, 0);
+            data.write_all(&fin[from..]).await.map_err(transport)?;
             data.flush().await.map_err(transport)?;
             state.sent_fin();
             return Ok(total);
         }
-        buf[..SEGMENT_HEADER_LEN]
-            .copy_from_slice(&SegmentHeader::new(SegmentKind::Bytes, n).encode());
+        let (head, from) = state.heading(SegmentKind::Bytes, n);
+        buf[..HEADING].copy_from_slice(&head);
         state.mid_segment.store(true, Ordering::Relaxed);
-        data.write_all(&buf[..SEGMENT_HEADER_LEN + n]).await.map_err(transport)?;
+        data.write_all(&buf[from..HEADING + n]).await.map_err(transport)?;
         data.flush().await.map_err(transport)?;
         state.mid_segment.store(false, Ordering::Relaxed);
         total += n as u64;
@@ -69,17 +69,13 @@ async fn decode(
     let mut inbox = early;
     let mut total = 0u64;
     let mut fin = false;
-    if let Opening::Awaited(limit) = state.opening {
-        let answer = async {
-            while !take_answer(&mut inbox)? {
-                inbox.reserve(BUF);
-                if data.read_buf(&mut inbox).await.map_err(transport)? == 0 {
-                    return Err(ENDED_BEFORE_ANSWER);
-                }
+    if state.opening == Opening::Awaited {
+        while !take_answer(&mut inbox)? {
+            inbox.reserve(BUF);
+            if data.read_buf(&mut inbox).await.map_err(transport)? == 0 {
+                return Err(ENDED_BEFORE_ANSWER);
             }
-            Ok(())
-        };
-        within(limit, answer).await?;
+        }
     }
     'segments: loop {
         // A Fin went each way: what follows belongs to the connection's
@@ -130,7 +126,11 @@ async fn decode(
             }
             SegmentKind::Fin if !fin => {
                 fin = true;
-                tcp.shutdown().await.map_err(local)?;
+                // Once the TCP side has ended too, the close that follows
+                // the relay sends the FIN.
+                if !state.fin_sent.load(Ordering::Relaxed) {
+                    tcp.shutdown().await.map_err(local)?;
+                }
             }
             SegmentKind::Reset => return Err(RelayError::Peer("the peer's side was reset")),
             _ => {

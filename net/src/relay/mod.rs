@@ -49,15 +49,23 @@ pub struct Relayed {
     pub leftover: BytesMut,
 }
 
-/// What the data connection carries before the relayed bytes.
+/// The agent's answer to an `Open`, and which end of the data connection
+/// this relay is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Opening {
-    /// Nothing: segments from the start (the agent's end).
+    /// No answer either way: segments from the start (tests, and relays
+    /// that stand in for both ends).
     None,
-    /// The agent's answer to an `Open`, due within the given time: `Opened`,
-    /// or `Refused` (the host's end, which relays the client's bytes without
-    /// waiting for it).
-    Awaited(std::time::Duration),
+    /// The agent's end, after a successful dial: `Opened` goes out in front
+    /// of the first segment this side sends (the guest server's first bytes,
+    /// its end or its reset), in the same write, so the answer costs neither
+    /// side a system call or a wake-up of its own.
+    Announce,
+    /// The host's end: the agent's answer comes first, however late (with the
+    /// guest server's first segment): `Opened` lets the relay go on,
+    /// `Refused` resets the client. The client's bytes are relayed without
+    /// waiting for it.
+    Awaited,
 }
 
 /// Why a relay ended without a clean close on both sides.
@@ -125,7 +133,12 @@ async fn run(
     traffic: &Traffic,
     splice: bool,
 ) -> Result<Relayed, RelayError> {
-    let state = State { opening, traffic, ..State::default() };
+    let state = State {
+        opening,
+        traffic,
+        announce: AtomicBool::new(opening == Opening::Announce),
+        ..State::default()
+    };
     let r = match splice {
         #[cfg(target_os = "linux")]
         true => splice::relay(&tcp, data, early, &state).await,
@@ -134,10 +147,10 @@ async fn run(
     if let Err(e) = &r {
         reset_on_close(&tcp);
         if matches!(e, RelayError::Local(_)) && !state.mid_segment.load(Ordering::Relaxed) {
-            let reset = hoist_wire::SegmentHeader::new(hoist_wire::SegmentKind::Reset, 0).encode();
+            let (reset, from) = state.heading(hoist_wire::SegmentKind::Reset, 0);
             // Best effort, never waiting: the peer reads an end before `Fin`
             // as a reset anyway.
-            let _ = data.try_write(&reset);
+            let _ = data.try_write(&reset[from..]);
         }
     }
     r
@@ -149,6 +162,8 @@ struct State<'a> {
     traffic: &'a Traffic,
     /// Whether the decoding direction first reads the agent's answer.
     opening: Opening,
+    /// This side still owes the host its `Opened` (see [`Opening::Announce`]).
+    announce: AtomicBool,
     /// The encoding direction has announced a segment it has not finished
     /// writing: a `Reset` now would land inside its payload.
     mid_segment: AtomicBool,
@@ -167,6 +182,7 @@ impl Default for State<'_> {
         State {
             traffic: &UNCOUNTED,
             opening: Opening::None,
+            announce: AtomicBool::new(false),
             mid_segment: AtomicBool::new(false),
             fin_sent: AtomicBool::new(false),
             fin_sent_now: tokio::sync::Notify::new(),
@@ -174,7 +190,25 @@ impl Default for State<'_> {
     }
 }
 
+/// Room for a segment header behind an owed `Opened`.
+const HEADING: usize = 2 * hoist_wire::SEGMENT_HEADER_LEN;
+
 impl State<'_> {
+    /// The header of a segment of `kind` carrying `len` bytes, behind the
+    /// `Opened` this side still owes, if it does (then no more): the bytes
+    /// to send are `heading[from..]`.
+    fn heading(&self, kind: hoist_wire::SegmentKind, len: usize) -> ([u8; HEADING], usize) {
+        use hoist_wire::{SegmentHeader, SegmentKind, SEGMENT_HEADER_LEN};
+        let mut out = [0u8; HEADING];
+        out[SEGMENT_HEADER_LEN..].copy_from_slice(&SegmentHeader::new(kind, len).encode());
+        if self.announce.load(Ordering::Relaxed) && self.announce.swap(false, Ordering::Relaxed) {
+            out[..SEGMENT_HEADER_LEN]
+                .copy_from_slice(&SegmentHeader::new(SegmentKind::Opened, 0).encode());
+            return (out, 0);
+        }
+        (out, SEGMENT_HEADER_LEN)
+    }
+
     fn sent_fin(&self) {
         self.fin_sent.store(true, Ordering::Relaxed);
         self.fin_sent_now.notify_one();
@@ -247,19 +281,6 @@ fn take_answer(inbox: &mut BytesMut) -> Result<bool, RelayError> {
     }
     bytes::Buf::advance(inbox, SEGMENT_HEADER_LEN + h.len);
     Ok(true)
-}
-
-/// Bounds the wait for the agent's answer.
-async fn within(
-    limit: std::time::Duration,
-    wait: impl std::future::Future<Output = Result<(), RelayError>>,
-) -> Result<(), RelayError> {
-    tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| {
-        Err(RelayError::Transport(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("no answer from the agent within {limit:?}"),
-        )))
-    })
 }
 
 const ENDED_BEFORE_ANSWER: RelayError =

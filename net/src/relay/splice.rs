@@ -6,8 +6,8 @@
 
 use super::pipes::{Pipe, PIPE_SIZE};
 use super::{
-    at_end, bad_segment, local, take_answer, transport, within, Moved, Opening, RelayError,
-    Relayed, State, ENDED_BEFORE_ANSWER,
+    at_end, bad_segment, local, take_answer, transport, Moved, Opening, RelayError, Relayed, State,
+    ENDED_BEFORE_ANSWER, HEADING,
 };
 use crate::sys;
 use crate::transport::Stream;
@@ -78,10 +78,23 @@ impl Fd<'_> {
     async fn read(
         &self,
         want: usize,
-        mut f: impl FnMut(BorrowedFd<'_>) -> io::Result<usize>,
+        f: impl FnMut(BorrowedFd<'_>) -> io::Result<usize>,
     ) -> io::Result<usize> {
+        self.read_to_end(want, f).await.map(|(n, _)| n)
+    }
+
+    /// [`read`](Self::read), and whether the stream ends right behind the
+    /// bytes read: the socket had its peer's FIN (and no error) before the
+    /// read, and the read came back short, so it took everything before the
+    /// FIN and the next read would return the end. A peer that answers and
+    /// closes (HTTP/1.0, `Connection: close`) then costs one read, not two.
+    async fn read_to_end(
+        &self,
+        want: usize,
+        mut f: impl FnMut(BorrowedFd<'_>) -> io::Result<usize>,
+    ) -> io::Result<(usize, bool)> {
         loop {
-            self.ready(Interest::READABLE).await?;
+            let ended = self.ready(Interest::READABLE).await?;
             let mut short = None;
             let r = self.try_io(Interest::READABLE, |fd| match f(fd) {
                 Ok(n) if n > 0 && n < want => {
@@ -91,19 +104,27 @@ impl Fd<'_> {
                 r => r,
             });
             if let Some(n) = short {
-                return Ok(n);
+                return Ok((n, ended));
             }
             match r {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return r,
+                r => return r.map(|n| (n, false)),
             }
         }
     }
 
-    async fn ready(&self, interest: Interest) -> io::Result<()> {
+    /// Waits for readiness; true when the peer's FIN had arrived without an
+    /// error (known for the TCP side only). A reset shows as a closed read
+    /// side too, but always with an error (EPOLLERR), so readable readiness
+    /// is asked together with the error's.
+    async fn ready(&self, interest: Interest) -> io::Result<bool> {
         match self {
-            Fd::Tcp(s) => s.ready(interest).await.map(drop),
-            Fd::Data(s) => s.ready(interest).await,
+            Fd::Tcp(s) if interest == Interest::READABLE => s
+                .ready(interest | Interest::ERROR)
+                .await
+                .map(|r| r.is_read_closed() && !r.is_error()),
+            Fd::Tcp(s) => s.ready(interest).await.map(|_| false),
+            Fd::Data(s) => s.ready(interest).await.map(|()| false),
         }
     }
 
@@ -137,25 +158,39 @@ impl Fd<'_> {
     }
 }
 
-fn header(kind: SegmentKind, len: usize) -> [u8; SEGMENT_HEADER_LEN] {
-    SegmentHeader::new(kind, len).encode()
-}
-
 /// TCP side -> segments, until the TCP side's end of stream (sent as `Fin`).
+/// Each segment is written with its header in one system call (behind the
+/// `Opened` this side may still owe); a small read that took the stream's
+/// last bytes goes out with the `Fin` behind it.
 async fn encode(tcp: &Fd<'_>, data: &Fd<'_>, state: &State<'_>) -> Result<u64, RelayError> {
-    let mut buf = [0u8; SEGMENT_HEADER_LEN + SMALL];
+    const H: usize = SEGMENT_HEADER_LEN;
+    // An owed `Opened` and a header, the bytes, room for a `Fin`.
+    let mut buf = [0u8; HEADING + SMALL + H];
     let mut fallback: Vec<u8> = Vec::new();
     let mut total = 0u64;
     let mut bulk = false;
     loop {
         let n = if !bulk {
-            let n = tcp
-                .read(SMALL, |fd| sys::read(fd, &mut buf[SEGMENT_HEADER_LEN..]))
+            let (n, ended) = tcp
+                .read_to_end(SMALL, |fd| sys::read(fd, &mut buf[HEADING..HEADING + SMALL]))
                 .await
                 .map_err(local)?;
             if n > 0 {
-                buf[..SEGMENT_HEADER_LEN].copy_from_slice(&header(SegmentKind::Bytes, n));
-                segment(state, data.write_all(&buf[..SEGMENT_HEADER_LEN + n])).await?;
+                let (head, from) = state.heading(SegmentKind::Bytes, n);
+                buf[..HEADING].copy_from_slice(&head);
+                let mut end = HEADING + n;
+                if ended {
+                    buf[end..end + H]
+                        .copy_from_slice(&SegmentHeader::new(SegmentKind::Fin, 0).encode());
+                    end += H;
+                }
+                segment(state, data.write_all(&buf[from..end])).await?;
+                total += n as u64;
+                state.traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
+                if ended {
+                    state.sent_fin();
+                    return Ok(total);
+                }
             }
             bulk = n == SMALL;
             n
@@ -166,33 +201,38 @@ async fn encode(tcp: &Fd<'_>, data: &Fd<'_>, state: &State<'_>) -> Result<u64, R
                 .map_err(local)?;
             pipe.held = n;
             if n > 0 {
+                let (head, from) = state.heading(SegmentKind::Bytes, n);
                 segment(state, async {
-                    data.write_all(&header(SegmentKind::Bytes, n)).await?;
+                    data.write_all(&head[from..]).await?;
                     data.drain(&mut pipe).await
                 })
                 .await?;
+                total += n as u64;
+                state.traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
             }
             n
         } else {
             // The pool is used up: this chunk goes through a buffer.
-            fallback.resize(SEGMENT_HEADER_LEN + FALLBACK, 0);
+            fallback.resize(HEADING + FALLBACK, 0);
             let n = tcp
-                .read(FALLBACK, |fd| sys::read(fd, &mut fallback[SEGMENT_HEADER_LEN..]))
+                .read(FALLBACK, |fd| sys::read(fd, &mut fallback[HEADING..]))
                 .await
                 .map_err(local)?;
             if n > 0 {
-                fallback[..SEGMENT_HEADER_LEN].copy_from_slice(&header(SegmentKind::Bytes, n));
-                segment(state, data.write_all(&fallback[..SEGMENT_HEADER_LEN + n])).await?;
+                let (head, from) = state.heading(SegmentKind::Bytes, n);
+                fallback[..HEADING].copy_from_slice(&head);
+                segment(state, data.write_all(&fallback[from..HEADING + n])).await?;
+                total += n as u64;
+                state.traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
             }
             n
         };
         if n == 0 {
-            data.write_all(&header(SegmentKind::Fin, 0)).await.map_err(transport)?;
+            let (fin, from) = state.heading(SegmentKind::Fin, 0);
+            data.write_all(&fin[from..]).await.map_err(transport)?;
             state.sent_fin();
             return Ok(total);
         }
-        total += n as u64;
-        state.traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -220,19 +260,14 @@ async fn decode(
     let mut total = 0u64;
     let mut fin = false;
     let mut bulk = false;
-    if let Opening::Awaited(limit) = state.opening {
-        let answer = async {
-            while !take_answer(&mut inbox)? {
-                let n =
-                    data.read(SMALL, |fd| sys::read(fd, &mut scratch)).await.map_err(transport)?;
-                if n == 0 {
-                    return Err(ENDED_BEFORE_ANSWER);
-                }
-                inbox.extend_from_slice(&scratch[..n]);
+    if state.opening == Opening::Awaited {
+        while !take_answer(&mut inbox)? {
+            let n = data.read(SMALL, |fd| sys::read(fd, &mut scratch)).await.map_err(transport)?;
+            if n == 0 {
+                return Err(ENDED_BEFORE_ANSWER);
             }
-            Ok(())
-        };
-        within(limit, answer).await?;
+            inbox.extend_from_slice(&scratch[..n]);
+        }
     }
     'segments: loop {
         // A Fin went each way: what follows belongs to the connection's
@@ -309,7 +344,11 @@ async fn decode(
             }
             SegmentKind::Fin if !fin => {
                 fin = true;
-                sys::shutdown_write(tcp.fd()).map_err(local)?;
+                // Once the TCP side has ended too, the relay is done and the
+                // close that follows sends the FIN: no shutdown of its own.
+                if !state.fin_sent.load(Ordering::Relaxed) {
+                    sys::shutdown_write(tcp.fd()).map_err(local)?;
+                }
             }
             SegmentKind::Reset => return Err(RelayError::Peer("the peer's side was reset")),
             _ => {
