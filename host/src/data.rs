@@ -1,11 +1,14 @@
 //! The host's end of a data connection: one client connection at a time,
 //! carried through the agent. Take a data connection from the pool (an idle,
-//! greeted one, or a new one greeted now), name the endpoint with `Open` and
-//! relay at once: the client's first bytes follow the `Open` without waiting
-//! for the agent's answer, which the relay reads in band (`Opened`, or
-//! `Refused`, which resets the client, so it sees what it would have seen
-//! connecting to a closed port in the guest). A clean end on both sides puts
-//! the data connection back in the pool. The agent's end is
+//! greeted one, or a new one greeted now) and relay at once: the relay names
+//! the endpoint with `Open`, in the same write as the client's first bytes
+//! when the client has sent some by then, and relays the client's bytes
+//! without waiting for the agent's answer. It reads that answer in band:
+//! `Opened`, which comes with the guest server's first segment (so the wait
+//! has no deadline of its own: a failed dial is answered within the agent's
+//! dial timeout), or `Refused`, which resets the client, so it sees what it
+//! would have seen connecting to a closed port in the guest. A clean end on
+//! both sides puts the data connection back in the pool. The agent's end is
 //! `agent/src/data.rs`.
 
 use crate::pool::{greeting, DataPool};
@@ -13,7 +16,6 @@ use anyhow::anyhow;
 use bytes::BytesMut;
 use hoist_net::{relay, Opening, RelayError, Traffic};
 use hoist_wire::{open_segment, Endpoint, Refusal};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// How a client connection ended, when not cleanly.
@@ -51,13 +53,10 @@ pub async fn carry(
             return Err(CarryError::Failed(e));
         }
     };
-    let mut opening = data.greeting.map(greeting).unwrap_or_default();
-    opening.extend_from_slice(&open_segment(&endpoint));
-    if let Err(e) = data.stream.write_all(&opening).await {
-        hoist_net::reset(client);
-        return Err(CarryError::Failed(anyhow::Error::new(e).context("opening a data connection")));
-    }
-    let relayed = relay(client, &mut data.stream, BytesMut::new(), Opening::Awaited, traffic).await;
+    let mut open = data.greeting.map(greeting).unwrap_or_default();
+    open.extend_from_slice(&open_segment(&endpoint));
+    let opening = Opening::Awaited { open: &open };
+    let relayed = relay(client, &mut data.stream, BytesMut::new(), opening, traffic).await;
     match relayed {
         Ok(done) => {
             // Nothing may follow a clean end unasked: a connection that

@@ -3,7 +3,7 @@
 //! buffers with the transport's own async reads and writes.
 
 use super::{
-    at_end, bad_segment, local, take_answer, transport, Moved, Opening, RelayError, Relayed, State,
+    at_end, bad_segment, local, take_answer, transport, Moved, RelayError, Relayed, State,
     ENDED_BEFORE_ANSWER, HEADING,
 };
 use bytes::{Buf, BytesMut};
@@ -22,11 +22,38 @@ pub(super) async fn relay<D: AsyncRead + AsyncWrite + Unpin>(
     early: BytesMut,
     state: &State<'_>,
 ) -> Result<Relayed, RelayError> {
+    let first = if state.opening.awaited() { open(tcp, data, state).await? } else { 0 };
     let (tcp_r, tcp_w) = tcp.split();
     let (data_r, data_w) = tokio::io::split(data);
     let (sent, (received, leftover)) =
         tokio::try_join!(encode(tcp_r, data_w, state), decode(data_r, tcp_w, early, state))?;
-    Ok(Relayed { moved: Moved { sent, received }, leftover })
+    Ok(Relayed { moved: Moved { sent: first + sent, received }, leftover })
+}
+
+/// The host's opening goes out at once: in the same write as the client's
+/// first bytes when it has sent some by then (a client that speaks first
+/// has), else alone (the client may wait for the server to speak first).
+/// Returns the client's bytes sent with it.
+async fn open<D: AsyncWrite + Unpin>(
+    tcp: &TcpStream,
+    data: &mut D,
+    state: &State<'_>,
+) -> Result<u64, RelayError> {
+    let mut buf = vec![0u8; HEADING + BUF];
+    let n = super::first_bytes(tcp, &mut buf[HEADING..]).map_err(local)?;
+    let out: &[u8] = if n > 0 {
+        let (head, from) = state.heading(SegmentKind::Bytes, n);
+        buf[..HEADING].copy_from_slice(&head);
+        &buf[from..HEADING + n]
+    } else {
+        state.take_owed().unwrap_or_default()
+    };
+    if !out.is_empty() {
+        data.write_all(out).await.map_err(transport)?;
+        data.flush().await.map_err(transport)?;
+    }
+    state.traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
+    Ok(n as u64)
 }
 
 /// TCP side -> segments, until the TCP side's end of stream (sent as `Fin`).
@@ -35,7 +62,8 @@ async fn encode(
     mut data: impl AsyncWrite + Unpin,
     state: &State<'_>,
 ) -> Result<u64, RelayError> {
-    // An owed `Opened` and a header, then the bytes: one write per segment.
+    // What this side owes and a header, then the bytes: one write per
+    // segment.
     let mut buf = vec![0u8; HEADING + BUF];
     let mut total = 0u64;
     loop {
@@ -69,7 +97,7 @@ async fn decode(
     let mut inbox = early;
     let mut total = 0u64;
     let mut fin = false;
-    if state.opening == Opening::Awaited {
+    if state.opening.awaited() {
         while !take_answer(&mut inbox)? {
             inbox.reserve(BUF);
             if data.read_buf(&mut inbox).await.map_err(transport)? == 0 {

@@ -52,7 +52,7 @@ pub struct Relayed {
 /// The agent's answer to an `Open`, and which end of the data connection
 /// this relay is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Opening {
+pub enum Opening<'a> {
     /// No answer either way: segments from the start (tests, and relays
     /// that stand in for both ends).
     None,
@@ -61,11 +61,23 @@ pub enum Opening {
     /// its end or its reset), in the same write, so the answer costs neither
     /// side a system call or a wake-up of its own.
     Announce,
-    /// The host's end: the agent's answer comes first, however late (with the
-    /// guest server's first segment): `Opened` lets the relay go on,
-    /// `Refused` resets the client. The client's bytes are relayed without
-    /// waiting for it.
-    Awaited,
+    /// The host's end. `open` (a new connection's greeting and the `Open`
+    /// segment) goes out at once, in the same write as the client's first
+    /// bytes when the client has sent some by then (a client that speaks
+    /// first has), else alone. The agent's answer comes first, however late
+    /// (with the guest server's first segment): `Opened` lets the relay go
+    /// on, `Refused` resets the client. The client's bytes are relayed
+    /// without waiting for it.
+    Awaited {
+        /// The bytes that open the connection.
+        open: &'a [u8],
+    },
+}
+
+impl Opening<'_> {
+    fn awaited(&self) -> bool {
+        matches!(self, Opening::Awaited { .. })
+    }
 }
 
 /// Why a relay ended without a clean close on both sides.
@@ -104,7 +116,7 @@ pub async fn relay(
     tcp: TcpStream,
     data: &mut Stream,
     early: BytesMut,
-    opening: Opening,
+    opening: Opening<'_>,
     traffic: &Traffic,
 ) -> Result<Relayed, RelayError> {
     #[cfg(target_os = "linux")]
@@ -129,14 +141,26 @@ async fn run(
     mut tcp: TcpStream,
     data: &mut Stream,
     early: BytesMut,
-    opening: Opening,
+    opening: Opening<'_>,
     traffic: &Traffic,
     splice: bool,
 ) -> Result<Relayed, RelayError> {
+    let mut owed = match opening {
+        Opening::None => &[][..],
+        Opening::Announce => &OPENED[..],
+        Opening::Awaited { open } => open,
+    };
+    if owed.len() > MAX_OWED {
+        // Longer than the room in front of a segment (no opening is): on
+        // its own.
+        tokio::io::AsyncWriteExt::write_all(data, owed).await.map_err(transport)?;
+        owed = &[];
+    }
     let state = State {
         opening,
         traffic,
-        announce: AtomicBool::new(opening == Opening::Announce),
+        owed,
+        owing: AtomicBool::new(!owed.is_empty()),
         ..State::default()
     };
     let r = match splice {
@@ -146,7 +170,10 @@ async fn run(
     };
     if let Err(e) = &r {
         reset_on_close(&tcp);
-        if matches!(e, RelayError::Local(_)) && !state.mid_segment.load(Ordering::Relaxed) {
+        // A host that has not sent its `Open` yet owes the agent nothing.
+        let opened = !(opening.awaited() && state.owing.load(Ordering::Relaxed));
+        if matches!(e, RelayError::Local(_)) && !state.mid_segment.load(Ordering::Relaxed) && opened
+        {
             let (reset, from) = state.heading(hoist_wire::SegmentKind::Reset, 0);
             // Best effort, never waiting: the peer reads an end before `Fin`
             // as a reset anyway.
@@ -156,14 +183,48 @@ async fn run(
     r
 }
 
+/// The host's end, before relaying: how many bytes the client has sent
+/// already (up to `buf`'s length; 0: none yet, or it only closed its side,
+/// which a later read sees again), without waiting. Read straight from the
+/// socket: the runtime may not have looked at a connection accepted a moment
+/// ago. A read that drained the socket clears the runtime's readable
+/// readiness, so the relay's next read waits for the kernel's word.
+fn first_bytes(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    let n = match (&*socket2::SockRef::from(tcp)).read(buf) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    if n > 0 && n < buf.len() {
+        let _ = tcp.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+        });
+    }
+    Ok(n)
+}
+
+/// The agent's answer to a dial that succeeded.
+const OPENED: [u8; hoist_wire::SEGMENT_HEADER_LEN] = [2, 0, 0, 0, 0];
+
+/// The longest opening sent in front of a segment: a greeting (23 bytes)
+/// and an `Open` of an IPv6 endpoint (25 bytes) fit.
+const MAX_OWED: usize = 64;
+
+/// Room for a segment header and what is owed in front of it.
+const HEADING: usize = MAX_OWED + hoist_wire::SEGMENT_HEADER_LEN;
+
 /// What the two directions share.
 struct State<'a> {
     /// Where moved bytes are counted.
     traffic: &'a Traffic,
-    /// Whether the decoding direction first reads the agent's answer.
-    opening: Opening,
-    /// This side still owes the host its `Opened` (see [`Opening::Announce`]).
-    announce: AtomicBool,
+    /// Which end this is: whether the decoding direction first reads the
+    /// agent's answer.
+    opening: Opening<'a>,
+    /// What goes in front of this side's first segment (see [`Opening`]).
+    owed: &'a [u8],
+    /// `owed` is still to be sent.
+    owing: AtomicBool,
     /// The encoding direction has announced a segment it has not finished
     /// writing: a `Reset` now would land inside its payload.
     mid_segment: AtomicBool,
@@ -182,7 +243,8 @@ impl Default for State<'_> {
         State {
             traffic: &UNCOUNTED,
             opening: Opening::None,
-            announce: AtomicBool::new(false),
+            owed: &[],
+            owing: AtomicBool::new(false),
             mid_segment: AtomicBool::new(false),
             fin_sent: AtomicBool::new(false),
             fin_sent_now: tokio::sync::Notify::new(),
@@ -190,23 +252,28 @@ impl Default for State<'_> {
     }
 }
 
-/// Room for a segment header behind an owed `Opened`.
-const HEADING: usize = 2 * hoist_wire::SEGMENT_HEADER_LEN;
-
 impl State<'_> {
-    /// The header of a segment of `kind` carrying `len` bytes, behind the
-    /// `Opened` this side still owes, if it does (then no more): the bytes
-    /// to send are `heading[from..]`.
+    /// The header of a segment of `kind` carrying `len` bytes, behind what
+    /// this side still owes, if it does (then no more): the bytes to send
+    /// are `heading[from..]`.
     fn heading(&self, kind: hoist_wire::SegmentKind, len: usize) -> ([u8; HEADING], usize) {
-        use hoist_wire::{SegmentHeader, SegmentKind, SEGMENT_HEADER_LEN};
+        use hoist_wire::{SegmentHeader, SEGMENT_HEADER_LEN};
         let mut out = [0u8; HEADING];
-        out[SEGMENT_HEADER_LEN..].copy_from_slice(&SegmentHeader::new(kind, len).encode());
-        if self.announce.load(Ordering::Relaxed) && self.announce.swap(false, Ordering::Relaxed) {
-            out[..SEGMENT_HEADER_LEN]
-                .copy_from_slice(&SegmentHeader::new(SegmentKind::Opened, 0).encode());
-            return (out, 0);
+        let at = HEADING - SEGMENT_HEADER_LEN;
+        out[at..].copy_from_slice(&SegmentHeader::new(kind, len).encode());
+        match self.take_owed() {
+            Some(owed) => {
+                out[at - owed.len()..at].copy_from_slice(owed);
+                (out, at - owed.len())
+            }
+            None => (out, at),
         }
-        (out, SEGMENT_HEADER_LEN)
+    }
+
+    /// What this side owes, once: the caller sends it.
+    fn take_owed(&self) -> Option<&[u8]> {
+        let owing = self.owing.load(Ordering::Relaxed) && self.owing.swap(false, Ordering::Relaxed);
+        owing.then_some(self.owed)
     }
 
     fn sent_fin(&self) {

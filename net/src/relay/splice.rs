@@ -169,12 +169,29 @@ async fn encode(tcp: &Fd<'_>, data: &Fd<'_>, state: &State<'_>) -> Result<u64, R
     let mut fallback: Vec<u8> = Vec::new();
     let mut total = 0u64;
     let mut bulk = false;
+    // The host's opening goes out at once: with the client's first bytes
+    // when it has sent some (a client that speaks first has, by the time it
+    // is accepted), else alone, so a server that speaks first hears of it.
+    let mut first = None;
+    if let (Opening::Awaited { .. }, Fd::Tcp(client)) = (state.opening, tcp) {
+        match super::first_bytes(client, &mut buf[HEADING..HEADING + SMALL]).map_err(local)? {
+            0 => {
+                if let Some(open) = state.take_owed() {
+                    data.write_all(open).await.map_err(transport)?;
+                }
+            }
+            n => first = Some((n, false)),
+        }
+    }
     loop {
         let n = if !bulk {
-            let (n, ended) = tcp
-                .read_to_end(SMALL, |fd| sys::read(fd, &mut buf[HEADING..HEADING + SMALL]))
-                .await
-                .map_err(local)?;
+            let (n, ended) = match first.take() {
+                Some(read) => read,
+                None => tcp
+                    .read_to_end(SMALL, |fd| sys::read(fd, &mut buf[HEADING..HEADING + SMALL]))
+                    .await
+                    .map_err(local)?,
+            };
             if n > 0 {
                 let (head, from) = state.heading(SegmentKind::Bytes, n);
                 buf[..HEADING].copy_from_slice(&head);
@@ -260,7 +277,7 @@ async fn decode(
     let mut total = 0u64;
     let mut fin = false;
     let mut bulk = false;
-    if state.opening == Opening::Awaited {
+    if state.opening.awaited() {
         while !take_answer(&mut inbox)? {
             let n = data.read(SMALL, |fd| sys::read(fd, &mut scratch)).await.map_err(transport)?;
             if n == 0 {

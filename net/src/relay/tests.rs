@@ -16,17 +16,18 @@ async fn run_once(
     tcp: TcpStream,
     data: Stream,
     early: BytesMut,
-    opening: Opening,
+    opening: Opening<'static>,
     splice: bool,
 ) -> Result<Moved, RelayError> {
     let mut data = data;
     run(tcp, &mut data, early, opening, &Traffic::default(), splice).await.map(|r| r.moved)
 }
 
-/// The host's relay on a fresh data connection, its `Open` sent and the
-/// agent's answer awaited (pipelined).
+/// The host's relay on a fresh data connection, nothing to open with (its
+/// `Open` sent already) and the agent's answer awaited (pipelined).
 fn awaiting(tcp: TcpStream, ua: UnixStream, splice: bool) -> Ends {
-    tokio::spawn(run_once(tcp, Stream::Unix(ua), BytesMut::new(), Opening::Awaited, splice))
+    let opening = Opening::Awaited { open: &[] };
+    tokio::spawn(run_once(tcp, Stream::Unix(ua), BytesMut::new(), opening, splice))
 }
 
 /// A connected TCP pair.
@@ -297,6 +298,83 @@ async fn a_data_connection_carries_one_connection_after_another() {
             assert_eq!(r.moved, Moved { sent: 0, received: 1 }, "round {round}");
             early = r.leftover;
         }
+    }
+}
+
+/// Reads `Bytes` segments until they carried `n` bytes; returns those.
+async fn payload(s: &mut UnixStream, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let mut h = [0u8; 5];
+        s.read_exact(&mut h).await.unwrap();
+        assert_eq!(h[0], 4, "a Bytes segment");
+        let len = u32::from_be_bytes(h[1..].try_into().unwrap()) as usize;
+        let at = out.len();
+        out.resize(at + len, 0);
+        s.read_exact(&mut out[at..]).await.unwrap();
+    }
+    out
+}
+
+/// The host's opening goes out at once: in front of the client's first
+/// bytes when they are there already (one segment stream, whatever the
+/// size), alone when the client waits for the server to speak first, and in
+/// front of the `Fin` of a client that only closed. A client reset before
+/// any of it went out costs the agent nothing: not even a `Reset`.
+#[tokio::test]
+async fn the_hosts_opening_goes_out_at_once() {
+    const OPEN: &[u8] = b"<open>";
+    for splice in modes() {
+        for sent in [&b"GET /"[..], &[7u8; 5000][..], b"", b"close"] {
+            let (mut client, tcp) = tcp_pair().await;
+            let (ua, mut ub) = UnixStream::pair().unwrap();
+            if sent == b"close" {
+                client.shutdown().await.unwrap();
+            } else {
+                client.write_all(sent).await.unwrap();
+            }
+            // The client's bytes are in the host's socket before the relay
+            // starts, as they are when a client speaks first.
+            tokio::task::yield_now().await;
+            let host = tokio::spawn(async move {
+                let mut data = Stream::Unix(ua);
+                let opening = Opening::Awaited { open: OPEN };
+                run(tcp, &mut data, BytesMut::new(), opening, &Traffic::default(), splice)
+                    .await
+                    .map(|r| r.moved)
+            });
+            let label = format!("{} bytes sent, splice {splice}", sent.len());
+            let mut open = [0u8; OPEN.len()];
+            ub.read_exact(&mut open).await.unwrap();
+            assert_eq!(open, OPEN, "{label}");
+            match sent {
+                b"" => {}
+                b"close" => {
+                    let mut fin = [0u8; 5];
+                    ub.read_exact(&mut fin).await.unwrap();
+                    assert_eq!(fin, [5, 0, 0, 0, 0], "{label}");
+                }
+                bytes => assert!(payload(&mut ub, bytes.len()).await == bytes, "{label}"),
+            }
+            drop((client, ub));
+            let _ = host.await.unwrap();
+        }
+    }
+    // Reset before anything went out: the data connection carries nothing.
+    for splice in modes() {
+        let (client, tcp) = tcp_pair().await;
+        let (ua, mut ub) = UnixStream::pair().unwrap();
+        reset(client);
+        tokio::task::yield_now().await;
+        let host = tokio::spawn(async move {
+            let mut data = Stream::Unix(ua);
+            let opening = Opening::Awaited { open: OPEN };
+            run(tcp, &mut data, BytesMut::new(), opening, &Traffic::default(), splice).await
+        });
+        assert!(matches!(host.await.unwrap(), Err(RelayError::Local(_))), "splice {splice}");
+        let mut rest = Vec::new();
+        ub.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}, splice {splice}");
     }
 }
 
