@@ -23,11 +23,15 @@ async fn run_once(
     run(tcp, &mut data, early, opening, &Traffic::default(), splice).await.map(|r| r.moved)
 }
 
+/// A relay over the Unix socket `ua`, in a task of its own.
+fn spawned(tcp: TcpStream, ua: UnixStream, opening: Opening<'static>, splice: bool) -> Ends {
+    tokio::spawn(run_once(tcp, Stream::Unix(ua), BytesMut::new(), opening, splice))
+}
+
 /// The host's relay on a fresh data connection, nothing to open with (its
 /// `Open` sent already) and the agent's answer awaited (pipelined).
 fn awaiting(tcp: TcpStream, ua: UnixStream, splice: bool) -> Ends {
-    let opening = Opening::Awaited { open: &[] };
-    tokio::spawn(run_once(tcp, Stream::Unix(ua), BytesMut::new(), opening, splice))
+    spawned(tcp, ua, Opening::Awaited { open: &[] }, splice)
 }
 
 /// A connected TCP pair.
@@ -45,13 +49,7 @@ async fn chain(splice: bool) -> (TcpStream, TcpStream, Ends, Ends) {
     let (agent_side, server) = tcp_pair().await;
     let (ua, ub) = UnixStream::pair().unwrap();
     let host = awaiting(host_side, ua, splice);
-    let agent = tokio::spawn(run_once(
-        agent_side,
-        Stream::Unix(ub),
-        BytesMut::new(),
-        Opening::Announce,
-        splice,
-    ));
+    let agent = spawned(agent_side, ub, Opening::Announce, splice);
     (client, server, host, agent)
 }
 
@@ -174,13 +172,7 @@ async fn a_data_connection_that_dies_or_lies_resets_the_tcp_side() {
         for (name, wire, client_reset) in cases {
             let (mut client, tcp) = tcp_pair().await;
             let (ua, mut ub) = UnixStream::pair().unwrap();
-            let relay = tokio::spawn(run_once(
-                tcp,
-                Stream::Unix(ua),
-                BytesMut::new(),
-                Opening::None,
-                splice,
-            ));
+            let relay = spawned(tcp, ua, Opening::None, splice);
             ub.write_all(wire).await.unwrap();
             drop(ub);
             let want = client_reset.then_some(io::ErrorKind::ConnectionReset);
@@ -433,13 +425,7 @@ async fn the_agents_end_announces_with_its_first_segment() {
                 _ => {}
             }
             let server = act(server);
-            let agent = tokio::spawn(run_once(
-                agent_side,
-                Stream::Unix(ua),
-                BytesMut::new(),
-                Opening::Announce,
-                splice,
-            ));
+            let agent = spawned(agent_side, ua, Opening::Announce, splice);
             let mut got = vec![0u8; OPENED.len() + want.len()];
             ub.read_exact(&mut got).await.unwrap();
             assert_eq!(&got[..5], &OPENED, "{name}, splice {splice}");
