@@ -187,8 +187,12 @@ async fn run(
 /// already (up to `buf`'s length; 0: none yet, or it only closed its side,
 /// which a later read sees again), without waiting. Read straight from the
 /// socket: the runtime may not have looked at a connection accepted a moment
-/// ago. A read that drained the socket clears the runtime's readable
-/// readiness, so the relay's next read waits for the kernel's word.
+/// ago. On Unix a read that drained the socket clears the runtime's readable
+/// readiness, so the relay's next read waits for the kernel's word (epoll
+/// reports every new arrival). Never on Windows: there the runtime re-arms
+/// its readiness only when one of its own reads comes back empty, so a
+/// cleared readiness would never be reported again (the next read is one
+/// in vain, then waits).
 fn first_bytes(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     use std::io::Read;
     let n = match (&*socket2::SockRef::from(tcp)).read(buf) {
@@ -196,6 +200,7 @@ fn first_bytes(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
         Err(e) => return Err(e),
     };
+    #[cfg(unix)]
     if n > 0 && n < buf.len() {
         let _ = tcp.try_io(tokio::io::Interest::READABLE, || {
             Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
