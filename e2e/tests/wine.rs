@@ -44,7 +44,6 @@ fn pipe<R: Read, W: Write>(mut from: R, mut to: W, fin: impl FnOnce(&W) -> std::
     let _ = fin(&to);
 }
 
-/// A lab whose host is hoist-host.exe under Wine, through the bridge.
 /// Asserts that the host port at `addr` refuses connections, soon. Windows
 /// cannot shut a listening socket down: a forward's port closes when the
 /// runtime drops its task, just after `forward_closed` is logged (under
@@ -63,6 +62,7 @@ fn refused_soon(addr: &str) {
     }
 }
 
+/// A lab whose host is hoist-host.exe under Wine, through the bridge.
 fn wine_lab() -> Lab {
     let mut lab = Lab::empty();
     lab.start_agent(&[]);

@@ -22,38 +22,11 @@ pub(super) async fn relay<D: AsyncRead + AsyncWrite + Unpin>(
     early: BytesMut,
     state: &State<'_>,
 ) -> Result<Relayed, RelayError> {
-    let first = if state.opening.awaited() { open(tcp, data, state).await? } else { 0 };
     let (tcp_r, tcp_w) = tcp.split();
     let (data_r, data_w) = tokio::io::split(data);
     let (sent, (received, leftover)) =
         tokio::try_join!(encode(tcp_r, data_w, state), decode(data_r, tcp_w, early, state))?;
-    Ok(Relayed { moved: Moved { sent: first + sent, received }, leftover })
-}
-
-/// The host's opening goes out at once: in the same write as the client's
-/// first bytes when it has sent some by then (a client that speaks first
-/// has), else alone (the client may wait for the server to speak first).
-/// Returns the client's bytes sent with it.
-async fn open<D: AsyncWrite + Unpin>(
-    tcp: &TcpStream,
-    data: &mut D,
-    state: &State<'_>,
-) -> Result<u64, RelayError> {
-    let mut buf = vec![0u8; HEADING + BUF];
-    let n = super::first_bytes(tcp, &mut buf[HEADING..]).map_err(local)?;
-    let out: &[u8] = if n > 0 {
-        let (head, from) = state.heading(SegmentKind::Bytes, n);
-        buf[..HEADING].copy_from_slice(&head);
-        &buf[from..HEADING + n]
-    } else {
-        state.take_owed().unwrap_or_default()
-    };
-    if !out.is_empty() {
-        data.write_all(out).await.map_err(transport)?;
-        data.flush().await.map_err(transport)?;
-    }
-    state.traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
-    Ok(n as u64)
+    Ok(Relayed { moved: Moved { sent, received }, leftover })
 }
 
 /// TCP side -> segments, until the TCP side's end of stream (sent as `Fin`).
@@ -64,13 +37,30 @@ async fn encode(
     mut data: impl AsyncWrite + Unpin,
     state: &State<'_>,
 ) -> Result<u64, RelayError> {
-    const H: usize = SEGMENT_HEADER_LEN;
     // What this side owes and a header, the bytes, room for a `Fin`: one
     // write per segment.
-    let mut buf = vec![0u8; HEADING + BUF + H];
+    let mut buf = vec![0u8; HEADING + BUF + SEGMENT_HEADER_LEN];
     let mut total = 0u64;
+    // The host's opening goes out at once: with the client's first bytes
+    // when it has sent some (a client that speaks first has, by the time it
+    // is accepted), else alone, so a server that speaks first hears of it.
+    let mut first = None;
+    if state.opening.awaited() {
+        match super::first_bytes(tcp.as_ref(), &mut buf[HEADING..HEADING + BUF]).map_err(local)? {
+            0 => {
+                if let Some(open) = state.take_owed() {
+                    data.write_all(open).await.map_err(transport)?;
+                    data.flush().await.map_err(transport)?;
+                }
+            }
+            n => first = Some((n, false)),
+        }
+    }
     loop {
-        let (n, ended) = read(&mut tcp, &mut buf[HEADING..HEADING + BUF]).await.map_err(local)?;
+        let (n, ended) = match first.take() {
+            Some(read) => read,
+            None => read(&mut tcp, &mut buf[HEADING..HEADING + BUF]).await.map_err(local)?,
+        };
         if n == 0 {
             let (fin, from) = state.heading(SegmentKind::Fin, 0);
             data.write_all(&fin[from..]).await.map_err(transport)?;
@@ -78,19 +68,13 @@ async fn encode(
             state.sent_fin();
             return Ok(total);
         }
-        let (head, from) = state.heading(SegmentKind::Bytes, n);
-        buf[..HEADING].copy_from_slice(&head);
-        let mut end = HEADING + n;
-        if ended {
-            buf[end..end + H].copy_from_slice(&SegmentHeader::new(SegmentKind::Fin, 0).encode());
-            end += H;
-        }
+        let out = state.frame(&mut buf, n, ended);
         state.mid_segment.store(true, Ordering::Relaxed);
-        data.write_all(&buf[from..end]).await.map_err(transport)?;
+        data.write_all(&buf[out]).await.map_err(transport)?;
         data.flush().await.map_err(transport)?;
         state.mid_segment.store(false, Ordering::Relaxed);
         total += n as u64;
-        state.traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
+        state.sent(n);
         if ended {
             state.sent_fin();
             return Ok(total);

@@ -145,9 +145,10 @@ async fn run(
     traffic: &Traffic,
     splice: bool,
 ) -> Result<Relayed, RelayError> {
+    let opened = hoist_wire::SegmentHeader::new(hoist_wire::SegmentKind::Opened, 0).encode();
     let mut owed = match opening {
         Opening::None => &[][..],
-        Opening::Announce => &OPENED[..],
+        Opening::Announce => &opened[..],
         Opening::Awaited { open } => open,
     };
     if owed.len() > MAX_OWED {
@@ -208,9 +209,6 @@ fn first_bytes(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
     Ok(n)
 }
-
-/// The agent's answer to a dial that succeeded.
-const OPENED: [u8; hoist_wire::SEGMENT_HEADER_LEN] = [2, 0, 0, 0, 0];
 
 /// The longest opening sent in front of a segment: a greeting (23 bytes)
 /// and an `Open` of an IPv6 endpoint (25 bytes) fit.
@@ -273,6 +271,28 @@ impl State<'_> {
             }
             None => (out, at),
         }
+    }
+
+    /// Frames the `n` bytes read into `buf[HEADING..]` as a `Bytes` segment
+    /// (behind what this side still owes), with a `Fin` behind them when
+    /// `fin` (`buf` then has room for it): the bytes to send, in one write,
+    /// are `buf[range]`.
+    fn frame(&self, buf: &mut [u8], n: usize, fin: bool) -> std::ops::Range<usize> {
+        use hoist_wire::{SegmentHeader, SegmentKind, SEGMENT_HEADER_LEN};
+        let (head, from) = self.heading(SegmentKind::Bytes, n);
+        buf[..HEADING].copy_from_slice(&head);
+        let mut end = HEADING + n;
+        if fin {
+            buf[end..end + SEGMENT_HEADER_LEN]
+                .copy_from_slice(&SegmentHeader::new(SegmentKind::Fin, 0).encode());
+            end += SEGMENT_HEADER_LEN;
+        }
+        from..end
+    }
+
+    /// Counts `n` bytes sent from the TCP side.
+    fn sent(&self, n: usize) {
+        self.traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// What this side owes, once: the caller sends it.

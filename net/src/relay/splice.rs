@@ -193,17 +193,10 @@ async fn encode(tcp: &Fd<'_>, data: &Fd<'_>, state: &State<'_>) -> Result<u64, R
                     .map_err(local)?,
             };
             if n > 0 {
-                let (head, from) = state.heading(SegmentKind::Bytes, n);
-                buf[..HEADING].copy_from_slice(&head);
-                let mut end = HEADING + n;
-                if ended {
-                    buf[end..end + H]
-                        .copy_from_slice(&SegmentHeader::new(SegmentKind::Fin, 0).encode());
-                    end += H;
-                }
-                segment(state, data.write_all(&buf[from..end])).await?;
+                let out = state.frame(&mut buf, n, ended);
+                segment(state, data.write_all(&buf[out])).await?;
                 total += n as u64;
-                state.traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
+                state.sent(n);
                 if ended {
                     state.sent_fin();
                     return Ok(total);
@@ -225,7 +218,7 @@ async fn encode(tcp: &Fd<'_>, data: &Fd<'_>, state: &State<'_>) -> Result<u64, R
                 })
                 .await?;
                 total += n as u64;
-                state.traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
+                state.sent(n);
             }
             n
         } else {
@@ -236,11 +229,10 @@ async fn encode(tcp: &Fd<'_>, data: &Fd<'_>, state: &State<'_>) -> Result<u64, R
                 .await
                 .map_err(local)?;
             if n > 0 {
-                let (head, from) = state.heading(SegmentKind::Bytes, n);
-                fallback[..HEADING].copy_from_slice(&head);
-                segment(state, data.write_all(&fallback[from..HEADING + n])).await?;
+                let out = state.frame(&mut fallback, n, false);
+                segment(state, data.write_all(&fallback[out])).await?;
                 total += n as u64;
-                state.traffic.sent.fetch_add(n as u64, Ordering::Relaxed);
+                state.sent(n);
             }
             n
         };
