@@ -427,7 +427,10 @@ async fn the_agents_end_announces_with_its_first_segment() {
             let server = act(server);
             let agent = spawned(agent_side, ua, Opening::Announce, splice);
             let mut got = vec![0u8; OPENED.len() + want.len()];
-            ub.read_exact(&mut got).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(10), ub.read_exact(&mut got))
+                .await
+                .unwrap_or_else(|_| panic!("{name}: nothing within 10 s (splice {splice})"))
+                .unwrap();
             assert_eq!(&got[..5], &OPENED, "{name}, splice {splice}");
             assert_eq!(&got[5..], want, "{name}, splice {splice}");
             let Some(mut server) = server else {
