@@ -5,6 +5,7 @@
 //! run. TCP and UDP forwards are measured alike (`udp` holds the UDP ones). `--quick` runs each measurement briefly and only checks that it
 //! produced numbers (CI); `--write` also writes BENCHMARKS.md and SVG charts.
 
+mod floor;
 mod measure;
 mod report;
 mod servers;
@@ -62,6 +63,9 @@ pub enum Only {
     UdpPingpong,
     /// iperf3 -u at fixed offered rates: received rate and loss, direct and hoist.
     UdpThroughput,
+    /// Connections, requests and sequential latency: hoist against a bare
+    /// io_uring relay chain of the same shape, and direct.
+    Floor,
 }
 
 impl Only {
@@ -239,6 +243,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             udp::RATES_MBPS
         ));
         results.udp_throughput = udp::throughput(&rig, q)?;
+    }
+    if want(Only::Floor) {
+        say("measuring the two-hop floor (wrk, redis-benchmark, sequential: direct, hoist, a bare io_uring chain)");
+        results.floor = Some(floor::floor(&rig, q)?);
     }
     if want(Only::Idle) {
         say(format!(

@@ -290,7 +290,7 @@ fn parse_duration_us(s: &str) -> Option<f64> {
     num.parse::<f64>().ok().map(|v| v * mul)
 }
 
-fn wrk(cmd: &mut Command, quick: bool, port: u16) -> Result<Wrk> {
+pub(super) fn wrk(cmd: &mut Command, quick: bool, port: u16) -> Result<Wrk> {
     let d = if quick { "1s" } else { "5s" };
     let url = format!("http://127.0.0.1:{port}/");
     let (status, text) = output_within(
@@ -335,7 +335,7 @@ pub fn connections(rig: &Rig, nginx: &Server, quick: bool) -> Result<Conn> {
 }
 
 /// CPU time (user + system) of a process, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(super) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which may hold spaces.
     let rest = &stat[stat.rfind(')').context("bad /proc stat")? + 2..];

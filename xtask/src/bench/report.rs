@@ -2,8 +2,9 @@
 //! and two hand-drawn SVG charts; checks that every measurement produced
 //! numbers.
 
+use super::floor::{Floor, Path3};
 use super::measure::{Conn, Cpu, Idle, Latency, Storm, Tput};
-use super::small::{PingPong, Requests, Sequential};
+use super::small::{PingPong, Rates, Requests, Sequential};
 use super::udp::{UdpRun, UdpTput};
 use crate::util::root;
 use anyhow::{bail, Result};
@@ -22,6 +23,7 @@ pub struct Results {
     pub udp_latency: Option<Latency>,
     pub udp_pingpong: Option<PingPong>,
     pub udp_throughput: Vec<UdpTput>,
+    pub floor: Option<Floor>,
 }
 
 fn sorted(v: &[f64]) -> Vec<f64> {
@@ -341,7 +343,70 @@ pub fn markdown(r: &Results) -> String {
             mark(i.per_conn_bytes < 64.0 * 1024.0)
         );
     }
+    if let Some(f) = &r.floor {
+        floor_rows(&mut t, f);
+    }
     t
+}
+
+/// hoist against the bare io_uring chain (the least a relay of its shape
+/// costs here) and direct, from the same interleaved runs.
+fn floor_rows(t: &mut String, f: &Floor) {
+    let (h, b, d) = (&f.hoist, &f.bare, &f.direct);
+    let conn = |p: &Path3| median(&p.conn_per_s);
+    let _ = writeln!(
+        t,
+        "| floor: new connections per second (wrk, Connection: close) | {} | bare io_uring chain {}; direct {} | hoist {:.0}%, bare chain {:.0}% of direct | reported |",
+        spread0(&h.conn_per_s, "conn/s"),
+        spread0(&b.conn_per_s, "conn/s"),
+        spread0(&d.conn_per_s, "conn/s"),
+        100.0 * conn(h) / conn(d),
+        100.0 * conn(b) / conn(d)
+    );
+    let _ = writeln!(
+        t,
+        "| floor: relay CPU per connection (both hops) | {} | bare io_uring chain {} | {:.2}x the bare chain's | reported |",
+        spread(&h.cpu_per_conn_us, "µs"),
+        spread(&b.cpu_per_conn_us, "µs"),
+        median(&h.cpu_per_conn_us) / median(&b.cpu_per_conn_us)
+    );
+    for (test, rate) in
+        [("GET", (|r: &Rates| r.get) as fn(&Rates) -> f64), ("SET", |r: &Rates| r.set)]
+    {
+        let v = |p: &Path3| p.requests.iter().map(rate).collect::<Vec<_>>();
+        let _ = writeln!(
+            t,
+            "| floor: redis-benchmark -c 20 {test} | {} | bare io_uring chain {}; direct {} | hoist {:.0}%, bare chain {:.0}% of direct | reported |",
+            spread0(&v(h), "requests/s"),
+            spread0(&v(b), "requests/s"),
+            spread0(&v(d), "requests/s"),
+            100.0 * median(&v(h)) / median(&v(d)),
+            100.0 * median(&v(b)) / median(&v(d))
+        );
+    }
+    let _ = writeln!(
+        t,
+        "| floor: relay CPU per request (both hops, redis-benchmark) | {} | bare io_uring chain {} | {:.2}x the bare chain's | reported |",
+        spread(&h.cpu_per_request_us, "µs"),
+        spread(&b.cpu_per_request_us, "µs"),
+        median(&h.cpu_per_request_us) / median(&b.cpu_per_request_us)
+    );
+    let over = |p: &Path3, at: f64| q(&p.sequential_us, at) - q(&d.sequential_us, at);
+    let _ = writeln!(
+        t,
+        "| floor: connect + request + first byte, sequential ({} connections) | p50 {:.0} µs, p99 {:.0} µs | bare io_uring chain p50 {:.0} µs, p99 {:.0} µs; direct p50 {:.0} µs, p99 {:.0} µs | hoist {:+.0} / {:+.0} µs, bare chain {:+.0} / {:+.0} µs over direct (p50 / p99) | reported |",
+        h.sequential_us.len(),
+        q(&h.sequential_us, 0.5),
+        q(&h.sequential_us, 0.99),
+        q(&b.sequential_us, 0.5),
+        q(&b.sequential_us, 0.99),
+        q(&d.sequential_us, 0.5),
+        q(&d.sequential_us, 0.99),
+        over(h, 0.5),
+        over(h, 0.99),
+        over(b, 0.5),
+        over(b, 0.99)
+    );
 }
 
 impl Results {
@@ -417,6 +482,19 @@ impl Results {
             })
         {
             bail!("UDP throughput produced no numbers");
+        }
+        let Some(f) = &self.floor else { bail!("no two-hop floor") };
+        for (name, p, relayed) in
+            [("direct", &f.direct, false), ("hoist", &f.hoist, true), ("bare chain", &f.bare, true)]
+        {
+            let rates: Vec<f64> = p.requests.iter().flat_map(|r| [r.get, r.set]).collect();
+            if !positive(&p.conn_per_s)
+                || !positive(&rates)
+                || !positive(&p.sequential_us)
+                || (relayed && !(positive(&p.cpu_per_conn_us) && positive(&p.cpu_per_request_us)))
+            {
+                bail!("the two-hop floor produced no numbers for {name}");
+            }
         }
         let Some(i) = &self.idle else { bail!("no idle cost") };
         if i.agent_rss_kib == 0 || i.host_rss_kib == 0 || !i.per_conn_bytes.is_finite() {

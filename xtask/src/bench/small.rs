@@ -27,7 +27,7 @@ pub fn sequential(rig: &Rig, nginx: &Server, warmup: usize, n: usize) -> Result<
 
 /// `warmup` + `n` times: connect to 127.0.0.1:`port`, send an HTTP/1.0
 /// request, wait for the first byte of the answer, close; the last `n` times.
-fn first_bytes(port: u16, warmup: usize, n: usize) -> Result<Vec<f64>> {
+pub(super) fn first_bytes(port: u16, warmup: usize, n: usize) -> Result<Vec<f64>> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let start = Instant::now();
     let mut buf = [0u8; 4096];
@@ -73,7 +73,7 @@ pub fn requests(rig: &Rig, n: usize) -> Result<Requests> {
     Ok(Requests { n, direct, hoist })
 }
 
-fn redis_benchmark(cmd: &mut Command, port: u16, n: usize) -> Result<Rates> {
+pub(super) fn redis_benchmark(cmd: &mut Command, port: u16, n: usize) -> Result<Rates> {
     let args = [
         "-h",
         "127.0.0.1",
