@@ -55,8 +55,7 @@ fn main() -> Result<()> {
 /// Relays every client of `listener` to `dial`, forever.
 #[cfg(target_os = "linux")]
 fn serve(listener: &std::os::fd::OwnedFd, dial: &sys::Addr) -> Result<()> {
-    use pair::{Dir, Event, Pair};
-    use sys::code;
+    use pair::Pair;
     let mut ring = sys::Ring::new().context("setting up io_uring")?;
     ring.accept(listener)?;
     // Slots hold the pairs' buffers (boxed: the kernel points into them).
@@ -90,17 +89,8 @@ fn serve(listener: &std::os::fd::OwnedFd, dial: &sys::Addr) -> Result<()> {
                 slots[i] = Some((Pair::dialling(), slot));
                 continue;
             }
-            let i = (ud >> 8) as usize;
-            let op = (ud & 0xff) as u8;
-            let d = if op & 1 == 1 { Dir::Down } else { Dir::Up };
-            let event = match op & !1 {
-                code::CONNECT => Event::Connected(res),
-                code::RECV => Event::Received(d, res),
-                code::SEND => Event::Sent(d, res),
-                code::SHUT => Event::Shut(d),
-                code::CLOSE => Event::Closed,
-                _ => bail!("unknown completion {ud:#x}"),
-            };
+            let (i, event) =
+                sys::untag(ud, res).with_context(|| format!("unknown completion {ud:#x}"))?;
             let (pair, slot) = slots[i].as_mut().context("a completion for a freed pair")?;
             let next = pair.on(event);
             for op in next.ops {

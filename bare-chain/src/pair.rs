@@ -49,7 +49,7 @@ pub enum Op {
     Close,
 }
 
-/// Up to three operations, the most one event leads to.
+/// What one event leads to: at most two operations.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Next {
     pub ops: Vec<Op>,

@@ -3,7 +3,7 @@
 //! the buffers and addresses they point into live in a [`Slot`], which the
 //! caller keeps (and does not move: it is boxed) until the pair is done.
 
-use crate::pair::{Dir, Op};
+use crate::pair::{Dir, Event, Op};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::net::SocketAddr;
@@ -108,7 +108,7 @@ pub const ACCEPT: u64 = u64::MAX;
 
 /// Operation codes in the low byte of `user_data`, even: its lowest bit is
 /// the direction.
-pub mod code {
+mod code {
     pub const CONNECT: u8 = 2;
     pub const RECV: u8 = 4;
     pub const SEND: u8 = 6;
@@ -118,6 +118,22 @@ pub mod code {
 
 fn tag(slot: usize, code: u8, d: Dir) -> u64 {
     (slot as u64) << 8 | u64::from(code + d.index() as u8)
+}
+
+/// The pair's slot and what happened to it, from a completion's
+/// `user_data` (see [`tag`]) and result; `None` for a code no operation has.
+pub fn untag(user_data: u64, res: i32) -> Option<(usize, Event)> {
+    let op = (user_data & 0xff) as u8;
+    let d = if op & 1 == 1 { Dir::Down } else { Dir::Up };
+    let event = match op & !1 {
+        code::CONNECT => Event::Connected(res),
+        code::RECV => Event::Received(d, res),
+        code::SEND => Event::Sent(d, res),
+        code::SHUT => Event::Shut(d),
+        code::CLOSE => Event::Closed,
+        _ => return None,
+    };
+    Some(((user_data >> 8) as usize, event))
 }
 
 impl Ring {
