@@ -4,7 +4,7 @@
 //! What the bare chain cannot beat, no relay of this shape reaches on this
 //! machine; where it beats hoist, the gap is what hoist's design costs.
 
-use super::measure::{cpu_seconds, free_port, wrk};
+use super::measure::{cpu_seconds, free_port, wrk, Cpu};
 use super::servers::{nginx, redis, IO_TIMEOUT};
 use super::small::{first_bytes, redis_benchmark, Rates};
 use super::Rig;
@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// One path's numbers: relay CPU is in µs per connection or request (zero
+/// One route's numbers: relay CPU is in µs per connection or request (zero
 /// for direct, which has no relay).
 #[derive(Default)]
-pub struct Path3 {
+pub struct Numbers {
     pub conn_per_s: Vec<f64>,
     pub cpu_per_conn_us: Vec<f64>,
     pub requests: Vec<Rates>,
@@ -27,10 +27,11 @@ pub struct Path3 {
     pub sequential_us: Vec<f64>,
 }
 
+#[derive(Default)]
 pub struct Floor {
-    pub direct: Path3,
-    pub hoist: Path3,
-    pub bare: Path3,
+    pub direct: Numbers,
+    pub hoist: Numbers,
+    pub bare: Numbers,
 }
 
 /// The two hops of a bare chain in front of one guest server; killed on
@@ -99,14 +100,25 @@ fn build() -> Result<PathBuf> {
     Ok(target_dir().join("release/bare-chain"))
 }
 
-/// Where a client reaches the server, and the relay processes on the way.
+/// One way to the guest's servers: the client runs in the guest (direct)
+/// or on the host, against these ports, through relays whose CPU so far
+/// `cpu_s` reads (none for direct).
 struct Route<'a> {
-    port: u16,
-    client: fn(&Rig) -> Command,
-    cpu_s: Box<dyn Fn() -> Result<f64> + 'a>,
+    in_guest: bool,
+    web_port: u16,
+    db_port: u16,
+    cpu_s: &'a dyn Fn() -> Result<f64>,
 }
 
 impl Route<'_> {
+    fn command(&self, rig: &Rig, program: &str) -> Command {
+        if self.in_guest {
+            rig.ns.command(program)
+        } else {
+            Command::new(program)
+        }
+    }
+
     /// Runs `f`, and the relays' CPU it cost, in µs per `n` of its result.
     fn measure<T>(&self, f: impl FnOnce() -> Result<T>, n: impl Fn(&T) -> f64) -> Result<(T, f64)> {
         let c0 = (self.cpu_s)()?;
@@ -125,65 +137,42 @@ pub fn floor(rig: &Rig, quick: bool) -> Result<Floor> {
         (BareChain::start(rig, &bin, web.port)?, BareChain::start(rig, &bin, db.port)?);
     let (reps, requests, (warmup, n)) =
         if quick { (1, 5_000, (20, 200)) } else { (3, 200_000, (200, 5000)) };
-    let hoist_cpu =
-        || -> Result<f64> { Ok(cpu_seconds(rig.agent.id())? + cpu_seconds(rig.host.id())?) };
-    let none = || -> Result<f64> { Ok(0.0) };
-    let mut out =
-        Floor { direct: Path3::default(), hoist: Path3::default(), bare: Path3::default() };
+    // Each relay's CPU is read whole: a chain or hoist process that carries
+    // nothing meanwhile adds nothing.
+    let no_relay = || Ok(0.0);
+    let hoist_cpu = || Ok(Cpu::now(rig)?.total_s());
+    let bare_cpu = || Ok(bare_web.cpu_s()? + bare_db.cpu_s()?);
+    let (direct, hoist, bare) = (
+        Route { in_guest: true, web_port: web.port, db_port: db.port, cpu_s: &no_relay },
+        Route { in_guest: false, web_port: web.port, db_port: db.port, cpu_s: &hoist_cpu },
+        Route { in_guest: false, web_port: bare_web.port, db_port: bare_db.port, cpu_s: &bare_cpu },
+    );
+    let mut out = Floor::default();
     for rep in 0..reps {
-        let routes: [(&mut Path3, Route, Route); 3] = [
-            (
-                &mut out.direct,
-                Route { port: web.port, client: |r| r.ns.command("wrk"), cpu_s: Box::new(none) },
-                Route {
-                    port: db.port,
-                    client: |r| r.ns.command("redis-benchmark"),
-                    cpu_s: Box::new(none),
-                },
-            ),
-            (
-                &mut out.hoist,
-                Route {
-                    port: web.port,
-                    client: |_| Command::new("wrk"),
-                    cpu_s: Box::new(hoist_cpu),
-                },
-                Route {
-                    port: db.port,
-                    client: |_| Command::new("redis-benchmark"),
-                    cpu_s: Box::new(hoist_cpu),
-                },
-            ),
-            (
-                &mut out.bare,
-                Route {
-                    port: bare_web.port,
-                    client: |_| Command::new("wrk"),
-                    cpu_s: Box::new(|| bare_web.cpu_s()),
-                },
-                Route {
-                    port: bare_db.port,
-                    client: |_| Command::new("redis-benchmark"),
-                    cpu_s: Box::new(|| bare_db.cpu_s()),
-                },
-            ),
-        ];
-        for (i, (path, web_route, db_route)) in routes.into_iter().enumerate() {
-            let (w, per) = web_route.measure(
-                || wrk(&mut (web_route.client)(rig), quick, web_route.port),
+        for (route, numbers) in
+            [(&direct, &mut out.direct), (&hoist, &mut out.hoist), (&bare, &mut out.bare)]
+        {
+            let (w, per) = route.measure(
+                || wrk(&mut route.command(rig, "wrk"), quick, route.web_port),
                 |w| w.requests as f64,
             )?;
-            path.conn_per_s.push(w.rps);
-            path.cpu_per_conn_us.push(per);
-            let (r, per) = db_route.measure(
-                || redis_benchmark(&mut (db_route.client)(rig), db_route.port, requests),
+            numbers.conn_per_s.push(w.rps);
+            numbers.cpu_per_conn_us.push(per);
+            let (r, per) = route.measure(
+                || {
+                    redis_benchmark(
+                        &mut route.command(rig, "redis-benchmark"),
+                        route.db_port,
+                        requests,
+                    )
+                },
                 |_| 2.0 * requests as f64,
             )?;
-            path.requests.push(r);
-            path.cpu_per_request_us.push(per);
+            numbers.requests.push(r);
+            numbers.cpu_per_request_us.push(per);
             if rep == 0 {
-                let port = web_route.port;
-                path.sequential_us = if i == 0 {
+                let port = route.web_port;
+                numbers.sequential_us = if route.in_guest {
                     rig.ns.run(move || first_bytes(port, warmup, n))??
                 } else {
                     first_bytes(port, warmup, n)?

@@ -354,7 +354,7 @@ pub struct Cpu {
 }
 
 impl Cpu {
-    fn now(rig: &Rig) -> Result<Cpu> {
+    pub(super) fn now(rig: &Rig) -> Result<Cpu> {
         Ok(Cpu { agent_s: cpu_seconds(rig.agent.id())?, relay_s: cpu_seconds(rig.host.id())? })
     }
 

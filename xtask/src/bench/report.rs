@@ -2,7 +2,7 @@
 //! and two hand-drawn SVG charts; checks that every measurement produced
 //! numbers.
 
-use super::floor::{Floor, Path3};
+use super::floor::{Floor, Numbers};
 use super::measure::{Conn, Cpu, Idle, Latency, Storm, Tput};
 use super::small::{PingPong, Rates, Requests, Sequential};
 use super::udp::{UdpRun, UdpTput};
@@ -353,7 +353,7 @@ pub fn markdown(r: &Results) -> String {
 /// costs here) and direct, from the same interleaved runs.
 fn floor_rows(t: &mut String, f: &Floor) {
     let (h, b, d) = (&f.hoist, &f.bare, &f.direct);
-    let conn = |p: &Path3| median(&p.conn_per_s);
+    let conn = |p: &Numbers| median(&p.conn_per_s);
     let _ = writeln!(
         t,
         "| floor: new connections per second (wrk, Connection: close) | {} | bare io_uring chain {}; direct {} | hoist {:.0}%, bare chain {:.0}% of direct | reported |",
@@ -373,7 +373,7 @@ fn floor_rows(t: &mut String, f: &Floor) {
     for (test, rate) in
         [("GET", (|r: &Rates| r.get) as fn(&Rates) -> f64), ("SET", |r: &Rates| r.set)]
     {
-        let v = |p: &Path3| p.requests.iter().map(rate).collect::<Vec<_>>();
+        let v = |p: &Numbers| p.requests.iter().map(rate).collect::<Vec<_>>();
         let _ = writeln!(
             t,
             "| floor: redis-benchmark -c 20 {test} | {} | bare io_uring chain {}; direct {} | hoist {:.0}%, bare chain {:.0}% of direct | reported |",
@@ -391,7 +391,7 @@ fn floor_rows(t: &mut String, f: &Floor) {
         spread(&b.cpu_per_request_us, "µs"),
         median(&h.cpu_per_request_us) / median(&b.cpu_per_request_us)
     );
-    let over = |p: &Path3, at: f64| q(&p.sequential_us, at) - q(&d.sequential_us, at);
+    let over = |p: &Numbers, at: f64| q(&p.sequential_us, at) - q(&d.sequential_us, at);
     let _ = writeln!(
         t,
         "| floor: connect + request + first byte, sequential ({} connections) | p50 {:.0} µs, p99 {:.0} µs | bare io_uring chain p50 {:.0} µs, p99 {:.0} µs; direct p50 {:.0} µs, p99 {:.0} µs | hoist {:+.0} / {:+.0} µs, bare chain {:+.0} / {:+.0} µs over direct (p50 / p99) | reported |",
